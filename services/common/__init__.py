@@ -1,0 +1,1 @@
+"""Plain-Python building blocks shared by the services' domain code (no gRPC here)."""

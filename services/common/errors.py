@@ -1,0 +1,42 @@
+"""Domain errors that name the problem; the runtime maps each to a gRPC status.
+
+Domain code raises these instead of importing grpc, so chunking, routing or
+storage logic stays testable without a server, while every servicer still
+answers with the standard status code a client can act on.
+"""
+
+
+class PlatformError(Exception):
+    """Base class: the message must say what is wrong in terms the caller knows."""
+
+    code_name = "INTERNAL"
+
+
+class InvalidInputError(PlatformError):
+    """The caller sent something unusable (empty file, wrong type, bad range)."""
+
+    code_name = "INVALID_ARGUMENT"
+
+
+class NotFoundError(PlatformError):
+    """A named thing (document id, path) does not exist."""
+
+    code_name = "NOT_FOUND"
+
+
+class TooLargeError(PlatformError):
+    """A size limit was exceeded (file bytes, batch length)."""
+
+    code_name = "RESOURCE_EXHAUSTED"
+
+
+class FailedPreconditionError(PlatformError):
+    """The system is not in a state that allows the call (e.g. dimension mismatch)."""
+
+    code_name = "FAILED_PRECONDITION"
+
+
+class UnavailableError(PlatformError):
+    """A dependency (service or backend, named in the message) cannot be reached."""
+
+    code_name = "UNAVAILABLE"
