@@ -40,3 +40,15 @@ class UnavailableError(PlatformError):
     """A dependency (service or backend, named in the message) cannot be reached."""
 
     code_name = "UNAVAILABLE"
+
+
+class PermissionDeniedError(PlatformError):
+    """The caller, or this service, may not read or change the named thing."""
+
+    code_name = "PERMISSION_DENIED"
+
+
+class UnimplementedError(PlatformError):
+    """A known kind of request this deployment does not support yet (e.g. gs://)."""
+
+    code_name = "UNIMPLEMENTED"

@@ -1,0 +1,38 @@
+# Two commands for a fresh clone: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+RAGCTL := $(VENV)/bin/ragctl
+
+.PHONY: setup demo up down test test-all lint bench clean
+
+setup: ## Virtualenv, packages, generated gRPC code, contract tools
+	@bash scripts/setup.sh
+
+demo: setup ## Start the platform, ingest samples/corpus, ask a question, stop
+	@bash scripts/demo.sh
+
+up: setup ## Start every service in the foreground (Ctrl-C stops them)
+	@$(RAGCTL) up
+
+down: ## Stop services started with `ragctl up --detach`
+	@$(RAGCTL) down
+
+test: setup ## Lint, type-check and run the default test suite (slow tests excluded)
+	@$(MAKE) --no-print-directory lint
+	@$(PY) -m pytest
+
+test-all: setup ## Everything, slow tests included
+	@$(PY) -m pytest -m ''
+
+lint: ## ruff, mypy, buf lint
+	@$(VENV)/bin/ruff check services tests scripts
+	@$(VENV)/bin/ruff format --check services tests scripts
+	@$(VENV)/bin/mypy
+	@tools/node_modules/.bin/buf lint
+
+bench: setup ## Ingestion throughput vs raw model, ask latency (writes docs/benchmarks.md)
+	@$(PY) -m scripts.bench
+
+clean:
+	rm -rf gen .ragdata .bench .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Sets up a fresh clone: Python virtualenv with pinned CPU torch, the project
+# with its local model, generated gRPC code and the offline contract tools.
+# Idempotent: a second run only does what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "setup: Python 3.11 is required (found $("$PYTHON" --version))" >&2
+  exit 1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+PY=.venv/bin/python
+stamp=.venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  echo "setup: installing Python packages (first run takes a few minutes)"
+  $PY -m pip install --quiet --upgrade pip
+  # The CPU build of torch first: sentence-transformers would otherwise pull a
+  # multi-GB CUDA build.
+  $PY -m pip install --quiet "torch==2.13.0"
+  $PY -m pip install --quiet -e ".[local-model,dev]"
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+# Generated code is produced here, never edited by hand, never committed.
+echo "setup: generating gRPC code from protos/"
+rm -rf gen/python && mkdir -p gen/python
+$PY -m grpc_tools.protoc -Iprotos \
+  --python_out=gen/python --grpc_python_out=gen/python \
+  --mypy_out=gen/python --mypy_grpc_out=gen/python \
+  protos/ragplatform/v1/*.proto >/dev/null
+site=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$PWD/gen/python" > "$site/ragplatform_gen.pth"
+
+# buf (npm) lints the contract offline.
+if [ ! -x tools/node_modules/.bin/buf ]; then
+  echo "setup: installing contract tools (npm)"
+  (cd tools && npm install --silent --no-audit --no-fund)
+fi
+echo "setup: done"

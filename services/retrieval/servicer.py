@@ -1,0 +1,98 @@
+"""RetrievalService: converts protobuf to store calls; the store does the work.
+
+The store is synchronous (the embedded engine is native code); calls run in a
+worker thread so the event loop keeps serving other RPCs meanwhile.
+"""
+
+import asyncio
+from typing import Any
+
+from grpc import aio
+
+from ragplatform.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
+from services.common.errors import InvalidInputError, NotFoundError
+from services.retrieval.store import DocumentRecord, SearchFilter, StoredChunk, VectorStore
+from services.runtime.convert import from_proto, to_proto
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+
+def _scored(hit_chunk: StoredChunk, score: float) -> common_pb2.ScoredChunk:
+    return common_pb2.ScoredChunk(chunk=to_proto(hit_chunk, common_pb2.Chunk), score=score)
+
+
+class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
+    """gRPC edge of the retrieval service."""
+
+    def __init__(self, store: VectorStore) -> None:
+        self._store = store
+
+    async def ReplaceDocument(
+        self, request: retrieval_pb2.ReplaceDocumentRequest, context: aio.ServicerContext[Any, Any]
+    ) -> retrieval_pb2.ReplaceDocumentResponse:
+        document = from_proto(request.document, DocumentRecord)
+        if not document.document_id:
+            raise InvalidInputError("document.document_id is empty")
+        chunks = [from_proto(item.chunk, StoredChunk) for item in request.chunks]
+        vectors = [list(item.vector.values) for item in request.chunks]
+        upserted, deleted = await asyncio.to_thread(
+            self._store.replace_document, document, chunks, vectors
+        )
+        return retrieval_pb2.ReplaceDocumentResponse(
+            chunks_upserted=upserted, chunks_deleted=deleted
+        )
+
+    async def Search(
+        self, request: retrieval_pb2.SearchRequest, context: aio.ServicerContext[Any, Any]
+    ) -> retrieval_pb2.SearchResponse:
+        search_filter = SearchFilter(
+            document_ids=tuple(request.filter.document_ids),
+            media_types=tuple(request.filter.media_types),
+            source_uris=tuple(request.filter.source_uris),
+        )
+        hits = await asyncio.to_thread(
+            self._store.search, list(request.vector.values), request.top_k, search_filter
+        )
+        return retrieval_pb2.SearchResponse(results=[_scored(h.chunk, h.score) for h in hits])
+
+    async def GetDocument(
+        self, request: retrieval_pb2.GetDocumentRequest, context: aio.ServicerContext[Any, Any]
+    ) -> retrieval_pb2.GetDocumentResponse:
+        if not request.document_id:
+            raise InvalidInputError("document_id is empty")
+        record = await asyncio.to_thread(self._store.get_document, request.document_id)
+        if record is None:
+            raise NotFoundError(f"document {request.document_id!r} not found")
+        return retrieval_pb2.GetDocumentResponse(document=to_proto(record, common_pb2.DocumentInfo))
+
+    async def ListDocuments(
+        self, request: retrieval_pb2.ListDocumentsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> retrieval_pb2.ListDocumentsResponse:
+        page_size = request.page_size or DEFAULT_PAGE_SIZE
+        if page_size > MAX_PAGE_SIZE:
+            raise InvalidInputError(f"page_size {page_size} is over the limit {MAX_PAGE_SIZE}")
+        # One extra record tells whether another page follows.
+        records = await asyncio.to_thread(
+            self._store.list_documents, page_size + 1, request.page_token
+        )
+        page = records[:page_size]
+        next_token = page[-1].document_id if len(records) > page_size else ""
+        return retrieval_pb2.ListDocumentsResponse(
+            documents=[to_proto(r, common_pb2.DocumentInfo) for r in page],
+            next_page_token=next_token,
+        )
+
+    async def RemoveDocument(
+        self, request: retrieval_pb2.RemoveDocumentRequest, context: aio.ServicerContext[Any, Any]
+    ) -> retrieval_pb2.RemoveDocumentResponse:
+        if not request.document_id:
+            raise InvalidInputError("document_id is empty")
+        deleted = await asyncio.to_thread(self._store.remove_document, request.document_id)
+        return retrieval_pb2.RemoveDocumentResponse(chunks_deleted=deleted)
+
+    async def GetStats(
+        self, request: retrieval_pb2.GetStatsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> retrieval_pb2.GetStatsResponse:
+        stats = await asyncio.to_thread(self._store.stats)
+        return to_proto(stats, retrieval_pb2.GetStatsResponse)

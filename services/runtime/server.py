@@ -1,0 +1,94 @@
+"""The one gRPC server bootstrap every service runs.
+
+It binds the service's port, registers the standard health service (so
+Kubernetes gRPC probes and `ragctl status` work) and server reflection (so
+grpcurl works), maps domain errors to status codes, and on SIGTERM or SIGINT
+reports NOT_SERVING, stops accepting calls and drains in-flight ones for
+`drain_seconds` before closing the service's resources.
+"""
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.runtime.errors import ErrorMappingInterceptor
+from services.runtime.logs import configure_logging
+from services.runtime.settings import PlatformSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceBinding:
+    """A servicer to register: the generated `add_XServicer_to_server` and its full name."""
+
+    add_to_server: Callable[[Any, aio.Server], None]
+    servicer: Any
+    full_name: str
+
+
+@dataclass
+class Service:
+    """What a service contributes: bindings, plus cleanups run after draining."""
+
+    bindings: Sequence[ServiceBinding]
+    cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+async def serve(
+    name: str,
+    settings: PlatformSettings,
+    build: Callable[[], Awaitable[Service]],
+) -> None:
+    """Build the service, serve it until a stop signal, then drain and clean up."""
+    configure_logging(name, settings.log_level)
+    service = await build()
+    options = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = aio.server(interceptors=[ErrorMappingInterceptor()], options=options)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for binding in service.bindings:
+        binding.add_to_server(binding.servicer, server)
+    reflection.enable_server_reflection(
+        [b.full_name for b in service.bindings]
+        + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    address = settings.listen_address_of(name)
+    if server.add_insecure_port(address) == 0:
+        raise SystemExit(f"{name}: cannot bind {address}")
+    await server.start()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    await health_servicer.set("", serving)
+    for binding in service.bindings:
+        await health_servicer.set(binding.full_name, serving)
+    log.info("serving", extra={"address": address})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("draining", extra={"grace_seconds": settings.drain_seconds})
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.drain_seconds)
+    for cleanup in service.cleanups:
+        await cleanup()
+    log.info("stopped")
+
+
+def run(name: str, settings: PlatformSettings, build: Callable[[], Awaitable[Service]]) -> None:
+    """Entry point for a service's `__main__`."""
+    asyncio.run(serve(name, settings, build))
