@@ -1,0 +1,233 @@
+"""Domain types and the storage interface of the retrieval service.
+
+The servicer, the ingestion pipeline and the tests talk to a `VectorStore`, never
+to an engine API, so the embedded engine used today (qdrant-edge, see `edge.py`)
+can be swapped for a Qdrant server later without touching callers. The
+validation helpers live here, not in a backend, so every backend rejects the
+same inputs with the same messages.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from services.common.errors import InvalidInputError
+
+MAX_TOP_K = 100
+"""Upper bound on `search(top_k=...)`: a RAG prompt never needs more, and a bound
+keeps one request from asking the engine for an unbounded result set."""
+
+MAX_LIST_LIMIT = 10_000
+"""Upper bound on `list_documents(limit=...)`: callers page with `after`."""
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    """One chunk as indexed: everything needed to cite it without another lookup."""
+
+    chunk_id: str  # canonical UUID string (str(uuid.UUID(...)))
+    document_id: str
+    ordinal: int
+    text: str
+    title: str
+    section: str
+    page: int
+    char_start: int
+    char_end: int
+    source_uri: str
+    media_type: str
+    token_count: int
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    """What the registry knows about one indexed document."""
+
+    document_id: str
+    title: str
+    source_uri: str
+    media_type: str
+    content_sha256: str
+    chunk_count: int
+    size_bytes: int
+    indexed_at_unix: int
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Restricts a search: fields combine with AND, values within a field with OR.
+
+    An empty tuple means "no restriction on this field".
+    """
+
+    document_ids: tuple[str, ...] = ()
+    media_types: tuple[str, ...] = ()
+    source_uris: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """A chunk and its cosine similarity to the query (higher is closer)."""
+
+    chunk: StoredChunk
+    score: float
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Counts a health or admin endpoint reports."""
+
+    document_count: int
+    chunk_count: int
+    dimension: int
+    backend: str
+
+
+class VectorStore(Protocol):
+    """Small typed interface; the embedded engine now, the Qdrant server later."""
+
+    @property
+    def dimension(self) -> int:
+        """Length every stored and query vector must have."""
+        ...
+
+    def replace_document(
+        self,
+        document: DocumentRecord,
+        chunks: Sequence[StoredChunk],
+        vectors: Sequence[Sequence[float]],
+    ) -> tuple[int, int]:
+        """Make `chunks` the only chunks of the document; return (upserted, deleted).
+
+        Readers see either the old or the new set of chunks, never a mix.
+        """
+        ...
+
+    def search(self, vector: Sequence[float], top_k: int, filter: SearchFilter) -> list[SearchHit]:
+        """Return up to `top_k` chunks closest to `vector`, best first."""
+        ...
+
+    def get_document(self, document_id: str) -> DocumentRecord | None:
+        """Return the registry record, or None when the document is not indexed."""
+        ...
+
+    def list_documents(self, limit: int, after: str = "") -> list[DocumentRecord]:
+        """Return up to `limit` records with document_id > `after`, ordered by document_id."""
+        ...
+
+    def remove_document(self, document_id: str) -> int:
+        """Delete the document and its chunks; return the number of chunks deleted.
+
+        Raises NotFoundError when the document is not indexed.
+        """
+        ...
+
+    def stats(self) -> StoreStats:
+        """Return document and chunk counts."""
+        ...
+
+    def close(self) -> None:
+        """Persist everything and release the storage; later calls fail."""
+        ...
+
+
+def validate_vector(vector: Sequence[float], dimension: int, what: str) -> list[float]:
+    """Return `vector` as a list of floats, or raise InvalidInputError naming `what`.
+
+    A wrong length is the usual symptom of a store opened with one embedding model
+    and queried with another, so the message states both lengths.
+    """
+    return validate_vectors([vector], dimension, [what])[0]
+
+
+def validate_vectors(
+    vectors: Sequence[Sequence[float]], dimension: int, names: Sequence[str]
+) -> list[list[float]]:
+    """Return `vectors` as lists of floats, or raise InvalidInputError naming the culprit.
+
+    NaN, infinities and the zero vector are rejected because cosine similarity is
+    undefined for them and the engine would rank them arbitrarily instead of
+    failing. The checks run on one numpy matrix: checking a 1,000 x 384 batch
+    element by element in Python costs tens of milliseconds per ingest.
+    """
+    for name, vector in zip(names, vectors, strict=True):
+        if len(vector) != dimension:
+            raise InvalidInputError(f"{name} has dimension {len(vector)}, expected {dimension}")
+    if not vectors:
+        return []
+    try:
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, rejected below
+            matrix = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), dimension)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"vectors must contain only numbers: {exc}") from None
+    unusable = np.flatnonzero(~(np.isfinite(matrix).all(axis=1) & matrix.any(axis=1)))
+    if unusable.size:
+        first = int(unusable[0])
+        if not np.isfinite(matrix[first]).all():
+            raise InvalidInputError(f"{names[first]} contains NaN or infinite values")
+        raise InvalidInputError(f"{names[first]} is the zero vector; cosine is undefined for it")
+    rows: list[list[float]] = matrix.tolist()
+    return rows
+
+
+def validate_top_k(top_k: int) -> None:
+    """Reject a result size outside 1..MAX_TOP_K."""
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise InvalidInputError(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+
+
+def validate_list_limit(limit: int) -> None:
+    """Reject a page size outside 1..MAX_LIST_LIMIT."""
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidInputError(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
+
+
+def validate_replacement(
+    document: DocumentRecord,
+    chunks: Sequence[StoredChunk],
+    vectors: Sequence[Sequence[float]],
+    dimension: int,
+) -> list[list[float]]:
+    """Check a `replace_document` call before anything is written; return the vectors.
+
+    Everything is checked up front so a bad request never leaves a document half
+    replaced: the counts must agree (a mismatch means the caller lost or
+    duplicated chunks between chunking and embedding), every chunk must belong to
+    the document, and chunk ids must be canonical, unique UUID strings because
+    they become engine point ids and are handed back verbatim in citations.
+    """
+    document_id = document.document_id
+    if not document_id:
+        raise InvalidInputError("document_id must not be empty")
+    if not len(chunks) == len(vectors) == document.chunk_count:
+        raise InvalidInputError(
+            f"document '{document_id}': chunk_count is {document.chunk_count} but "
+            f"{len(chunks)} chunks and {len(vectors)} vectors were given; all three must match"
+        )
+    seen: set[str] = set()
+    for chunk in chunks:
+        if chunk.document_id != document_id:
+            raise InvalidInputError(
+                f"chunk '{chunk.chunk_id}' belongs to document '{chunk.document_id}', "
+                f"not '{document_id}'"
+            )
+        try:
+            canonical = str(uuid.UUID(chunk.chunk_id))
+        except ValueError:
+            raise InvalidInputError(f"chunk_id '{chunk.chunk_id}' is not a UUID") from None
+        if canonical != chunk.chunk_id:
+            raise InvalidInputError(
+                f"chunk_id '{chunk.chunk_id}' is not in canonical form; use '{canonical}'"
+            )
+        if chunk.chunk_id in seen:
+            raise InvalidInputError(
+                f"chunk_id '{chunk.chunk_id}' appears twice in document '{document_id}'"
+            )
+        seen.add(chunk.chunk_id)
+    names = [f"vector {i} (chunk '{chunk.chunk_id}')" for i, chunk in enumerate(chunks)]
+    return validate_vectors(vectors, dimension, names)
