@@ -127,8 +127,10 @@ class IngestionPipeline:
         address = self._clients.settings.retrieval_addr
         try:
             with downstream("retrieval", address):
-                response = await self._clients.retrieval.GetDocument(
-                    retrieval_pb2.GetDocumentRequest(document_id=document_id)
+                response: retrieval_pb2.GetDocumentResponse = (
+                    await self._clients.retrieval.GetDocument(
+                        retrieval_pb2.GetDocumentRequest(document_id=document_id)
+                    )
                 )
         except PlatformError as error:
             if error.code_name == "NOT_FOUND":
@@ -298,7 +300,9 @@ class IngestionPipeline:
         if not document_id:
             raise InvalidInputError("document_id is empty")
         with downstream("retrieval", self._clients.settings.retrieval_addr):
-            response = await self._clients.retrieval.RemoveDocument(
-                retrieval_pb2.RemoveDocumentRequest(document_id=document_id)
+            response: retrieval_pb2.RemoveDocumentResponse = (
+                await self._clients.retrieval.RemoveDocument(
+                    retrieval_pb2.RemoveDocumentRequest(document_id=document_id)
+                )
             )
         return response.chunks_deleted

@@ -1,0 +1,530 @@
+"""Turn an uploaded file into plain text with headings and page starts.
+
+Everything downstream (chunking, citations, page numbers in answers) works on
+character offsets into one string, so each parser produces exactly that string
+plus the offsets of its structure, instead of a format-specific tree. The media
+type is checked against the bytes before parsing because a mislabelled upload
+would otherwise be indexed as garbage and only be noticed when answers go wrong.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import PurePath
+
+from bs4 import BeautifulSoup
+from bs4.element import NavigableString, PreformattedString, Tag
+
+from services.common.errors import InvalidInputError
+
+TEXT_PLAIN = "text/plain"
+TEXT_MARKDOWN = "text/markdown"
+TEXT_HTML = "text/html"
+APPLICATION_PDF = "application/pdf"
+
+# Extension -> media type. The extension is the primary signal: browsers and
+# curl often send a generic or missing Content-Type, never a wrong extension.
+_EXTENSION_TYPES: dict[str, str] = {
+    ".txt": TEXT_PLAIN,
+    ".md": TEXT_MARKDOWN,
+    ".markdown": TEXT_MARKDOWN,
+    ".html": TEXT_HTML,
+    ".htm": TEXT_HTML,
+    ".pdf": APPLICATION_PDF,
+}
+SUPPORTED_EXTENSIONS = frozenset(_EXTENSION_TYPES)
+SUPPORTED_MEDIA_TYPES = frozenset(_EXTENSION_TYPES.values())
+
+# Declared types that carry no information (what clients send when they do not
+# know), and aliases that mean the same as our canonical type.
+_UNINFORMATIVE_DECLARED = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+_DECLARED_ALIASES: dict[str, str] = {
+    "text/x-markdown": TEXT_MARKDOWN,
+    "application/xhtml+xml": TEXT_HTML,
+    "application/x-pdf": APPLICATION_PDF,
+}
+# Markdown is plain text, so a client that labels a .md file text/plain is not
+# contradicting the extension; the richer markdown parse still applies.
+_COMPATIBLE_DECLARED: dict[str, frozenset[str]] = {TEXT_MARKDOWN: frozenset({TEXT_PLAIN})}
+
+_PDF_MAGIC = b"%PDF-"
+# The PDF spec lets the header appear anywhere in the first 1024 bytes.
+_PDF_HEADER_WINDOW = 1024
+_MAX_TXT_TITLE_CHARS = 120
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    """Extracted text plus the structure the chunker and citations need.
+
+    `sections` holds (offset where a heading starts in `text`, heading text),
+    sorted by offset; `pages` holds the offset where each page starts (empty for
+    formats without pages), so a chunk's page is found by bisecting its start.
+    """
+
+    text: str
+    title: str
+    media_type: str
+    sections: list[tuple[int, str]]
+    pages: list[int]
+
+
+def detect_media_type(filename: str, data: bytes, declared: str = "") -> str:
+    """Return the media type for an upload, refusing anything we cannot parse faithfully.
+
+    The extension decides the type; the declared type and the bytes must agree
+    with it. Checking up front gives the uploader a precise reason ("not a valid
+    PDF") instead of an empty or garbled document in the index.
+    """
+    ext = _extension(filename)
+    media_type = _EXTENSION_TYPES.get(ext)
+    if media_type is None:
+        shown = f"extension '{ext}'" if ext else "no file extension"
+        raise InvalidInputError(
+            f"{filename}: unsupported file type ({shown}); "
+            f"supported extensions: {', '.join(sorted(SUPPORTED_EXTENSIONS))}"
+        )
+    if not data:
+        raise InvalidInputError(f"{filename}: file is empty")
+
+    declared_type = _normalise_declared(declared)
+    if (
+        declared_type not in _UNINFORMATIVE_DECLARED
+        and declared_type != media_type
+        and declared_type not in _COMPATIBLE_DECLARED.get(media_type, frozenset())
+    ):
+        raise InvalidInputError(
+            f"{filename}: declared media type {declared_type} "
+            f"does not match file extension {ext} ({media_type})"
+        )
+
+    if media_type == APPLICATION_PDF:
+        if _PDF_MAGIC not in data[:_PDF_HEADER_WINDOW]:
+            raise InvalidInputError(
+                f"{filename}: not a valid PDF (the file has no %PDF- header; "
+                "is it another format renamed to .pdf?)"
+            )
+    else:
+        if data.lstrip()[: len(_PDF_MAGIC)] == _PDF_MAGIC:
+            raise InvalidInputError(
+                f"{filename}: the content is a PDF but the extension {ext} says "
+                f"{media_type}; rename it to .pdf"
+            )
+        decode_text(filename, data)
+    return media_type
+
+
+def decode_text(filename: str, data: bytes) -> str:
+    """Decode a text upload: UTF-8 (with or without BOM), else Windows-1252/Latin-1.
+
+    The legacy fallback exists because old .txt exports are often Windows-1252;
+    NUL bytes are refused outright because they mean a binary file (or UTF-16,
+    which we do not accept) and would otherwise decode "successfully" into junk.
+    """
+    if b"\x00" in data:
+        raise InvalidInputError(
+            f"{filename}: not a text file (it contains NUL bytes; binary files and "
+            "UTF-16 text are not supported, save it as UTF-8)"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        utf8_error = exc
+    for legacy in ("cp1252", "latin-1"):
+        try:
+            text = data.decode(legacy)
+        except UnicodeDecodeError:
+            continue
+        _log.info("%s: not UTF-8 (%s); decoded as %s", filename, utf8_error, legacy)
+        return text
+    raise InvalidInputError(f"{filename}: not valid UTF-8 text ({utf8_error})")  # pragma: no cover
+
+
+def parse_document(filename: str, data: bytes, media_type: str) -> ParsedDocument:
+    """Extract text, title, headings and page starts from an upload of `media_type`.
+
+    Raises InvalidInputError naming the file when it cannot be parsed or holds
+    no text, because an empty document would silently never be retrieved.
+    """
+    if not data:
+        raise InvalidInputError(f"{filename}: file is empty")
+    if media_type == APPLICATION_PDF:
+        doc = _parse_pdf(filename, data)
+    elif media_type in (TEXT_PLAIN, TEXT_MARKDOWN, TEXT_HTML):
+        raw = _normalise_text(decode_text(filename, data))
+        if media_type == TEXT_PLAIN:
+            doc = _parse_txt(filename, raw)
+        elif media_type == TEXT_MARKDOWN:
+            doc = _parse_markdown(filename, raw)
+        else:
+            doc = _parse_html(filename, raw)
+    else:
+        raise InvalidInputError(
+            f"{filename}: unsupported media type {media_type!r}; "
+            f"supported: {', '.join(sorted(SUPPORTED_MEDIA_TYPES))}"
+        )
+    if not doc.text.strip():
+        raise InvalidInputError(f"{filename}: the document contains no text")
+    return doc
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _extension(filename: str) -> str:
+    return PurePath(filename.replace("\\", "/")).suffix.lower()
+
+
+def _stem(filename: str) -> str:
+    stem = PurePath(filename.replace("\\", "/")).stem
+    return stem or filename
+
+
+def _normalise_declared(declared: str) -> str:
+    base = declared.split(";", 1)[0].strip().lower()
+    return _DECLARED_ALIASES.get(base, base)
+
+
+def _normalise_text(text: str) -> str:
+    """Unify newlines and compose accents so offsets and matching are stable.
+
+    Trailing spaces on lines are dropped because they carry no meaning and
+    would otherwise end up inside chunk boundaries.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = unicodedata.normalize("NFC", text)
+    text = re.sub(r"[ \t]+$", "", text, flags=re.MULTILINE)
+    return text.strip("\n")
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _parse_txt(filename: str, text: str) -> ParsedDocument:
+    first_line = next((line.strip() for line in text.split("\n") if line.strip()), "")
+    title = first_line if 0 < len(first_line) <= _MAX_TXT_TITLE_CHARS else _stem(filename)
+    return ParsedDocument(text=text, title=title, media_type=TEXT_PLAIN, sections=[], pages=[])
+
+
+# --------------------------------------------------------------------------- markdown
+
+_ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+_SETEXT_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+# Lines that cannot be the text of a setext heading (list items, quotes, tables).
+_NOT_SETEXT_TEXT = re.compile(r"^ {0,3}(?:[-*+>|]|\d+[.)]\s|#)")
+_FRONT_MATTER = re.compile(r"\A---\n(.*?\n)---\n", re.DOTALL)
+_FRONT_MATTER_TITLE = re.compile(r"^title:[ \t]*(.+?)[ \t]*$", re.MULTILINE)
+
+
+def _parse_markdown(filename: str, text: str) -> ParsedDocument:
+    """Keep the markdown source as the text and record ATX/setext headings.
+
+    The source stays (rather than rendered text) because headings, lists and
+    code read fine to both the embedder and a human looking at a citation.
+    YAML front matter is metadata, not content, so it is dropped (its title kept).
+    """
+    front_title = ""
+    front = _FRONT_MATTER.match(text)
+    if front:
+        title_match = _FRONT_MATTER_TITLE.search(front.group(1))
+        if title_match:
+            front_title = title_match.group(1).strip("'\"")
+        text = text[front.end() :].lstrip("\n")
+
+    sections: list[tuple[int, str]] = []
+    first_h1 = ""
+    fence: str | None = None
+    offset = 0
+    prev_line: str | None = None
+    prev_offset = 0
+    for line in text.split("\n"):
+        line_start = offset
+        offset += len(line) + 1
+        fence_match = _FENCE.match(line)
+        if fence is not None:
+            closing = fence_match.group(1) if fence_match else ""
+            if closing[:1] == fence[0] and len(closing) >= len(fence):
+                fence = None
+            prev_line = None
+            continue
+        if fence_match:
+            fence = fence_match.group(1)
+            prev_line = None
+            continue
+        atx = _ATX_HEADING.match(line)
+        if atx:
+            heading = _clean_heading(atx.group(2) or "")
+            if heading:
+                sections.append((line_start, heading))
+                if len(atx.group(1)) == 1 and not first_h1:
+                    first_h1 = heading
+            prev_line = None
+            continue
+        setext = _SETEXT_UNDERLINE.match(line)
+        if (
+            setext
+            and prev_line is not None
+            and prev_line.strip()
+            and not _NOT_SETEXT_TEXT.match(prev_line)
+        ):
+            heading = _clean_heading(prev_line)
+            sections.append((prev_offset, heading))
+            if setext.group(1)[0] == "=" and not first_h1:
+                first_h1 = heading
+            prev_line = None
+            continue
+        prev_line, prev_offset = line, line_start
+
+    title = first_h1 or front_title or _stem(filename)
+    return ParsedDocument(
+        text=text, title=title, media_type=TEXT_MARKDOWN, sections=sections, pages=[]
+    )
+
+
+def _clean_heading(raw: str) -> str:
+    """Heading text without emphasis/code markers, so it reads well as a label."""
+    heading = re.sub(r"(\*\*|__|`)", "", raw.strip())
+    heading = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # [text](url) -> text
+    return " ".join(heading.split())
+
+
+# --------------------------------------------------------------------------- html
+
+# Elements whose content is never document text (code, chrome, metadata).
+_HTML_DROP = frozenset(
+    {"script", "style", "nav", "footer", "noscript", "template", "svg", "head", "iframe",
+     "object", "canvas", "button", "select", "form"}
+)  # fmt: skip
+# Elements that start a new paragraph, so paragraph breaks survive extraction.
+_HTML_PARAGRAPH = frozenset(
+    {"p", "div", "section", "article", "main", "header", "aside", "blockquote", "pre",
+     "ul", "ol", "dl", "table", "figure", "figcaption", "address", "details", "summary",
+     "fieldset", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "body", "html", "center"}
+)  # fmt: skip
+# Elements that start a new line but not a new paragraph.
+_HTML_LINE = frozenset({"li", "dt", "dd", "tr", "br", "caption", "option"})
+_HTML_CELL = frozenset({"td", "th"})
+_HTML_HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+_LINE, _PARAGRAPH = 1, 2
+
+
+class _HtmlTextBuilder:
+    """Accumulates visible text with the strongest pending break between pieces.
+
+    Breaks are kept pending until the next visible text arrives so that nested
+    block elements produce one blank line, not a pile of them, and a heading's
+    offset is the offset of its first character rather than of a separator.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.length = 0
+        self.pending_break = 0
+        self.pending_cell = False
+        self.pending_space = False
+        self.pending_heading: str | None = None
+        self.sections: list[tuple[int, str]] = []
+
+    def request_break(self, strength: int) -> None:
+        self.pending_break = max(self.pending_break, strength)
+        self.pending_space = False
+        self.pending_cell = False
+
+    def request_cell(self) -> None:
+        self.pending_cell = True
+
+    def add(self, text: str, preformatted: bool) -> None:
+        trailing_space = False
+        if not preformatted:
+            leading_space = text[:1].isspace()
+            trailing_space = text[-1:].isspace()
+            text = " ".join(text.split())
+            if not text:
+                if leading_space and self.length:
+                    self.pending_space = True
+                return
+            if leading_space:
+                self.pending_space = True
+        elif not text:
+            return
+        self._emit_separator()
+        if self.pending_heading is not None:
+            self.sections.append((self.length, self.pending_heading))
+            self.pending_heading = None
+        self.parts.append(text)
+        self.length += len(text)
+        self.pending_space = not preformatted and trailing_space
+
+    def _emit_separator(self) -> None:
+        if not self.length:
+            sep = ""
+        elif self.pending_break:
+            sep = "\n\n" if self.pending_break >= _PARAGRAPH else "\n"
+        elif self.pending_cell:
+            sep = " | "
+        elif self.pending_space:
+            sep = " "
+        else:
+            sep = ""
+        self.pending_break = 0
+        self.pending_cell = False
+        self.pending_space = False
+        if sep:
+            self.parts.append(sep)
+            self.length += len(sep)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _parse_html(filename: str, source: str) -> ParsedDocument:
+    """Extract visible text with paragraphs and headings from HTML.
+
+    Walks the tree with an explicit stack (deeply nested markup must not hit the
+    recursion limit) and emits blank lines around block elements so the chunker
+    can still split on paragraphs.
+    """
+    soup = BeautifulSoup(source, "html.parser")
+    title_tag = soup.find("title")
+    page_title = " ".join(title_tag.get_text(" ").split()) if isinstance(title_tag, Tag) else ""
+
+    builder = _HtmlTextBuilder()
+    first_h1 = ""
+    # Stack items: a node to visit, or ("end", tag name, was_pre) to close one.
+    stack: list[object] = [soup]
+    pre_depth = 0
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple):
+            _, name, is_pre = item
+            if name in _HTML_PARAGRAPH:
+                builder.request_break(_PARAGRAPH)
+            elif name in _HTML_LINE:
+                builder.request_break(_LINE)
+            if is_pre:
+                pre_depth -= 1
+            continue
+        if isinstance(item, PreformattedString):  # comments, doctype, CDATA, PIs
+            continue
+        if isinstance(item, NavigableString):
+            builder.add(str(item), preformatted=pre_depth > 0)
+            continue
+        if not isinstance(item, Tag):
+            continue
+        name = (item.name or "").lower()
+        if name in _HTML_DROP or item.has_attr("hidden"):
+            continue
+        if name in _HTML_PARAGRAPH:
+            builder.request_break(_PARAGRAPH)
+        elif name in _HTML_LINE:
+            builder.request_break(_LINE)
+        elif name in _HTML_CELL:
+            builder.request_cell()
+        if name in _HTML_HEADINGS:
+            heading = " ".join(item.get_text(" ").split())
+            if heading:
+                builder.pending_heading = heading
+                if name == "h1" and not first_h1:
+                    first_h1 = heading
+        is_pre = name in ("pre", "textarea")
+        if is_pre:
+            pre_depth += 1
+        stack.append(("end", name, is_pre))
+        stack.extend(reversed(item.contents))
+
+    # Only trailing whitespace may go: stripping the front would shift the
+    # heading offsets recorded while building.
+    text = builder.text().rstrip()
+    title = page_title or first_h1 or _stem(filename)
+    return ParsedDocument(
+        text=text, title=title, media_type=TEXT_HTML, sections=builder.sections, pages=[]
+    )
+
+
+# --------------------------------------------------------------------------- pdf
+
+
+def _parse_pdf(filename: str, data: bytes) -> ParsedDocument:
+    """Extract text page by page and remember where each page starts.
+
+    pypdf raises a zoo of exception types on damaged files (its own errors, but
+    also KeyError/ValueError from half-parsed objects), so every failure while
+    reading is reported as "not a valid PDF" with the underlying reason.
+    """
+    # Imported lazily: pypdf is only needed for PDFs and is slow-ish to import.
+    import pypdf
+    from pypdf.errors import DependencyError, FileNotDecryptedError
+
+    try:
+        reader = pypdf.PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            # Many PDFs are encrypted with an owner password only (to restrict
+            # printing/editing) and open with an empty user password.
+            try:
+                decrypted = reader.decrypt("")
+            except DependencyError as exc:
+                raise InvalidInputError(
+                    f"{filename}: the PDF is encrypted with a cipher this server "
+                    f"cannot decrypt ({exc}); upload an unencrypted copy"
+                ) from exc
+            if decrypted == pypdf.PasswordType.NOT_DECRYPTED:
+                raise InvalidInputError(
+                    f"{filename}: the PDF is encrypted and needs a password; "
+                    "upload an unencrypted copy"
+                )
+        page_texts = [_clean_pdf_page(page.extract_text() or "") for page in reader.pages]
+        title = _pdf_title(reader)
+    except InvalidInputError:
+        raise
+    except FileNotDecryptedError as exc:
+        raise InvalidInputError(
+            f"{filename}: the PDF is encrypted and needs a password ({exc})"
+        ) from exc
+    except Exception as exc:  # pypdf signals corruption with many exception types
+        raise InvalidInputError(f"{filename}: not a valid PDF ({exc})") from exc
+
+    if not page_texts:
+        raise InvalidInputError(f"{filename}: the PDF has no pages")
+    if not any(page_texts):
+        raise InvalidInputError(
+            f"{filename}: the PDF has no extractable text (scanned PDFs need OCR, "
+            "which is not supported yet)"
+        )
+    pages: list[int] = []
+    offset = 0
+    for page_text in page_texts:
+        pages.append(offset)
+        offset += len(page_text) + 2
+    text = "\n\n".join(page_texts)
+    return ParsedDocument(
+        text=text,
+        title=title or _stem(filename),
+        media_type=APPLICATION_PDF,
+        sections=[],
+        pages=pages,
+    )
+
+
+def _clean_pdf_page(text: str) -> str:
+    """NFKC-normalise PDF text: it turns ligatures (ﬁ, ﬂ) and compatibility forms
+    that PDF fonts love back into the plain letters people search for."""
+    text = unicodedata.normalize("NFKC", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    text = re.sub(r"[ \t]+$", "", text, flags=re.MULTILINE)
+    return text.strip()
+
+
+def _pdf_title(reader: object) -> str:
+    try:
+        metadata = getattr(reader, "metadata", None)
+        title = getattr(metadata, "title", None) if metadata is not None else None
+    except Exception:  # broken metadata must not reject an otherwise readable PDF
+        return ""
+    return " ".join(str(title).split()) if title else ""
