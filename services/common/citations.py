@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 
 _MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+# Adjacent markers ("[2][3]") with the spaces before them: they are kept or dropped as a unit.
+_MARKER_RUN = re.compile(r"([ \t]*)((?:\[\d+(?:\s*,\s*\d+)*\])+)")
 
 
 def cited_numbers(text: str) -> list[int]:
@@ -31,20 +33,26 @@ class CitationCheck:
 def keep_supplied_citations(text: str, supplied: set[int]) -> CitationCheck:
     """Drop every citation to a source number that was not supplied.
 
-    A marker listing several numbers keeps only the supplied ones; a marker left
-    empty disappears together with the space before it.
+    A marker listing several numbers keeps only the supplied ones; a marker (or a
+    run of adjacent ones, "[2][3]") left empty disappears together with the space
+    before it. Nothing else in the text changes: answers may quote sources
+    verbatim (odd spacing included) or hold indented code.
     """
     removed: dict[int, None] = {}
 
-    def rewrite(match: re.Match[str]) -> str:
-        numbers = [int(p) for p in match.group(1).split(",")]
-        kept = [n for n in numbers if n in supplied]
-        for n in numbers:
-            if n not in supplied:
-                removed.setdefault(n, None)
-        return "[" + ", ".join(str(n) for n in kept) + "]" if kept else ""
+    def rewrite(run: re.Match[str]) -> str:
+        kept_markers = []
+        for marker in _MARKER.finditer(run.group(2)):
+            numbers = [int(p) for p in marker.group(1).split(",")]
+            kept = [n for n in numbers if n in supplied]
+            for n in numbers:
+                if n not in supplied:
+                    removed.setdefault(n, None)
+            if len(kept) == len(numbers):
+                kept_markers.append(marker.group())
+            elif kept:
+                kept_markers.append("[" + ", ".join(str(n) for n in kept) + "]")
+        return run.group(1) + "".join(kept_markers) if kept_markers else ""
 
-    cleaned = _MARKER.sub(rewrite, text)
-    cleaned = re.sub(r"[ \t]+([.,;:!?])", r"\1", cleaned)
-    cleaned = re.sub(r"[ \t]{2,}", " ", cleaned).strip()
+    cleaned = _MARKER_RUN.sub(rewrite, text).strip()
     return CitationCheck(text=cleaned, valid=cited_numbers(cleaned), removed=list(removed))

@@ -8,9 +8,9 @@ the source text.
 import re
 from collections.abc import Iterator
 
-# A sentence ends at . ! ? (optionally followed by closing quotes/brackets)
-# followed by whitespace and an uppercase letter, digit, quote or bracket.
-_SENTENCE_END = re.compile(r"""(?:(?<=[.!?])|(?<=[.!?]["')\]]))\s+(?=["'(\[]?[A-Z0-9À-Ý])""")
+# A sentence ends at . ! ? (optionally followed by a closing quote/bracket, typographic
+# ones included) followed by whitespace and an uppercase letter, digit, quote or bracket.
+_SENTENCE_END = re.compile(r"""(?:(?<=[.!?])|(?<=[.!?]["'”’»)\]]))\s+(?=["'“‘«(\[]?[A-Z0-9À-Ý])""")
 # Abbreviations that end with a period but do not end a sentence.
 _ABBREVIATIONS = frozenset(
     {
