@@ -1,0 +1,31 @@
+"""Run the REST gateway: `python -m services.gateway`.
+
+Serves `create_app` with uvicorn on `RAG_GATEWAY_PORT`, bound to `RAG_LISTEN_HOST`,
+logging JSON lines like every other service; on SIGTERM uvicorn stops accepting
+connections and lets in-flight requests finish for `RAG_DRAIN_SECONDS`.
+"""
+
+import math
+
+import uvicorn
+
+from services.gateway.app import GatewaySettings, create_app
+from services.runtime.logs import configure_logging
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    configure_logging("gateway", settings.log_level)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.listen_host,
+        port=settings.gateway_port,
+        log_config=None,  # keep the JSON handler configure_logging installed
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=math.ceil(settings.drain_seconds),
+    )
+
+
+if __name__ == "__main__":
+    main()

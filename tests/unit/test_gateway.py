@@ -1,0 +1,659 @@
+"""The gateway's HTTP ↔ gRPC mapping, against real in-process grpc.aio servers.
+
+The servers run small deterministic *fakes* of QueryService, IngestionService and
+RetrievalService written here: they exist only to check what the gateway sends
+and how it renders what comes back (JSON shapes, status codes, SSE, multipart
+streaming, auth), not the services' behaviour, which their own tests cover.
+"""
+
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ragplatform.v1 import (
+    common_pb2,
+    ingestion_pb2,
+    ingestion_pb2_grpc,
+    query_pb2,
+    query_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+)
+from services.gateway.app import (
+    GRPC_TO_HTTP,
+    PROTO_MODELS,
+    UPLOAD_CHUNK_BYTES,
+    GatewaySettings,
+    create_app,
+    http_status_for,
+)
+from services.runtime.clients import PlatformClients
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ERROR_PREFIX = "error:"
+
+
+async def _abort_if_asked(text: str, context: Any) -> None:
+    """Fakes fail on request: a text `error:CODE` aborts with that gRPC status."""
+    if text.startswith(ERROR_PREFIX):
+        code = grpc.StatusCode[text.removeprefix(ERROR_PREFIX)]
+        await context.abort(code, f"fake {code.name} for {text!r}")
+
+
+def _fake_answer(question: str) -> query_pb2.AskResponse:
+    return query_pb2.AskResponse(
+        answer=f"Answer to {question} [1].",
+        citations=[
+            query_pb2.Citation(
+                number=1,
+                document_id="doc-1",
+                title="Doc one",
+                source_uri="file:///tmp/doc1.md",
+                chunk_id="c1",
+                score=0.5,
+                page=3,
+                section="Intro",
+            )
+        ],
+        backend="extractive",
+        model="fake",
+        usage=common_pb2.TokenUsage(input_tokens=10, output_tokens=5),
+        timings=[common_pb2.StageTiming(stage="retrieve", seconds=0.25)],
+        request_id="req-1",
+    )
+
+
+class FakeQuery(query_pb2_grpc.QueryServiceServicer):
+    """Fake QueryService: answers `Answer to <question> [1].`; `error:CODE` fails."""
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+
+    async def Ask(self, request: query_pb2.AskRequest, context: Any) -> query_pb2.AskResponse:
+        self.requests.append(request)
+        await _abort_if_asked(request.question, context)
+        reply = _fake_answer(request.question)
+        if request.debug:
+            reply.debug.prompt = "fake prompt"
+            reply.debug.retrieved.add(chunk=common_pb2.Chunk(chunk_id="c1", text="t"), score=0.5)
+        return reply
+
+    async def AskStream(
+        self, request: query_pb2.AskStreamRequest, context: Any
+    ) -> AsyncIterator[query_pb2.AskStreamResponse]:
+        self.requests.append(request)
+        await _abort_if_asked(request.question, context)
+        for piece in ("Answer ", "to ", request.question, " [1]."):
+            yield query_pb2.AskStreamResponse(delta=piece)
+        if request.question == "fail midway":
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "generation service went away")
+        yield query_pb2.AskStreamResponse(final=_fake_answer(request.question))
+
+
+@dataclass
+class Upload:
+    header: ingestion_pb2.DocumentHeader
+    chunk_sizes: list[int] = field(default_factory=list)
+    sha256: str = ""
+
+
+class FakeIngestion(ingestion_pb2_grpc.IngestionServiceServicer):
+    """Fake IngestionService: records uploads; a second upload of an id is UPDATED,
+    file `failed.txt` returns a FAILED result, a filename `error:CODE` aborts."""
+
+    def __init__(self) -> None:
+        self.uploads: list[Upload] = []
+
+    async def UploadDocument(
+        self, request_iterator: Any, context: Any
+    ) -> ingestion_pb2.UploadDocumentResponse:
+        first = await anext(request_iterator)
+        upload = Upload(header=first.header)
+        digest = hashlib.sha256()
+        async for message in request_iterator:
+            upload.chunk_sizes.append(len(message.data))
+            digest.update(message.data)
+        upload.sha256 = digest.hexdigest()
+        await _abort_if_asked(upload.header.filename, context)
+        document_id = upload.header.document_id or upload.header.filename
+        seen = any((u.header.document_id or u.header.filename) == document_id for u in self.uploads)
+        self.uploads.append(upload)
+        if upload.header.filename == "failed.txt":
+            result = ingestion_pb2.IngestResult(
+                status=ingestion_pb2.IngestResult.STATUS_FAILED,
+                error_code="INVALID_ARGUMENT",
+                message="empty file",
+                source_uri="upload://failed.txt",
+            )
+            return ingestion_pb2.UploadDocumentResponse(result=result)
+        status = (
+            ingestion_pb2.IngestResult.STATUS_UPDATED
+            if seen
+            else ingestion_pb2.IngestResult.STATUS_CREATED
+        )
+        info = common_pb2.DocumentInfo(
+            document_id=document_id,
+            title=upload.header.title or upload.header.filename,
+            source_uri=f"upload://{upload.header.filename}",
+            media_type=upload.header.media_type or "text/plain",
+            content_sha256=upload.sha256,
+            chunk_count=2,
+            size_bytes=sum(upload.chunk_sizes),
+            indexed_at_unix=1_700_000_000,
+        )
+        result = ingestion_pb2.IngestResult(
+            status=status, document=info, source_uri=info.source_uri
+        )
+        return ingestion_pb2.UploadDocumentResponse(result=result)
+
+    async def DeleteDocument(
+        self, request: ingestion_pb2.DeleteDocumentRequest, context: Any
+    ) -> ingestion_pb2.DeleteDocumentResponse:
+        if request.document_id != "doc-1":
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no document {request.document_id!r}")
+        return ingestion_pb2.DeleteDocumentResponse(chunks_deleted=4)
+
+
+def _fake_info(document_id: str) -> common_pb2.DocumentInfo:
+    return common_pb2.DocumentInfo(
+        document_id=document_id,
+        title=f"Title {document_id}",
+        source_uri=f"file:///docs/{document_id}.md",
+        media_type="text/markdown",
+        content_sha256="ab" * 32,
+        chunk_count=3,
+        size_bytes=2**40,  # a uint64 beyond 32 bits: JSON must still carry a number
+        indexed_at_unix=1_700_000_000,
+    )
+
+
+class FakeRetrieval(retrieval_pb2_grpc.RetrievalServiceServicer):
+    """Fake RetrievalService holding documents doc-1..doc-3, paged by page_size."""
+
+    ids = ("doc-1", "doc-2", "doc-3")
+
+    async def ListDocuments(
+        self, request: retrieval_pb2.ListDocumentsRequest, context: Any
+    ) -> retrieval_pb2.ListDocumentsResponse:
+        await _abort_if_asked(request.page_token, context)
+        start = int(request.page_token or 0)
+        size = request.page_size or 100
+        page = self.ids[start : start + size]
+        token = str(start + size) if start + size < len(self.ids) else ""
+        return retrieval_pb2.ListDocumentsResponse(
+            documents=[_fake_info(i) for i in page], next_page_token=token
+        )
+
+    async def GetDocument(
+        self, request: retrieval_pb2.GetDocumentRequest, context: Any
+    ) -> retrieval_pb2.GetDocumentResponse:
+        if request.document_id not in self.ids:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no document {request.document_id!r}")
+        return retrieval_pb2.GetDocumentResponse(document=_fake_info(request.document_id))
+
+
+@dataclass
+class Fakes:
+    query: FakeQuery
+    ingestion: FakeIngestion
+    retrieval: FakeRetrieval
+    address: str
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def fakes() -> AsyncIterator[Fakes]:
+    """One in-process grpc.aio server hosting the three fakes and a health service."""
+    server = aio.server()
+    found = Fakes(FakeQuery(), FakeIngestion(), FakeRetrieval(), "")
+    query_pb2_grpc.add_QueryServiceServicer_to_server(found.query, server)
+    ingestion_pb2_grpc.add_IngestionServiceServicer_to_server(found.ingestion, server)
+    retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(found.retrieval, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    found.address = f"127.0.0.1:{port}"
+    yield found
+    await server.stop(None)
+
+
+def _settings(fakes: Fakes, **overrides: Any) -> GatewaySettings:
+    values: dict[str, Any] = {
+        "query_addr": fakes.address,
+        "ingestion_addr": fakes.address,
+        "retrieval_addr": fakes.address,
+        "rpc_timeout_seconds": 5.0,
+        "gateway_api_keys": "",
+    }
+    return GatewaySettings(**(values | overrides))
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def make_client(
+    fakes: Fakes,
+) -> AsyncIterator[Any]:
+    """Factory of HTTP clients bound to a gateway app built with given settings."""
+    opened: list[tuple[httpx.AsyncClient, PlatformClients]] = []
+
+    async def make(raise_app_exceptions: bool = True, **overrides: Any) -> httpx.AsyncClient:
+        settings = _settings(fakes, **overrides)
+        clients = PlatformClients(settings)
+        app = create_app(settings, clients)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+        http = httpx.AsyncClient(transport=transport, base_url="http://gateway")
+        opened.append((http, clients))
+        return http
+
+    yield make
+    for http, clients in opened:
+        await http.aclose()
+        await clients.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(make_client: Any) -> httpx.AsyncClient:
+    result: httpx.AsyncClient = await make_client()
+    return result
+
+
+# --------------------------------------------------------------------------- ask
+
+
+async def test_ask_returns_answer_json_with_proto_field_names(
+    client: httpx.AsyncClient, fakes: Fakes
+) -> None:
+    body = {
+        "question": "what?",
+        "top_k": 5,
+        "filter": {"document_ids": ["doc-1"], "media_types": ["text/markdown"]},
+    }
+    response = await client.post("/v1/ask", json=body)
+    assert response.status_code == 200
+    data = response.json()
+    assert data["answer"] == "Answer to what? [1]."
+    assert data["citations"][0] == {
+        "number": 1,
+        "document_id": "doc-1",
+        "title": "Doc one",
+        "source_uri": "file:///tmp/doc1.md",
+        "chunk_id": "c1",
+        "score": 0.5,
+        "page": 3,
+        "section": "Intro",
+    }
+    assert data["declined"] is False
+    assert data["usage"] == {"input_tokens": 10, "output_tokens": 5}
+    assert data["timings"] == [{"stage": "retrieve", "seconds": 0.25}]
+    assert data["debug"] is None
+    assert data["request_id"] == "req-1"
+    sent = fakes.query.requests[-1]
+    assert (sent.question, sent.top_k, sent.debug) == ("what?", 5, False)
+    assert list(sent.filter.document_ids) == ["doc-1"]
+    assert list(sent.filter.media_types) == ["text/markdown"]
+    assert list(sent.filter.source_uris) == []
+
+
+async def test_ask_debug_includes_debug_view(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/ask", json={"question": "q", "debug": True})
+    assert response.status_code == 200
+    debug = response.json()["debug"]
+    assert debug["prompt"] == "fake prompt"
+    assert debug["retrieved"][0]["chunk"]["chunk_id"] == "c1"
+    assert debug["retrieved"][0]["score"] == 0.5
+
+
+def _parse_sse(text: str) -> list[tuple[str, Any]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+@pytest.mark.parametrize("path", ["/v1/ask/stream", "/v1/ask?stream=true"])
+async def test_ask_stream_serves_sse_deltas_then_answer(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    response = await client.post(path, json={"question": "why"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = _parse_sse(response.text)
+    assert [kind for kind, _ in events] == ["delta"] * 4 + ["answer"]
+    assert "".join(data["text"] for kind, data in events if kind == "delta") == "Answer to why [1]."
+    assert events[-1][1]["answer"] == "Answer to why [1]."
+    assert events[-1][1]["citations"][0]["number"] == 1
+
+
+async def test_ask_stream_error_before_output_gets_http_status(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/ask/stream", json={"question": "error:INVALID_ARGUMENT"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "INVALID_ARGUMENT"
+
+
+async def test_ask_stream_error_midway_is_an_error_event(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/ask/stream", json={"question": "fail midway"})
+    assert response.status_code == 200
+    events = _parse_sse(response.text)
+    assert events[0][0] == "delta"
+    assert events[-1] == (
+        "error",
+        {"error": {"code": "UNAVAILABLE", "message": "generation service went away"}},
+    )
+
+
+# --------------------------------------------------------------------------- errors
+
+
+ALL_ERROR_CODES = [code for code in grpc.StatusCode if code is not grpc.StatusCode.OK]
+
+
+@pytest.mark.parametrize("code", ALL_ERROR_CODES, ids=lambda c: c.name)
+async def test_every_grpc_code_maps_to_its_http_status(
+    client: httpx.AsyncClient, code: grpc.StatusCode
+) -> None:
+    response = await client.post("/v1/ask", json={"question": f"{ERROR_PREFIX}{code.name}"})
+    assert response.status_code == GRPC_TO_HTTP[code.name]
+    assert response.json() == {
+        "error": {"code": code.name, "message": f"fake {code.name} for 'error:{code.name}'"}
+    }
+
+
+async def test_status_mapping_decisions() -> None:
+    assert http_status_for("INVALID_ARGUMENT") == 400
+    assert http_status_for("NOT_FOUND") == 404
+    assert http_status_for("RESOURCE_EXHAUSTED") == 429
+    assert http_status_for("RESOURCE_EXHAUSTED", upload=True) == 413
+    assert http_status_for("FAILED_PRECONDITION") == 409
+    assert http_status_for("UNAVAILABLE") == 503
+    assert http_status_for("DEADLINE_EXCEEDED") == 504
+    assert http_status_for("UNIMPLEMENTED") == 501
+    assert http_status_for("INTERNAL") == 500
+    assert http_status_for("SOMETHING_NEW") == 500
+
+
+async def test_unreachable_service_is_503(make_client: Any) -> None:
+    client = await make_client(query_addr="127.0.0.1:1")
+    response = await client.post("/v1/ask", json={"question": "q"})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "UNAVAILABLE"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "body.question"),
+        ({"question": "q", "top_k": -1}, "body.top_k"),
+        ({"question": "q", "top_k": "many"}, "body.top_k"),
+        ({"question": "q", "filter": {"document_ids": "doc-1"}}, "body.filter.document_ids"),
+        ({"question": "q", "topk": 3}, "body.topk"),
+    ],
+)
+async def test_validation_errors_use_the_error_shape_naming_the_field(
+    client: httpx.AsyncClient, body: dict[str, Any], field: str
+) -> None:
+    response = await client.post("/v1/ask", json=body)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert set(response.json()) == {"error"}
+    assert error["code"] == "INVALID_ARGUMENT"
+    assert field in error["message"]
+
+
+async def test_malformed_json_and_bad_query_params_are_422(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/ask", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "INVALID_ARGUMENT"
+    response = await client.get("/v1/documents", params={"page_size": "-1"})
+    assert response.status_code == 422
+    assert "query.page_size" in response.json()["error"]["message"]
+
+
+async def test_http_layer_errors_use_the_error_shape(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/nowhere")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "NOT_FOUND"
+    response = await client.put("/v1/ask", json={})
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "UNIMPLEMENTED"
+
+
+async def test_unexpected_exception_is_500_without_traceback(make_client: Any) -> None:
+    client = await make_client(raise_app_exceptions=False)
+    app = client._transport.app
+
+    async def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    app.add_api_route("/v1/boom", boom)
+    response = await client.get("/v1/boom")
+    assert response.status_code == 500
+    assert response.json() == {"error": {"code": "INTERNAL", "message": "internal error"}}
+    assert "secret" not in response.text and "Traceback" not in response.text
+
+
+# --------------------------------------------------------------------------- documents
+
+
+async def test_upload_streams_header_and_bytes_intact(
+    client: httpx.AsyncClient, fakes: Fakes
+) -> None:
+    payload = bytes(range(256)) * (4 * 1024 + 3)  # 1 MiB + 768 bytes: five data messages
+    response = await client.post(
+        "/v1/documents",
+        files={"file": ("manual.pdf", payload, "application/octet-stream")},
+        data={"document_id": "manual", "title": "The Manual", "media_type": "application/pdf"},
+    )
+    assert response.status_code == 201
+    assert response.headers["location"] == "/v1/documents/manual"
+    upload = fakes.ingestion.uploads[-1]
+    assert upload.header.filename == "manual.pdf"
+    assert upload.header.document_id == "manual"
+    assert upload.header.title == "The Manual"
+    assert upload.header.media_type == "application/pdf"
+    assert sum(upload.chunk_sizes) == len(payload)
+    assert max(upload.chunk_sizes) == UPLOAD_CHUNK_BYTES
+    assert len(upload.chunk_sizes) == -(-len(payload) // UPLOAD_CHUNK_BYTES)
+    assert upload.sha256 == hashlib.sha256(payload).hexdigest()
+    result = response.json()
+    assert result["status"] == "STATUS_CREATED"
+    assert result["document"]["size_bytes"] == len(payload)
+    assert result["document"]["indexed_at_unix"] == 1_700_000_000
+
+    again = await client.post(
+        "/v1/documents",
+        files={"file": ("manual.pdf", payload)},
+        data={"document_id": "manual"},
+    )
+    assert again.status_code == 200
+    assert again.json()["status"] == "STATUS_UPDATED"
+
+
+async def test_upload_does_not_forward_the_parts_guessed_content_type(
+    client: httpx.AsyncClient, fakes: Fakes
+) -> None:
+    response = await client.post(
+        "/v1/documents", files={"file": ("notes.txt", b"hello", "application/octet-stream")}
+    )
+    assert response.status_code == 201
+    assert fakes.ingestion.uploads[-1].header.media_type == ""
+
+
+async def test_upload_too_large_is_413_and_failed_result_maps_its_code(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post(
+        "/v1/documents", files={"file": ("error:RESOURCE_EXHAUSTED", b"x" * 10)}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+    response = await client.post("/v1/documents", files={"file": ("failed.txt", b"")})
+    assert response.status_code == 400
+    assert response.json() == {"error": {"code": "INVALID_ARGUMENT", "message": "empty file"}}
+
+
+async def test_upload_without_file_part_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/documents", data={"title": "t"})
+    assert response.status_code == 422
+    assert "body.file" in response.json()["error"]["message"]
+
+
+async def test_list_documents_pages(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/documents", params={"page_size": 2})
+    assert response.status_code == 200
+    first = response.json()
+    assert [d["document_id"] for d in first["documents"]] == ["doc-1", "doc-2"]
+    assert first["documents"][0]["size_bytes"] == 2**40
+    assert first["next_page_token"] == "2"
+    response = await client.get("/v1/documents", params={"page_size": 2, "page_token": "2"})
+    second = response.json()
+    assert [d["document_id"] for d in second["documents"]] == ["doc-3"]
+    assert second["next_page_token"] == ""
+
+
+async def test_get_document_and_not_found(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/documents/doc-2")
+    assert response.status_code == 200
+    assert response.json()["title"] == "Title doc-2"
+    response = await client.get("/v1/documents/nope")
+    assert response.status_code == 404
+    assert response.json() == {"error": {"code": "NOT_FOUND", "message": "no document 'nope'"}}
+
+
+async def test_delete_document_and_not_found(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/v1/documents/doc-1")
+    assert response.status_code == 200
+    assert response.json() == {"document_id": "doc-1", "chunks_deleted": 4}
+    response = await client.delete("/v1/documents/unknown")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "NOT_FOUND"
+
+
+# --------------------------------------------------------------------------- health
+
+
+async def test_healthz_and_readyz(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    response = await client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ready",
+        "services": {"query": "SERVING", "ingestion": "SERVING", "retrieval": "SERVING"},
+        "not_serving": [],
+    }
+
+
+async def test_readyz_503_names_services_not_serving(make_client: Any) -> None:
+    client = await make_client(retrieval_addr="127.0.0.1:1")
+    response = await client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "not_ready"
+    assert body["not_serving"] == ["retrieval"]
+    assert body["services"]["retrieval"] == "UNREACHABLE"
+
+
+# --------------------------------------------------------------------------- auth
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def secured(make_client: Any) -> httpx.AsyncClient:
+    result: httpx.AsyncClient = await make_client(gateway_api_keys="key-one, key-two")
+    return result
+
+
+async def test_auth_rejects_missing_and_wrong_keys(secured: httpx.AsyncClient) -> None:
+    response = await secured.post("/v1/ask", json={"question": "q"})
+    assert response.status_code == 401
+    assert response.json() == {"error": {"code": "UNAUTHENTICATED", "message": "missing API key"}}
+    assert response.headers["www-authenticate"] == "Bearer"
+    response = await secured.get("/v1/documents", headers={"Authorization": "Bearer key-three"})
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "invalid API key"
+    response = await secured.get("/v1/documents", headers={"Authorization": "Basic key-one"})
+    assert response.status_code == 401
+
+
+async def test_auth_accepts_bearer_and_x_api_key(secured: httpx.AsyncClient) -> None:
+    response = await secured.post(
+        "/v1/ask", json={"question": "q"}, headers={"Authorization": "Bearer key-one"}
+    )
+    assert response.status_code == 200
+    response = await secured.get("/v1/documents", headers={"X-API-Key": "key-two"})
+    assert response.status_code == 200
+
+
+async def test_auth_refuses_upload_before_reading_it(
+    secured: httpx.AsyncClient, fakes: Fakes
+) -> None:
+    before = len(fakes.ingestion.uploads)
+    response = await secured.post("/v1/documents", files={"file": ("a.txt", b"data")})
+    assert response.status_code == 401
+    assert len(fakes.ingestion.uploads) == before
+
+
+async def test_health_and_docs_need_no_key(secured: httpx.AsyncClient) -> None:
+    assert (await secured.get("/healthz")).status_code == 200
+    assert (await secured.get("/readyz")).status_code == 200
+    assert (await secured.get("/openapi.json")).status_code == 200
+    assert (await secured.get("/docs")).status_code == 200
+
+
+async def test_no_keys_logs_a_warning(fakes: Fakes, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="services.gateway.app"):
+        create_app(_settings(fakes), PlatformClients(_settings(fakes)))
+    assert "authentication disabled" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="services.gateway.app"):
+        keyed = _settings(fakes, gateway_api_keys="k")
+        create_app(keyed, PlatformClients(keyed))
+    assert "authentication disabled" not in caplog.text
+
+
+# --------------------------------------------------------------------------- openapi
+
+
+async def test_openapi_describes_bodies_errors_and_auth(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert spec["info"]["title"] == "ragplatform gateway"
+    assert spec["info"]["version"]
+    assert spec["info"]["description"]
+    paths = spec["paths"]
+    assert {"/v1/ask", "/v1/ask/stream", "/v1/documents", "/v1/documents/{document_id}"} <= set(
+        paths
+    )
+    ask = paths["/v1/ask"]["post"]
+    assert ask["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/AskBody")
+    ok = ask["responses"]["200"]["content"]
+    assert ok["application/json"]["schema"]["$ref"].endswith("/AskResponse")
+    assert "text/event-stream" in ok
+    assert ask["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ErrorResponse"
+    )
+    upload = paths["/v1/documents"]["post"]
+    assert "multipart/form-data" in upload["requestBody"]["content"]
+    assert {"200", "201", "413"} <= set(upload["responses"])
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["HTTPBearer"]["scheme"] == "bearer"
+    assert schemes["APIKeyHeader"]["name"] == "X-API-Key"
+    assert "security" not in paths["/healthz"]["get"]
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+async def test_http_models_mirror_the_contract_field_for_field() -> None:
+    for model, message in PROTO_MODELS.items():
+        proto_fields = set(message.DESCRIPTOR.fields_by_name)
+        assert set(model.model_fields) == proto_fields, model.__name__
