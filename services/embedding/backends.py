@@ -88,7 +88,10 @@ class SentenceTransformerEmbedder:
 
     @property
     def max_input_tokens(self) -> int:
-        return int(self._model.max_seq_length)
+        limit = self._model.max_seq_length
+        if limit is None:
+            raise RuntimeError(f"{self._name} declares no maximum input length")
+        return int(limit)
 
     @property
     def special_tokens_per_input(self) -> int:
