@@ -67,6 +67,10 @@ class PlatformClients:
                 options=[
                     ("grpc.max_send_message_length", self.settings.max_message_bytes),
                     ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+                    # gRPC's reconnect backoff grows to two minutes by default; a peer
+                    # restarted by Kubernetes would look down long after it serves.
+                    ("grpc.initial_reconnect_backoff_ms", 200),
+                    ("grpc.max_reconnect_backoff_ms", 2000),
                 ],
                 interceptors=[_DefaultDeadline(self.settings.rpc_timeout_seconds)],
             )
