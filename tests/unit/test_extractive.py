@@ -18,7 +18,12 @@ from services.generation.backends import (
     SourcePassage,
     validate_request,
 )
-from services.generation.extractive import ExtractiveAnswerer, content_terms, stem
+from services.generation.extractive import (
+    ExtractiveAnswerer,
+    content_terms,
+    quotable_sentences,
+    stem,
+)
 
 LEAVE = SourcePassage(
     number=1,
@@ -265,3 +270,33 @@ def test_content_terms_drop_stop_words_and_fold_accents() -> None:
         "age",
         "2024",
     ]
+
+
+def test_headings_labels_and_questions_are_never_quoted() -> None:
+    text = (
+        "## Annual leave\n\nFull-time employees receive 27 days of paid leave. "
+        "Leave accrues monthly.\n\nCommunicating with customers\n\n"
+        "What is object storage?\nObject storage keeps data as objects."
+    )
+    assert quotable_sentences(text) == [
+        "Full-time employees receive 27 days of paid leave.",
+        "Leave accrues monthly.",
+        "Object storage keeps data as objects.",
+    ]
+
+
+async def test_off_topic_sentences_of_the_right_source_are_left_out() -> None:
+    source = SourcePassage(
+        number=1,
+        title="Object Storage FAQ",
+        score=0.7,
+        text=(
+            "A single object in Acme Object Storage can be up to 10 terabytes in size. "
+            "Transfers between Acme services in the same region are free."
+        ),
+    )
+    answer = await ExtractiveAnswerer().generate(
+        "What is the maximum size of a single object in Acme Object Storage?", [source]
+    )
+    assert "10 terabytes" in answer.text
+    assert "Transfers" not in answer.text
