@@ -90,7 +90,9 @@ def make_pdf(path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def corpus(stubs: Stubs, tmp_path_factory: pytest.TempPathFactory) -> list[ingestion_pb2.IngestResult]:
+def corpus(
+    stubs: Stubs, tmp_path_factory: pytest.TempPathFactory
+) -> list[ingestion_pb2.IngestResult]:
     pdf = make_pdf(tmp_path_factory.mktemp("pdf") / "greenhouse.pdf")
     results = ingest(stubs, SAMPLES, pdf)
     assert [Status.Name(r.status) for r in results] == ["STATUS_CREATED"] * len(results)
@@ -134,9 +136,7 @@ def test_answers_cite_the_right_document(
     assert answer.request_id
 
 
-def test_pdf_answer_cites_its_page(
-    stubs: Stubs, corpus: list[ingestion_pb2.IngestResult]
-) -> None:
+def test_pdf_answer_cites_its_page(stubs: Stubs, corpus: list[ingestion_pb2.IngestResult]) -> None:
     answer = ask(stubs, "How long is a harvest cycle of dwarf wheat in the orbital greenhouse?")
     assert not answer.declined
     top = answer.citations[0]
@@ -170,9 +170,7 @@ def test_stream_deltas_add_up_to_the_final_answer(
     stubs: Stubs, corpus: list[ingestion_pb2.IngestResult]
 ) -> None:
     question = next(iter(EXPECTED_SOURCES))
-    events = list(
-        stubs.query.AskStream(query_pb2.AskStreamRequest(question=question), timeout=60)
-    )
+    events = list(stubs.query.AskStream(query_pb2.AskStreamRequest(question=question), timeout=60))
     assert events[-1].HasField("final")
     assert all(e.HasField("delta") for e in events[:-1])
     assert "".join(e.delta for e in events[:-1]).strip() == events[-1].final.answer

@@ -67,7 +67,9 @@ async def test_domain_errors_map_to_status(
 ) -> None:
     clients = clients_for(server_port)
     with pytest.raises(aio.AioRpcError) as caught:
-        await clients.retrieval.GetDocument(retrieval_pb2.GetDocumentRequest(document_id=document_id))
+        await clients.retrieval.GetDocument(
+            retrieval_pb2.GetDocumentRequest(document_id=document_id)
+        )
     await clients.close()
     assert caught.value.code() == code
     assert fragment in (caught.value.details() or "")
@@ -83,9 +85,7 @@ async def test_default_deadline_applies_to_calls_without_one(server_port: int) -
 
 
 async def test_downstream_names_the_unreachable_service() -> None:
-    clients = PlatformClients(
-        PlatformSettings(retrieval_addr="127.0.0.1:1", rpc_timeout_seconds=2)
-    )
+    clients = PlatformClients(PlatformSettings(retrieval_addr="127.0.0.1:1", rpc_timeout_seconds=2))
     with pytest.raises(DownstreamError) as caught, downstream("retrieval", "127.0.0.1:1"):
         await clients.retrieval.GetDocument(retrieval_pb2.GetDocumentRequest(document_id="x"))
     await clients.close()
