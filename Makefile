@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RAGCTL := $(VENV)/bin/ragctl
 
-.PHONY: setup demo up down test test-all lint bench clean
+.PHONY: setup demo up down test test-all lint bench docs clean
 
 setup: ## Virtualenv, packages, generated gRPC code, contract tools
 	@bash scripts/setup.sh
@@ -33,6 +33,9 @@ lint: ## ruff, mypy, buf lint
 
 bench: setup ## Ingestion throughput vs raw model, ask latency (writes docs/benchmarks.md)
 	@$(PY) -m scripts.bench
+
+docs: ## Regenerate the README configuration table
+	@$(PY) -m scripts.config_reference --write README.md
 
 clean:
 	rm -rf gen .ragdata .bench .pytest_cache .mypy_cache .ruff_cache

@@ -24,7 +24,9 @@ class EmbeddingSettings(PlatformSettings):
     embedding_max_wait_ms: float = Field(
         default=5.0, ge=0, description="How long the first queued text waits for company."
     )
-    embedding_max_texts_per_request: int = Field(default=1024, ge=1)
+    embedding_max_texts_per_request: int = Field(
+        default=1024, ge=1, description="Most texts accepted in one Embed call."
+    )
 
 
 def build_embedder(settings: EmbeddingSettings) -> Embedder:
