@@ -31,7 +31,7 @@ fi
 # Generated code is produced here, never edited by hand, never committed.
 echo "setup: generating gRPC code from protos/"
 rm -rf gen/python && mkdir -p gen/python
-$PY -m grpc_tools.protoc -Iprotos \
+PATH="$PWD/.venv/bin:$PATH" $PY -m grpc_tools.protoc -Iprotos \
   --python_out=gen/python --grpc_python_out=gen/python \
   --mypy_out=gen/python --mypy_grpc_out=gen/python \
   protos/ragplatform/v1/*.proto >/dev/null
