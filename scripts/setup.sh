@@ -38,9 +38,20 @@ PATH="$PWD/.venv/bin:$PATH" $PY -m grpc_tools.protoc -Iprotos \
 site=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$PWD/gen/python" > "$site/ragplatform_gen.pth"
 
-# buf (npm) lints the contract offline.
-if [ ! -x tools/node_modules/.bin/buf ]; then
+# buf (npm) lints the contract offline; tsc type-checks the Grafana dashboards
+# against @grafana/schema.
+if [ ! -x tools/node_modules/.bin/buf ] || [ ! -x tools/node_modules/.bin/tsc ]; then
   echo "setup: installing contract tools (npm)"
   (cd tools && npm install --silent --no-audit --no-fund)
 fi
+# Prometheus and promtool (Debian's package) check and test the chart's rules and
+# scrape a real platform in tests/observability. Without recommends: they would
+# bring node-exporter, which listens on 9100 (the gateway's metrics port).
+if ! { command -v prometheus && command -v promtool; } >/dev/null; then
+  echo "setup: installing prometheus (apt)"
+  (export DEBIAN_FRONTEND=noninteractive
+   apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
+fi
+# Offline deployment checks: helm, kubectl, checkov, terraform fmt, validators.
+bash scripts/infra_setup.sh
 echo "setup: done"

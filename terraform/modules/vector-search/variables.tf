@@ -1,0 +1,74 @@
+variable "project_id" {
+  description = "Project that owns the index."
+  type        = string
+}
+
+variable "project_number" {
+  description = "Number of the project (the index endpoint names its network by project number)."
+  type        = string
+  validation {
+    condition     = can(regex("^[0-9]+$", var.project_number))
+    error_message = "project_number is digits only."
+  }
+}
+
+variable "region" {
+  description = "Region of the index and its endpoint (Vertex AI location)."
+  type        = string
+}
+
+variable "name" {
+  description = "Prefix of the display names and of the deployed index ID."
+  type        = string
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9_]{0,40}$", var.name))
+    error_message = "name: lowercase letters, digits and underscores, starting with a letter."
+  }
+}
+
+variable "network_name" {
+  description = "VPC peered with Vertex AI (private service access) from which the endpoint is queried."
+  type        = string
+}
+
+variable "reserved_ip_range" {
+  description = "Name of the private service access range the deployed index takes its address from."
+  type        = string
+}
+
+variable "dimensions" {
+  description = "Vector dimension; must match the embedder's output (the chart's backends.retrieval.dimension)."
+  type        = number
+  default     = 768
+  validation {
+    condition     = var.dimensions >= 1 && var.dimensions <= 4096
+    error_message = "dimensions must be between 1 and 4096."
+  }
+}
+
+variable "kms_key_id" {
+  description = "CMEK key encrypting the index and the endpoint."
+  type        = string
+}
+
+variable "min_replicas" {
+  description = "Minimum replicas of the deployed index."
+  type        = number
+  default     = 2
+  validation {
+    condition     = var.min_replicas >= 1
+    error_message = "min_replicas must be at least 1."
+  }
+}
+
+variable "max_replicas" {
+  description = "Maximum replicas of the deployed index."
+  type        = number
+  default     = 4
+}
+
+variable "machine_type" {
+  description = "Machine type serving the deployed index."
+  type        = string
+  default     = "e2-standard-16"
+}
