@@ -52,3 +52,15 @@ class UnimplementedError(PlatformError):
     """A known kind of request this deployment does not support yet (e.g. gs://)."""
 
     code_name = "UNIMPLEMENTED"
+
+
+class RateLimitedError(PlatformError):
+    """A dependency (named in the message) refused for load or quota, e.g. HTTP 429."""
+
+    code_name = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineError(PlatformError):
+    """A dependency (named in the message) did not answer within its deadline."""
+
+    code_name = "DEADLINE_EXCEEDED"

@@ -1,10 +1,11 @@
 """The contract every answer generator implements, and the checks they share.
 
-The generation service can run several backends: the extractive answerer (no
-LLM, always available), and later vLLM through the openai SDK and Gemini through
-google-genai. The servicer, the query service and the evaluation scripts only
-depend on this module, so a backend can be swapped by configuration without
-touching them, and each backend is tested against the same expectations:
+The generation service runs several backends: the extractive answerer (no
+LLM, always available), Llama on vLLM through the openai SDK and Gemini through
+google-genai (both in ``llm.py`` behind a ``ChatModel``). The engine, the
+servicer and the evaluation scripts only depend on this module, so a backend
+can be swapped by configuration without touching them, and each backend is
+tested against the same expectations:
 
 * sources are numbered and the answer cites them inline as ``[n]``;
 * a backend that finds no answer in the sources *declines*: ``declined=True``,
@@ -13,7 +14,9 @@ touching them, and each backend is tested against the same expectations:
   in its own words or in the question's language;
 * ``stream`` yields text deltas and then exactly one :class:`GeneratedAnswer`,
   so a streaming client gets the same final, citation-checked result as a
-  unary one without a second call.
+  unary one without a second call. The final text is the reference: an LLM
+  backend removes citations of sources it was not given from it, so it may
+  differ from the concatenated deltas by those markers.
 
 No grpc import here: the runtime maps :class:`InvalidInputError` to
 INVALID_ARGUMENT.
@@ -21,7 +24,7 @@ INVALID_ARGUMENT.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,13 +39,17 @@ class SourcePassage:
     """A numbered source the answer may cite as ``[number]``.
 
     ``score`` is the retrieval cosine similarity of the passage to the question;
-    backends may use it to decline early when nothing relevant was retrieved.
+    backends may use it to decline early when nothing relevant was retrieved,
+    and the router to judge retrieval confidence. ``document_id`` lets the
+    router count distinct documents (several chunks of one document are one
+    piece of evidence).
     """
 
     number: int
     text: str
     title: str
     score: float
+    document_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,12 +82,15 @@ class GeneratedAnswer:
     output_tokens: int
     prompt: str = ""
     selection: list[SelectedSentence] = field(default_factory=list)
+    invalid_citations_removed: int = 0
+    """Citations of sources the backend was not given, removed from ``text``."""
 
 
 class AnswerGenerator(Protocol):
     """An answer generator (extractive, vLLM, Gemini, ...)."""
 
     name: str
+    model: str
 
     async def generate(self, question: str, sources: Sequence[SourcePassage]) -> GeneratedAnswer:
         """Answer `question` from `sources` only, citing them as ``[n]``."""
@@ -88,10 +98,11 @@ class AnswerGenerator(Protocol):
 
     def stream(
         self, question: str, sources: Sequence[SourcePassage]
-    ) -> AsyncIterator[str | GeneratedAnswer]:
+    ) -> AsyncGenerator[str | GeneratedAnswer, None]:
         """Yields text deltas, then exactly one GeneratedAnswer (last).
 
-        The concatenated deltas equal the final ``GeneratedAnswer.text``.
+        The concatenated deltas equal the final ``GeneratedAnswer.text`` but for
+        removed invalid citations (see the module docstring).
         """
         ...
 

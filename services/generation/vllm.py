@@ -1,0 +1,125 @@
+"""Llama (or any model) served by vLLM, through its OpenAI-compatible chat API.
+
+vLLM's server speaks the OpenAI chat-completions protocol, so the official
+``openai`` SDK is the client: ``AsyncOpenAI(base_url=".../v1")``, streaming
+with ``stream_options={"include_usage": True}`` so the last chunk carries the
+token usage. The SDK's own retries are off: the generation engine owns
+retrying (the next backend of the chain) and deadlines, and a retry inside the
+SDK would spend the deadline on the backend that just failed.
+
+Failures become platform errors that name the backend, its model and URL:
+HTTP 429 → RateLimitedError (RESOURCE_EXHAUSTED), a timeout → DeadlineError
+(DEADLINE_EXCEEDED), no connection, HTTP 5xx or a malformed reply →
+UnavailableError (UNAVAILABLE), any other refusal (400 prompt too long, 401
+bad key, 404 unknown model) → FailedPreconditionError: the deployment, not the
+caller, must change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import openai
+import pydantic
+from openai.types.chat import ChatCompletionMessageParam
+
+from services.common.errors import (
+    DeadlineError,
+    FailedPreconditionError,
+    PlatformError,
+    RateLimitedError,
+    UnavailableError,
+)
+from services.generation.llm import Completion
+
+
+class VllmChat:
+    """Chat calls to a vLLM server (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        base_url: str,
+        api_key: str,
+        model: str,
+        temperature: float,
+        max_output_tokens: int,
+        timeout_seconds: float,
+    ) -> None:
+        self.name = name
+        self.model = model
+        self._temperature = temperature
+        self._max_output_tokens = max_output_tokens
+        self._where = f"{name} ({model} at {base_url})"
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_seconds
+        )
+
+    def _messages(self, system: str, user: str) -> list[ChatCompletionMessageParam]:
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    def _error(self, err: Exception) -> PlatformError:
+        """The platform error for a failed call, naming this backend."""
+        where = self._where
+        if isinstance(err, openai.RateLimitError):
+            return RateLimitedError(f"{where}: rate limited: {err.message}")
+        if isinstance(err, openai.APITimeoutError):
+            return DeadlineError(f"{where}: timed out")
+        if isinstance(err, openai.APIConnectionError):
+            return UnavailableError(f"{where}: connection failed: {err.message}")
+        if isinstance(err, openai.APIStatusError):
+            status = err.status_code
+            if status >= 500:
+                return UnavailableError(f"{where}: server error: {err.message}")
+            return FailedPreconditionError(f"{where}: request refused: {err.message}")
+        return UnavailableError(f"{where}: malformed response: {err}")
+
+    async def complete(self, system: str, user: str) -> Completion:
+        """One non-streaming chat completion."""
+        try:
+            response = await self._client.chat.completions.create(
+                model=self.model,
+                messages=self._messages(system, user),
+                temperature=self._temperature,
+                max_tokens=self._max_output_tokens,
+            )
+            text = response.choices[0].message.content if response.choices else None
+            usage = response.usage
+        except (openai.OpenAIError, pydantic.ValidationError, ValueError) as err:
+            raise self._error(err) from err
+        if not text:
+            raise UnavailableError(f"{self._where}: malformed response: no message content")
+        return Completion(
+            text,
+            usage.prompt_tokens if usage else 0,
+            usage.completion_tokens if usage else 0,
+        )
+
+    async def stream(self, system: str, user: str) -> AsyncGenerator[str | Completion, None]:
+        """Content deltas of a streamed completion, then the Completion with usage."""
+        parts: list[str] = []
+        input_tokens = output_tokens = 0
+        try:
+            chunks = await self._client.chat.completions.create(
+                model=self.model,
+                messages=self._messages(system, user),
+                temperature=self._temperature,
+                max_tokens=self._max_output_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            async with chunks:
+                async for chunk in chunks:
+                    if chunk.usage is not None:
+                        input_tokens = chunk.usage.prompt_tokens
+                        output_tokens = chunk.usage.completion_tokens
+                    for choice in chunk.choices:
+                        if choice.delta.content:
+                            parts.append(choice.delta.content)
+                            yield choice.delta.content
+        except (openai.OpenAIError, pydantic.ValidationError, ValueError) as err:
+            raise self._error(err) from err
+        if not parts:
+            raise UnavailableError(f"{self._where}: malformed response: stream had no content")
+        yield Completion("".join(parts), input_tokens, output_tokens)

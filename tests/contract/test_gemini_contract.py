@@ -1,0 +1,121 @@
+"""The Gemini backend through the real google-genai SDK against a fake Vertex AI.
+
+Checks the Vertex REST contract (URL with project, location and model,
+bearer credentials, system instruction, generation config, SSE streaming,
+usage metadata with thinking tokens, error bodies) and the platform errors the
+backend turns failures into.
+"""
+
+import google.oauth2.credentials
+import pytest
+
+from services.common.errors import (
+    DeadlineError,
+    FailedPreconditionError,
+    PlatformError,
+    RateLimitedError,
+    UnavailableError,
+)
+from services.generation.backends import GeneratedAnswer, SourcePassage
+from services.generation.gemini import GeminiChat
+from services.generation.llm import LlmAnswerer
+from services.generation.prompts import SYSTEM_INSTRUCTION, PromptBudget
+from tests.contract.conftest import Running
+from tests.contract.fakes.openai_fake import DEFAULT_TEXT
+from tests.contract.fakes.vertex_fake import GeminiReply, VertexFake
+
+MODEL = "gemini-2.5-pro"
+PROJECT, LOCATION = "acme-rag", "europe-west4"
+QUESTION = "How many days of paid leave do full-time employees get?"
+SOURCES = [
+    SourcePassage(1, "Full-time employees get 25 days of paid leave per year.", "Leave", 0.7)
+]
+MODEL_PATH = f"/projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/{MODEL}"
+
+
+def chat(base_url: str, timeout_seconds: float = 10.0) -> GeminiChat:
+    return GeminiChat(
+        name="gemini-pro",
+        model=MODEL,
+        project=PROJECT,
+        location=LOCATION,
+        temperature=0.0,
+        max_output_tokens=512,
+        thinking_budget=128,
+        timeout_seconds=timeout_seconds,
+        base_url=base_url,
+        credentials=google.oauth2.credentials.Credentials(token="fake-token"),  # type: ignore[no-untyped-call]
+    )
+
+
+async def test_answers_through_generate_content(vertex: Running[VertexFake]) -> None:
+    answerer = LlmAnswerer("gemini-pro", chat(vertex.url), PromptBudget(32768, 512))
+    answer = await answerer.generate(QUESTION, SOURCES)
+    assert (answer.text, answer.cited_sources, answer.model) == (DEFAULT_TEXT, [1], MODEL)
+    assert (answer.input_tokens, answer.output_tokens) == (400, 20 + 30), "thinking is billed"
+    path = vertex.fake.paths[-1]
+    assert path.endswith(f"{MODEL_PATH}:generateContent")
+    assert vertex.fake.headers[-1]["authorization"] == "Bearer fake-token"
+    body = vertex.fake.requests[-1]
+    assert body["systemInstruction"]["parts"] == [{"text": SYSTEM_INSTRUCTION}]
+    (turn,) = body["contents"]
+    assert turn["role"] == "user"
+    assert turn["parts"][0]["text"].endswith(f"Question: {QUESTION}")
+    config = body["generationConfig"]
+    assert config["temperature"] == 0.0
+    assert config["candidateCount"] == 1
+    assert config["maxOutputTokens"] == 512 + 128, "the thinking budget comes on top"
+
+
+async def test_streams_sse_deltas_then_usage(vertex: Running[VertexFake]) -> None:
+    answerer = LlmAnswerer("gemini-pro", chat(vertex.url), PromptBudget(32768, 512))
+    *deltas, final = [e async for e in answerer.stream(QUESTION, SOURCES)]
+    assert len(deltas) > 1
+    assert "".join(str(d) for d in deltas) == DEFAULT_TEXT
+    assert isinstance(final, GeneratedAnswer)
+    assert (final.input_tokens, final.output_tokens) == (400, 50)
+    assert vertex.fake.paths[-1].endswith(f"{MODEL_PATH}:streamGenerateContent?alt=sse")
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(429, RateLimitedError), (500, UnavailableError), (400, FailedPreconditionError)],
+)
+@pytest.mark.parametrize("streaming", [False, True], ids=["plain", "stream"])
+async def test_http_errors_become_platform_errors_naming_the_backend(
+    vertex: Running[VertexFake], status: int, error: type[PlatformError], streaming: bool
+) -> None:
+    vertex.fake.script(GeminiReply(status=status))
+    with pytest.raises(error) as raised:
+        if streaming:
+            async for _ in chat(vertex.url).stream("system", "user"):
+                pass
+        else:
+            await chat(vertex.url).complete("system", "user")
+    assert f"gemini-pro ({MODEL} on Vertex AI, {PROJECT}/{LOCATION})" in str(raised.value)
+    assert len(vertex.fake.requests) == 1, "the SDK must not retry: the engine falls back"
+
+
+async def test_blocked_answer_is_unavailable_with_the_finish_reason(
+    vertex: Running[VertexFake],
+) -> None:
+    vertex.fake.script(GeminiReply(text="", finish_reason="SAFETY"))
+    with pytest.raises(UnavailableError, match="SAFETY"):
+        await chat(vertex.url).complete("system", "user")
+
+
+async def test_malformed_reply_is_unavailable(vertex: Running[VertexFake]) -> None:
+    vertex.fake.script(GeminiReply(malformed=True))
+    with pytest.raises(UnavailableError, match="malformed response"):
+        await chat(vertex.url).complete("system", "user")
+
+
+async def test_slow_model_is_a_deadline_error(vertex: Running[VertexFake]) -> None:
+    vertex.fake.script(GeminiReply(delay_seconds=1.0))
+    with pytest.raises(DeadlineError, match="gemini-pro"):
+        await chat(vertex.url, timeout_seconds=0.2).complete("system", "user")
+
+
+async def test_unreachable_endpoint_is_unavailable() -> None:
+    with pytest.raises(UnavailableError, match="connection failed"):
+        await chat("http://127.0.0.1:1").complete("system", "user")
