@@ -95,16 +95,24 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> PlatformSettings:
     return PlatformSettings(**overrides)
 
 
-def gateway_url(settings: PlatformSettings) -> str:
-    """Where the gateway answers, reachable from this host."""
+def _reachable_host(settings: PlatformSettings) -> str:
+    """The listen host as this host dials it (a wildcard becomes loopback)."""
     host = settings.listen_host
     if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "[::1]"
-    elif ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.gateway_port}"
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def gateway_url(settings: PlatformSettings) -> str:
+    """Where the gateway answers, reachable from this host."""
+    return f"http://{_reachable_host(settings)}:{settings.gateway_port}"
+
+
+def metrics_url(settings: PlatformSettings, name: str) -> str:
+    """Where process `name` serves Prometheus metrics, reachable from this host."""
+    return f"http://{_reachable_host(settings)}:{settings.metrics_port_of(name)}/metrics"
 
 
 def address_of(settings: PlatformSettings, name: str) -> str:

@@ -2,14 +2,30 @@
 
 from typing import Literal
 
+from prometheus_client import Gauge, Histogram
 from pydantic import Field
 
 from ragplatform.v1 import embedding_pb2, embedding_pb2_grpc
 from services.embedding.backends import Embedder, SentenceTransformerEmbedder
-from services.embedding.batcher import MicroBatcher
+from services.embedding.batcher import BatchStats, MicroBatcher
 from services.embedding.servicer import EmbeddingServicer
+from services.runtime.metrics import LATENCY_BUCKETS
 from services.runtime.server import Service, ServiceBinding, run
 from services.runtime.settings import PlatformSettings
+
+BATCH_SIZE = Histogram(
+    "rag_embedding_batch_size",
+    "Texts per model call: how full the micro-batches are.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+QUEUE_WAIT = Histogram(
+    "rag_embedding_queue_wait_seconds",
+    "Longest time a text of a batch waited in the queue before its model call.",
+    buckets=(0.001, 0.0025, *LATENCY_BUCKETS),
+)
+QUEUE_DEPTH = Gauge(
+    "rag_embedding_queue_depth", "Texts waiting for a model call, sampled after each batch."
+)
 
 
 class EmbeddingSettings(PlatformSettings):
@@ -22,7 +38,7 @@ class EmbeddingSettings(PlatformSettings):
     embedding_threads: int = Field(default=0, ge=0, description="torch threads; 0 = all cores.")
     embedding_max_batch: int = Field(default=32, ge=1, description="Texts per model call.")
     embedding_max_wait_ms: float = Field(
-        default=5.0, ge=0, description="How long the first queued text waits for company."
+        default=0.0, ge=0, description="How long the first queued text waits for company."
     )
     embedding_max_texts_per_request: int = Field(
         default=1024, ge=1, description="Most texts accepted in one Embed call."
@@ -41,8 +57,17 @@ def main() -> None:
 
     async def build() -> Service:
         embedder = build_embedder(settings)
+
+        def record_batch(stats: BatchStats) -> None:
+            BATCH_SIZE.observe(stats.size)
+            QUEUE_WAIT.observe(stats.queue_wait_seconds)
+            QUEUE_DEPTH.set(batcher.queued_texts)
+
         batcher = MicroBatcher(
-            embedder.embed, settings.embedding_max_batch, settings.embedding_max_wait_ms / 1000
+            embedder.embed,
+            settings.embedding_max_batch,
+            settings.embedding_max_wait_ms / 1000,
+            on_batch=record_batch,
         )
         servicer = EmbeddingServicer(embedder, batcher, settings.embedding_max_texts_per_request)
         binding = ServiceBinding(

@@ -1,8 +1,9 @@
 """Run the REST gateway: `python -m services.gateway`.
 
 Serves `create_app` with uvicorn on `RAG_GATEWAY_PORT`, bound to `RAG_LISTEN_HOST`,
-logging JSON lines like every other service; on SIGTERM uvicorn stops accepting
-connections and lets in-flight requests finish for `RAG_DRAIN_SECONDS`.
+with the same observability as every other service (JSON logs, tracing from
+OTEL_*, /metrics on `RAG_GATEWAY_METRICS_PORT`); on SIGTERM uvicorn stops
+accepting connections and lets in-flight requests finish for `RAG_DRAIN_SECONDS`.
 """
 
 import math
@@ -10,12 +11,12 @@ import math
 import uvicorn
 
 from services.gateway.app import GatewaySettings, create_app
-from services.runtime.logs import configure_logging
+from services.runtime.observability import start_observability
 
 
 def main() -> None:
     settings = GatewaySettings()
-    configure_logging("gateway", settings.log_level)
+    start_observability("gateway", settings)
     app = create_app(settings)
     uvicorn.run(
         app,

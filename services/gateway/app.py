@@ -52,6 +52,7 @@ from ragplatform.v1 import (
     retrieval_pb2,
 )
 from services.runtime.clients import PlatformClients
+from services.runtime.observability import HttpTelemetryMiddleware
 from services.runtime.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,15 @@ class MetadataFilter(_Model):
     source_uris: list[str] = Field(default_factory=list)
 
 
+TierName = Literal["TIER_UNSPECIFIED", "TIER_SIMPLE", "TIER_COMPLEX"]
+RetrievalModeName = Literal[
+    "RETRIEVAL_MODE_UNSPECIFIED",
+    "RETRIEVAL_MODE_DENSE",
+    "RETRIEVAL_MODE_KEYWORD",
+    "RETRIEVAL_MODE_HYBRID",
+]
+
+
 class AskBody(_Model):
     """A question for QueryService.Ask / AskStream."""
 
@@ -157,6 +167,37 @@ class AskBody(_Model):
     )
     filter: MetadataFilter | None = None
     debug: bool = Field(default=False, description="Include retrieved chunks and selection.")
+    tier: TierName = Field(
+        default="TIER_UNSPECIFIED",
+        description="Force the model tier; TIER_UNSPECIFIED lets the router decide.",
+    )
+    routing_key: str = Field(
+        default="",
+        description="Key for sticky A/B assignment (a user or session id); empty: the question.",
+    )
+    retrieval_mode: RetrievalModeName = Field(
+        default="RETRIEVAL_MODE_UNSPECIFIED",
+        description="Dense, keyword (BM25) or hybrid ranking; unspecified: the server default.",
+    )
+    mmr_lambda: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Maximal marginal relevance re-ranking (lower: more diverse); 0 = off.",
+    )
+
+    def request_fields(self) -> dict[str, Any]:
+        """Keyword arguments for AskRequest / AskStreamRequest."""
+        return {
+            "question": self.question,
+            "top_k": self.top_k,
+            "filter": _filter_of(self),
+            "debug": self.debug,
+            "tier": self.tier,
+            "routing_key": self.routing_key,
+            "retrieval_mode": self.retrieval_mode,
+            "mmr_lambda": self.mmr_lambda,
+        }
 
 
 class Chunk(_Model):
@@ -206,6 +247,45 @@ class Citation(_Model):
     section: str
 
 
+class RouterFeature(_Model):
+    name: str
+    value: float
+    contribution: float = Field(description="Log-odds added to the router score.")
+
+
+class BackendAttempt(_Model):
+    backend: str
+    model: str
+    error_code: str = Field(description="gRPC status code name of the failure.")
+    message: str
+    seconds: float
+
+
+class Route(_Model):
+    """How generation routed the question and which backends it tried."""
+
+    tier: TierName
+    score: float
+    threshold: float
+    reason: str
+    features: list[RouterFeature]
+    backend: str
+    model: str
+    arm: str = Field(description="A/B arm; empty when the tier has none.")
+    fallbacks: list[BackendAttempt]
+    overridden: bool
+    escalation: str
+
+
+class Grounding(_Model):
+    """Support of the answer's sentences by the sources they cite."""
+
+    score: float
+    unsupported_sentences: list[str]
+    checker: str
+    checked: int
+
+
 class AskDebug(_Model):
     retrieved: list[ScoredChunk]
     prompt: str
@@ -225,6 +305,9 @@ class AskResponse(_Model):
     timings: list[StageTiming]
     debug: AskDebug | None = Field(default=None, description="Set only when debug was requested.")
     request_id: str
+    route: Route | None = None
+    cost_usd: float = Field(description="Price of the answer's tokens in US dollars.")
+    grounding: Grounding | None = None
 
 
 class DocumentInfo(_Model):
@@ -298,6 +381,10 @@ PROTO_MODELS: dict[type[BaseModel], type[Message]] = {
     StageTiming: common_pb2.StageTiming,
     TokenUsage: common_pb2.TokenUsage,
     Citation: query_pb2.Citation,
+    RouterFeature: common_pb2.RouterFeature,
+    BackendAttempt: common_pb2.BackendAttempt,
+    Route: common_pb2.Route,
+    Grounding: common_pb2.Grounding,
     AskDebug: query_pb2.AskDebug,
     AskResponse: query_pb2.AskResponse,
     DocumentInfo: common_pb2.DocumentInfo,
@@ -492,16 +579,21 @@ async def _sse_events(
 
 
 def _sse_event_of(message: query_pb2.AskStreamResponse) -> bytes:
-    if message.WhichOneof("event") == "final":
+    kind = message.WhichOneof("event")
+    if kind == "final":
         return _sse("answer", from_proto(message.final, AskResponse).model_dump(mode="json"))
+    if kind == "restart":
+        return _sse("restart", {"reason": message.restart.reason})
     return _sse("delta", {"text": message.delta})
 
 
 _SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": 'Server-Sent Events: `event: delta` with `{"text": ...}` per piece of '
-        "the answer, then `event: answer` with the AskResponse JSON; a failure after the "
-        "stream began arrives as `event: error` with the error JSON.",
+        "the answer, then `event: answer` with the AskResponse JSON (citations, usage, cost, "
+        'route); `event: restart` with `{"reason": ...}` means: drop the text received so '
+        "far, a new answer follows (a model failed mid-answer, or the answer was escalated); "
+        "a failure after the stream began arrives as `event: error` with the error JSON.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }
 }
@@ -509,9 +601,7 @@ _SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 def _query_routes(router: APIRouter, clients: PlatformClients) -> None:
     async def stream_answer(body: AskBody) -> StreamingResponse:
-        request = query_pb2.AskStreamRequest(
-            question=body.question, top_k=body.top_k, filter=_filter_of(body), debug=body.debug
-        )
+        request = query_pb2.AskStreamRequest(**body.request_fields())
         call = clients.query.AskStream(request)
         events = call.__aiter__()
         # Wait for the first event so that an error before any output (bad
@@ -544,9 +634,7 @@ def _query_routes(router: APIRouter, clients: PlatformClients) -> None:
         """QueryService.Ask: embed, retrieve, generate and verify citations."""
         if stream:
             return await stream_answer(body)
-        request = query_pb2.AskRequest(
-            question=body.question, top_k=body.top_k, filter=_filter_of(body), debug=body.debug
-        )
+        request = query_pb2.AskRequest(**body.request_fields())
         reply: query_pb2.AskResponse = await clients.query.Ask(request)
         return from_proto(reply, AskResponse)
 
@@ -754,6 +842,10 @@ def create_app(settings: PlatformSettings, clients: PlatformClients | None = Non
     app.include_router(router)
     _health_routes(app, platform)
     app.add_middleware(ApiKeyMiddleware, keys=keys)
+    # Outermost, so that refused (401) requests are counted and traced too.
+    app.add_middleware(
+        HttpTelemetryMiddleware, openapi=app.openapi, metrics=settings.metrics_enabled
+    )
     return app
 
 

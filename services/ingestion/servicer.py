@@ -1,13 +1,59 @@
-"""IngestionService: uploads, URI ingestion with progress, deletes."""
+"""IngestionService: uploads, URI ingestion with progress, deletes.
+
+Each finished document is counted by outcome (`rag_ingestion_documents_total`),
+its chunks when indexed, failures by status code; documents planned by an
+IngestUris call and not finished yet make the backlog gauge, the signal
+ingestion scales on.
+"""
 
 from collections.abc import AsyncIterator
 from typing import Any
 
 from grpc import aio
+from prometheus_client import Counter, Gauge
 
 from ragplatform.v1 import ingestion_pb2, ingestion_pb2_grpc
-from services.common.errors import InvalidInputError
+from services.common.errors import InvalidInputError, PlatformError
 from services.ingestion.pipeline import IncomingDocument, IngestionPipeline
+
+Status = ingestion_pb2.IngestResult.Status
+STATUS_LABELS = {
+    Status.STATUS_CREATED: "created",
+    Status.STATUS_UPDATED: "updated",
+    Status.STATUS_UNCHANGED: "unchanged",
+    Status.STATUS_FAILED: "failed",
+}
+
+DOCUMENTS = Counter(
+    "rag_ingestion_documents",
+    "Documents finished, by outcome: created, updated, unchanged or failed.",
+    ["status"],
+)
+CHUNKS = Counter("rag_ingestion_chunks", "Chunks indexed by created or updated documents.")
+FAILURES = Counter(
+    "rag_ingestion_failures",
+    "Documents that failed, by gRPC status code name (INVALID_ARGUMENT, UNAVAILABLE, ...).",
+    ["code"],
+)
+BACKLOG = Gauge(
+    "rag_ingestion_backlog_documents",
+    "Documents found by running IngestUris calls and not finished yet.",
+)
+for _label in STATUS_LABELS.values():
+    DOCUMENTS.labels(_label)
+
+
+def _count(result: ingestion_pb2.IngestResult) -> None:
+    DOCUMENTS.labels(STATUS_LABELS.get(result.status, "failed")).inc()
+    if result.status in (Status.STATUS_CREATED, Status.STATUS_UPDATED):
+        CHUNKS.inc(result.document.chunk_count)
+    elif result.status == Status.STATUS_FAILED:
+        FAILURES.labels(result.error_code or "UNKNOWN").inc()
+
+
+def _count_failure(error: PlatformError) -> None:
+    DOCUMENTS.labels("failed").inc()
+    FAILURES.labels(error.code_name).inc()
 
 
 class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
@@ -21,6 +67,17 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         request_iterator: AsyncIterator[ingestion_pb2.UploadDocumentRequest],
         context: aio.ServicerContext[Any, Any],
     ) -> ingestion_pb2.UploadDocumentResponse:
+        try:
+            result = await self._upload(request_iterator)
+        except PlatformError as error:
+            _count_failure(error)
+            raise
+        _count(result)
+        return ingestion_pb2.UploadDocumentResponse(result=result)
+
+    async def _upload(
+        self, request_iterator: AsyncIterator[ingestion_pb2.UploadDocumentRequest]
+    ) -> ingestion_pb2.IngestResult:
         header: ingestion_pb2.DocumentHeader | None = None
         parts: list[bytes] = []
         size = 0
@@ -40,7 +97,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
                 parts.append(message.data)
         if header is None:
             raise InvalidInputError("the upload sent no header")
-        result = await self._pipeline.ingest(
+        return await self._pipeline.ingest(
             IncomingDocument(
                 source_uri=f"upload://{header.filename}",
                 filename=header.filename,
@@ -50,15 +107,25 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
                 title=header.title,
             )
         )
-        return ingestion_pb2.UploadDocumentResponse(result=result)
 
     async def IngestUris(
         self, request: ingestion_pb2.IngestUrisRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[ingestion_pb2.IngestUrisResponse]:
         if not request.uris:
             raise InvalidInputError("uris is empty: name at least one file or directory")
-        async for event in self._pipeline.ingest_uris(request.uris):
-            yield event
+        pending = 0
+        try:
+            async for event in self._pipeline.ingest_uris(request.uris):
+                if event.HasField("plan"):
+                    pending = event.plan.document_count
+                    BACKLOG.inc(pending)
+                else:
+                    _count(event.result)
+                    pending -= 1
+                    BACKLOG.dec()
+                yield event
+        finally:
+            BACKLOG.dec(pending)  # the call ended early: its documents are no longer waiting
 
     async def DeleteDocument(
         self, request: ingestion_pb2.DeleteDocumentRequest, context: aio.ServicerContext[Any, Any]

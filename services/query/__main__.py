@@ -2,7 +2,8 @@
 
 from pydantic import Field
 
-from ragplatform.v1 import query_pb2, query_pb2_grpc
+from ragplatform.v1 import debug_pb2, debug_pb2_grpc, query_pb2, query_pb2_grpc
+from services.query.debug import RequestDebugServicer, RequestLog
 from services.query.pipeline import QueryLimits, QueryPipeline
 from services.query.servicer import QueryServicer
 from services.runtime.clients import PlatformClients
@@ -18,6 +19,17 @@ class QuerySettings(PlatformSettings):
     query_max_question_chars: int = Field(
         default=2000, ge=1, description="Longest question accepted, in characters."
     )
+    query_debug_records: int = Field(
+        default=500,
+        ge=0,
+        description=(
+            "Recent requests kept in memory for RequestDebugService and `ragctl debug` "
+            "(questions, chunks and prompts included); 0 keeps none."
+        ),
+    )
+    query_debug_ttl_seconds: float = Field(
+        default=3600.0, gt=0, description="Age after which a request record is no longer served."
+    )
 
 
 def main() -> None:
@@ -30,12 +42,24 @@ def main() -> None:
             max_top_k=settings.query_max_top_k,
             max_question_chars=settings.query_max_question_chars,
         )
-        binding = ServiceBinding(
-            query_pb2_grpc.add_QueryServiceServicer_to_server,
-            QueryServicer(QueryPipeline(clients, limits)),
-            query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name,
+        requests = (
+            RequestLog(settings.query_debug_records, settings.query_debug_ttl_seconds)
+            if settings.query_debug_records
+            else None
         )
-        return Service([binding], cleanups=[clients.close])
+        bindings = [
+            ServiceBinding(
+                query_pb2_grpc.add_QueryServiceServicer_to_server,
+                QueryServicer(QueryPipeline(clients, limits), requests),
+                query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name,
+            ),
+            ServiceBinding(
+                debug_pb2_grpc.add_RequestDebugServiceServicer_to_server,
+                RequestDebugServicer(requests, clients),
+                debug_pb2.DESCRIPTOR.services_by_name["RequestDebugService"].full_name,
+            ),
+        ]
+        return Service(bindings, cleanups=[clients.close])
 
     run("query", settings, build)
 

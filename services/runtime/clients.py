@@ -2,7 +2,9 @@
 
 One channel per address is shared by all stubs of a process. A client
 interceptor puts the configured deadline on any call made without one, so no
-call can hang forever on a stuck peer.
+call can hang forever on a stuck peer, and, while tracing is on, adds the
+current W3C trace context to the call's metadata so that the callee's span
+joins the caller's trace.
 """
 
 from collections.abc import Callable
@@ -11,6 +13,7 @@ from typing import Any, TypeVar
 from grpc import aio
 
 from ragplatform.v1 import (
+    debug_pb2_grpc,
     embedding_pb2_grpc,
     generation_pb2_grpc,
     ingestion_pb2_grpc,
@@ -18,38 +21,45 @@ from ragplatform.v1 import (
     retrieval_pb2_grpc,
 )
 from services.runtime.settings import PlatformSettings
+from services.runtime.telemetry import outgoing_metadata, tracing_enabled
 
 StubT = TypeVar("StubT")
 
 
-class _DefaultDeadline(
+class _CallDefaults(
     aio.UnaryUnaryClientInterceptor,
     aio.UnaryStreamClientInterceptor,
     aio.StreamUnaryClientInterceptor,
     aio.StreamStreamClientInterceptor,
 ):
+    """Every outgoing call: the default deadline, and the trace context when tracing."""
+
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
 
-    def _with_deadline(self, details: aio.ClientCallDetails) -> aio.ClientCallDetails:
-        if details.timeout is not None:
+    def _details(self, details: aio.ClientCallDetails) -> aio.ClientCallDetails:
+        propagated = outgoing_metadata() if tracing_enabled() else []
+        if details.timeout is not None and not propagated:
             return details
+        metadata = details.metadata
+        if propagated:
+            metadata = aio.Metadata(*(metadata or ()), *propagated)
         return aio.ClientCallDetails(
-            details.method, self.seconds, details.metadata, details.credentials,
-            details.wait_for_ready,
+            details.method, self.seconds if details.timeout is None else details.timeout,
+            metadata, details.credentials, details.wait_for_ready,
         )  # fmt: skip
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._with_deadline(details), request)
+        return await continuation(self._details(details), request)
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._with_deadline(details), request)
+        return await continuation(self._details(details), request)
 
     async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(self._with_deadline(details), requests)
+        return await continuation(self._details(details), requests)
 
     async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(self._with_deadline(details), requests)
+        return await continuation(self._details(details), requests)
 
 
 class PlatformClients:
@@ -72,7 +82,7 @@ class PlatformClients:
                     ("grpc.initial_reconnect_backoff_ms", 200),
                     ("grpc.max_reconnect_backoff_ms", 2000),
                 ],
-                interceptors=[_DefaultDeadline(self.settings.rpc_timeout_seconds)],
+                interceptors=[_CallDefaults(self.settings.rpc_timeout_seconds)],
             )
         return self._channels[address]
 
@@ -98,6 +108,11 @@ class PlatformClients:
     @property
     def query(self) -> query_pb2_grpc.QueryServiceStub:
         return self._stub("query", query_pb2_grpc.QueryServiceStub)
+
+    @property
+    def request_debug(self) -> debug_pb2_grpc.RequestDebugServiceStub:
+        """RequestDebugService, served by the query process."""
+        return self._stub("query", debug_pb2_grpc.RequestDebugServiceStub)
 
     async def close(self) -> None:
         """Close every channel (after the server has drained)."""

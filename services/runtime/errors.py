@@ -15,6 +15,7 @@ import grpc
 from grpc import aio
 
 from services.common.errors import PlatformError
+from services.runtime.handlers import wrap_handler
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +94,4 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        codec = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary), **codec)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary), **codec)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream), **codec)
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream), **codec
-            )
-        return handler
+        return wrap_handler(handler, _wrap_unary, _wrap_stream)

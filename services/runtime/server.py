@@ -1,10 +1,12 @@
 """The one gRPC server bootstrap every service runs.
 
-It binds the service's port, registers the standard health service (so
-Kubernetes gRPC probes and `ragctl status` work) and server reflection (so
-grpcurl works), maps domain errors to status codes, and on SIGTERM or SIGINT
-reports NOT_SERVING, stops accepting calls and drains in-flight ones for
-`drain_seconds` before closing the service's resources.
+It sets up the process's observability (JSON logs, tracing from OTEL_*, the
+Prometheus /metrics port), binds the service's port, registers the standard
+health service (so Kubernetes gRPC probes and `ragctl status` work) and server
+reflection (so grpcurl works), counts, times and traces every call, maps domain
+errors to status codes, and on SIGTERM or SIGINT reports NOT_SERVING, stops
+accepting calls and drains in-flight ones for `drain_seconds` before closing
+the service's resources and exporting the last spans.
 """
 
 import asyncio
@@ -14,13 +16,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.protobuf import descriptor_pool
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.runtime.errors import ErrorMappingInterceptor
-from services.runtime.logs import configure_logging
+from services.runtime.metrics import init_rpc_series
+from services.runtime.observability import RpcTelemetryInterceptor, start_observability
 from services.runtime.settings import PlatformSettings
+from services.runtime.telemetry import shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +53,26 @@ async def serve(
     build: Callable[[], Awaitable[Service]],
 ) -> None:
     """Build the service, serve it until a stop signal, then drain and clean up."""
-    configure_logging(name, settings.log_level)
+    tracing = start_observability(name, settings)
     service = await build()
     options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = aio.server(interceptors=[ErrorMappingInterceptor()], options=options)
+    interceptors: list[aio.ServerInterceptor] = [ErrorMappingInterceptor()]
+    if settings.metrics_enabled or tracing:
+        # First, so that it sees the status code the error mapping chose.
+        interceptors.insert(0, RpcTelemetryInterceptor(name, metrics=settings.metrics_enabled))
+    if settings.metrics_enabled:
+        pool = descriptor_pool.Default()
+        methods = [
+            method.name
+            for binding in service.bindings
+            for method in pool.FindServiceByName(binding.full_name).methods
+        ]
+        init_rpc_series(name, methods)
+    server = aio.server(interceptors=interceptors, options=options)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for binding in service.bindings:
@@ -87,6 +104,7 @@ async def serve(
     for cleanup in service.cleanups:
         await cleanup()
     log.info("stopped")
+    shutdown_tracing()
 
 
 def run(name: str, settings: PlatformSettings, build: Callable[[], Awaitable[Service]]) -> None:

@@ -49,12 +49,51 @@ class PlatformSettings(BaseSettings):
     max_message_bytes: int = Field(
         default=32 * 1024 * 1024, description="Largest gRPC message sent or received."
     )
+    metrics_enabled: bool = Field(
+        default=True,
+        description="Serve Prometheus /metrics and count and time every request.",
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description=(
+            "/metrics port of this process, for one process per network (a pod); "
+            "0 = its serving port + RAG_METRICS_PORT_OFFSET."
+        ),
+    )
+    metrics_port_offset: int = Field(
+        default=1000,
+        ge=1,
+        description=(
+            "When RAG_METRICS_PORT is 0, each process serves /metrics on its own port plus "
+            "this (query 50051 -> 51051, gateway 8080 -> 9080), so that platforms on one "
+            "host with distinct ports never collide."
+        ),
+    )
 
     def address_of(self, service: str) -> str:
         """The address clients dial for `service` (one of SERVICE_NAMES)."""
         if service not in SERVICE_NAMES:
             raise ValueError(f"unknown service {service!r}; known: {', '.join(SERVICE_NAMES)}")
         return str(getattr(self, f"{service}_addr"))
+
+    def metrics_port_of(self, process: str) -> int:
+        """The /metrics port of `process` (one of SERVICE_NAMES or "gateway")."""
+        if self.metrics_port:
+            return self.metrics_port
+        serving = (
+            self.gateway_port
+            if process == "gateway"
+            else int(self.address_of(process).rsplit(":", 1)[1])
+        )
+        port = serving + self.metrics_port_offset
+        if port > 65535:
+            raise ValueError(
+                f"{process}: metrics port {port} (port {serving} + RAG_METRICS_PORT_OFFSET) "
+                "is over 65535; set RAG_METRICS_PORT or a smaller offset"
+            )
+        return port
 
     def listen_address_of(self, service: str) -> str:
         """The address `service` binds: its port on `listen_host`."""

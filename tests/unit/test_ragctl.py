@@ -229,9 +229,21 @@ def test_status_rows_and_table() -> None:
     settings = PlatformSettings(query_addr="127.0.0.1:7001", gateway_port=9000)
     rows = ragctl.status_rows(settings, {"query": "SERVING", "gateway": "UNREACHABLE"})
     assert rows == [
-        {"name": "query", "address": "127.0.0.1:7001", "health": "SERVING"},
-        {"name": "gateway", "address": "http://127.0.0.1:9000", "health": "UNREACHABLE"},
+        {
+            "name": "query",
+            "address": "127.0.0.1:7001",
+            "health": "SERVING",
+            "metrics": "http://127.0.0.1:8001/metrics",
+        },
+        {
+            "name": "gateway",
+            "address": "http://127.0.0.1:9000",
+            "health": "UNREACHABLE",
+            "metrics": "http://127.0.0.1:10000/metrics",
+        },
     ]
+    unmetered = PlatformSettings(metrics_enabled=False)
+    assert ragctl.status_rows(unmetered, {"query": "SERVING"})[0]["metrics"] == ""
     table = render(ragctl.health_table(rows))
     assert "127.0.0.1:7001" in table and "UNREACHABLE" in table
 
