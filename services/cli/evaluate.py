@@ -1,4 +1,4 @@
-"""`ragctl eval router|answers|arms`: measure the router, the answers, and the A/B arms.
+"""`ragctl eval router|answers|retrieval|arms`: measure the router, answers, retrieval, A/B arms.
 
 * ``eval router FILE`` scores the model router on JSON-lines questions labelled
   ``simple`` or ``complex`` (``{"question": ..., "label": ...}``, as in
@@ -21,6 +21,8 @@
   - mean grounding score of the answers, tokens and cost, the tiers and
     backends that answered, and latency p50/p95 as the client saw it
     (questions asked one at a time).
+* ``eval retrieval DIR --split NAME`` measures ranking quality per retrieval
+  mode on a BEIR-layout set (services/cli/eval_retrieval.py).
 * ``eval arms`` prints GenerationService.GetRouterReport: per A/B arm
   requests, errors, latency, tokens, cost, grounding, decline and fallback
   rates, and tokens and cost per (tier, model).
@@ -72,6 +74,7 @@ from ragplatform.v1 import (
     ingestion_pb2,
     query_pb2,
 )
+from services.cli import eval_retrieval
 from services.generation.grounding import LexicalGroundingChecker, answer_claims
 from services.generation.router import COMPLEX, DEFAULT_THRESHOLD, SIMPLE, TIERS, Router
 from services.runtime.clients import PlatformClients
@@ -90,7 +93,7 @@ def add_command(
 ) -> None:
     """Register `eval` and its subcommands on ragctl's command parser."""
     evaluate = commands.add_parser(
-        "eval", parents=[common], help="measure the router, the answers or the A/B arms"
+        "eval", parents=[common], help="measure the router, answers, retrieval or A/B arms"
     )
     actions = evaluate.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
 
@@ -118,6 +121,8 @@ def add_command(
     )
     answers.add_argument("--json", action="store_true", help="print the report as JSON")
     answers.set_defaults(handler=cmd_eval_answers, service="query")
+
+    eval_retrieval.add_command(actions, common)
 
     arms = actions.add_parser("arms", parents=[common], help="A/B arm comparison report")
     arms.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -1,10 +1,11 @@
 """ragctl: run and use the platform from a terminal.
 
 `up`/`down` start and stop the processes (services/cli/supervisor.py does the
-work); `status`, `ingest`, `ask` and `docs` each convert their arguments into
-calls of the gRPC contract and render the replies, as text for people or JSON
-for scripts. Addresses and deadlines come from the same RAG_* environment the
-services read, so ragctl talks to whatever platform that environment describes.
+work); `status`, `ingest`, `ask`, `docs`, `debug` (services/cli/debug.py) and `eval`
+(services/cli/evaluate.py) each convert their arguments into calls of the gRPC
+contract and render the replies, as text for people or JSON for scripts. Addresses
+and deadlines come from the same RAG_* environment the services read, so ragctl
+talks to whatever platform that environment describes.
 
 Exit codes: 0 success, 1 failure (a gRPC error is printed as one line
 `error: CODE: message`, never a traceback), 2 bad usage, 130 interrupted.
@@ -34,6 +35,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ragplatform.v1 import common_pb2, ingestion_pb2, query_pb2, retrieval_pb2
+from services.cli import debug as debug_command
+from services.cli import evaluate as eval_command
 from services.cli.supervisor import (
     ALL,
     DEFAULT_START_TIMEOUT,
@@ -43,6 +46,7 @@ from services.cli.supervisor import (
     StartupError,
     address_of,
     check_health,
+    metrics_url,
 )
 from services.runtime.clients import PlatformClients
 from services.runtime.settings import PlatformSettings
@@ -157,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     docs_delete = docs_commands.add_parser("delete", parents=[common], help="delete a document")
     docs_delete.add_argument("document_id", metavar="ID")
     docs_delete.set_defaults(handler=cmd_docs_delete, service="ingestion")
+
+    debug_command.add_command(commands, common)
+    eval_command.add_command(commands, common)
     return parser
 
 
@@ -283,9 +290,15 @@ def render_answer(
 
 
 def status_rows(settings: PlatformSettings, health: Mapping[str, str]) -> list[dict[str, str]]:
-    """`{name, address, health}` per service; the gateway's address is its URL."""
+    """`{name, address, health, metrics}` per service; the gateway's address is its URL,
+    `metrics` the URL Prometheus scrapes (empty when RAG_METRICS_ENABLED is false)."""
     return [
-        {"name": name, "address": address_of(settings, name), "health": state}
+        {
+            "name": name,
+            "address": address_of(settings, name),
+            "health": state,
+            "metrics": metrics_url(settings, name) if settings.metrics_enabled else "",
+        }
         for name, state in health.items()
     ]
 
@@ -437,6 +450,9 @@ def cmd_ask(args: argparse.Namespace, out: Console, err: Console) -> int:
             elif event.WhichOneof("event") == "delta":
                 out.file.write(event.delta)
                 out.file.flush()
+            elif event.WhichOneof("event") == "restart":
+                out.file.write("\n")
+                out.print(Text(f"(answer restarted: {event.restart.reason})", style="yellow"))
             else:
                 final = event.final
         if final is not None:

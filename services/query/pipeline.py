@@ -23,6 +23,7 @@ from services.common.citations import keep_supplied_citations
 from services.common.errors import InvalidInputError
 from services.runtime.clients import PlatformClients
 from services.runtime.errors import downstream
+from services.runtime.telemetry import stage_span
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,14 @@ class AskParams(Protocol):
     def filter(self) -> common_pb2.MetadataFilter: ...
     @property
     def debug(self) -> bool: ...
+    @property
+    def tier(self) -> common_pb2.Tier.ValueType: ...
+    @property
+    def routing_key(self) -> str: ...
+    @property
+    def retrieval_mode(self) -> common_pb2.RetrievalMode.ValueType: ...
+    @property
+    def mmr_lambda(self) -> float: ...
 
 
 @dataclass
@@ -55,7 +64,8 @@ class _Timer:
     def stage(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
-            yield
+            with stage_span(name):  # one trace span per stage; free when tracing is off
+                yield
         finally:
             self.timings.append(
                 common_pb2.StageTiming(stage=name, seconds=time.perf_counter() - start)
@@ -106,7 +116,12 @@ class QueryPipeline:
         with timer.stage("retrieve"), downstream("retrieval", settings.retrieval_addr):
             found = await self._clients.retrieval.Search(
                 retrieval_pb2.SearchRequest(
-                    vector=embedded.vectors[0], top_k=top_k, filter=params.filter
+                    vector=embedded.vectors[0],
+                    top_k=top_k,
+                    filter=params.filter,
+                    query_text=question,
+                    mode=params.retrieval_mode,
+                    mmr_lambda=params.mmr_lambda,
                 )
             )
         results = list(found.results)
@@ -147,6 +162,9 @@ class QueryPipeline:
             usage=generated.usage,
             timings=state.timer.timings,
             request_id=state.request_id,
+            route=generated.route,
+            cost_usd=generated.cost_usd,
+            grounding=generated.grounding,
         )
         if debug:
             response.debug.CopyFrom(
@@ -154,7 +172,8 @@ class QueryPipeline:
                     retrieved=state.results,
                     prompt=generated.prompt,
                     selection=generated.selection,
-                    invalid_citations_removed=len(check.removed),
+                    invalid_citations_removed=generated.invalid_citations_removed
+                    + len(check.removed),
                 )
             )
         return response
@@ -166,7 +185,11 @@ class QueryPipeline:
         with state.timer.stage("generate"), downstream("generation", address):
             generated = await self._clients.generation.Generate(
                 generation_pb2.GenerateRequest(
-                    question=question, sources=state.sources, debug=params.debug
+                    question=question,
+                    sources=state.sources,
+                    debug=params.debug,
+                    tier=params.tier,
+                    routing_key=params.routing_key,
                 )
             )
         return self._answer(state, generated, params.debug)
@@ -176,6 +199,8 @@ class QueryPipeline:
 
         Deltas are shown to users as they arrive; the final answer is the reference
         (its citations are verified), and clients replace the streamed text with it.
+        A restart event (a backend failed mid-answer, or the answer was escalated
+        to the strong model) tells clients to drop the deltas received so far.
         """
         question, state = await self._retrieve(params)
         address = self._clients.settings.generation_addr
@@ -183,12 +208,18 @@ class QueryPipeline:
         with state.timer.stage("generate"), downstream("generation", address):
             stream = self._clients.generation.GenerateStream(
                 generation_pb2.GenerateStreamRequest(
-                    question=question, sources=state.sources, debug=params.debug
+                    question=question,
+                    sources=state.sources,
+                    debug=params.debug,
+                    tier=params.tier,
+                    routing_key=params.routing_key,
                 )
             )
             async for event in stream:
                 if event.HasField("final"):
                     final = event.final
+                elif event.HasField("restart"):
+                    yield query_pb2.AskStreamResponse(restart=event.restart)
                 else:
                     yield query_pb2.AskStreamResponse(delta=event.delta)
         if final is None:

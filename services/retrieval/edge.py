@@ -2,8 +2,10 @@
 
 Layout under `data_dir`:
 
-* `chunks/`: one EdgeShard holding a point per chunk. Point id = chunk_id, one
-  named dense vector "dense" (cosine), payload = every `StoredChunk` field, and
+* `chunks/`: one EdgeShard holding a point per chunk. Point id = chunk_id, a
+  named dense vector "dense" (cosine), a named sparse vector "bm25" (BM25 term
+  weights of title and text, computed here at upsert; the engine applies IDF at
+  query time), payload = every `StoredChunk` field, and
   keyword payload indexes on document_id, media_type and source_uri so filtered
   searches and delete-by-document do not scan every payload.
 * `documents/`: a second EdgeShard, the document registry. Point id =
@@ -17,8 +19,9 @@ Engine behaviour this module relies on (measured with qdrant-edge-py 0.9.0):
 
 * Every update is appended to a write-ahead log whose pages are only written
   back by `flush()`; a killed process loses nothing (the WAL is replayed on
-  load), but an OS crash or power loss can lose updates not yet flushed. So
-  every mutation is flushed before it is acknowledged.
+  load, also without any flush), but an OS crash or power loss can lose updates
+  not yet flushed. A flush of both shards takes 13-23 ms (~200 ms under
+  concurrent disk load) and ~7 ms of CPU however little changed.
 * The WAL holds an exclusive lock, so a second store (in this or another
   process) cannot open the same directory; it fails instead of corrupting it.
   Each shard preallocates 2 x 32 MiB of WAL, so a store takes ~130 MiB of disk
@@ -29,62 +32,110 @@ Engine behaviour this module relies on (measured with qdrant-edge-py 0.9.0):
   thousands of chunks). `optimize()` holds the GIL for the whole build, so it
   stalls every thread of the process; call it at start-up or in a maintenance
   window, not per request.
-* `query` and `flush` release the GIL, so searches can run in parallel with
-  each other and with a flush.
+* `query` releases the GIL, so searches run in parallel with each other.
+  `flush` holds it (measured: a Python thread gets no time during a 15-80 ms
+  flush), although the engine itself allows updates and searches during a
+  flush.
+* A shard cannot be loaded with a config declaring a vector its segments lack.
+  Chunk shards written before keyword search (no "bm25" vector) are therefore
+  migrated on open: rebuilt beside the old one from its stored vectors and
+  payload text, then swapped in by renames (see `_add_keyword_vectors`).
+
+Durability (`flush_interval`). By default a mutation is acknowledged once it is
+in the write-ahead log, and a background thread flushes at most
+`DEFAULT_FLUSH_INTERVAL` (1 s) later; `close()` (a clean shutdown) flushes
+everything, so acknowledged writes survive a clean shutdown and a killed
+process, and only an OS crash or power loss can lose the last second of them.
+Re-running the ingestion restores them (the index is derived data, and the
+content hashes that make re-ingestion skip unchanged documents live in the same
+store, so they are lost together). This is what Qdrant's own server does (WAL
+without fsync per update, flush every 5 s). The cost it avoids: flushing per
+ReplaceDocument took ~7 ms of CPU per document and, because a flush holds the
+GIL, serialised writers; on a 2-core machine that CPU is taken from the
+embedding model during bulk ingestion. `flush_interval=0` flushes every
+mutation before acknowledging it instead (sharing flushes between concurrent
+mutations: group commit).
 """
 
 from __future__ import annotations
 
 import heapq
 import json
+import logging
+import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, cast
 
+import numpy as np
 from qdrant_edge import (
+    Bm25,
+    Bm25Config,
     CountRequest,
     Distance,
     EdgeConfig,
     EdgeOptimizersConfig,
     EdgeShard,
+    EdgeSparseVectorParams,
     EdgeVectorParams,
     FieldCondition,
     Filter,
+    Fusion,
     HasIdCondition,
+    HasVectorCondition,
     HnswIndexConfig,
     MatchAny,
     MatchValue,
+    Modifier,
     PayloadSchemaType,
     PayloadSelector,
     Point,
+    Prefetch,
     Query,
     QueryRequest,
+    ScoredPoint,
     ScrollRequest,
     SearchParams,
     UpdateOperation,
 )
 
 from services.common.errors import FailedPreconditionError, InvalidInputError, NotFoundError
+from services.retrieval.fusion import RRF_K
+from services.retrieval.mmr import mmr_order
 from services.retrieval.store import (
+    DENSE_SEARCH,
     DocumentRecord,
+    RetrievalMode,
     SearchFilter,
     SearchHit,
+    SearchOptions,
     StoredChunk,
     StoreStats,
+    candidate_count,
     validate_list_limit,
     validate_replacement,
+    validate_search_options,
     validate_top_k,
     validate_vector,
 )
 
+log = logging.getLogger(__name__)
+
 BACKEND: Final = "qdrant-edge"
 DENSE: Final = "dense"
-"""Name of the chunk vector; named so sparse or multi vectors can be added later."""
+"""Name of the chunk's dense (embedding) vector."""
+KEYWORD: Final = "bm25"
+"""Name of the chunk's sparse BM25 vector."""
+_RRF: Final = cast(Fusion, Fusion.Rrf(RRF_K))  # the stub does not type Rrf as a Fusion
+_BM25: Final = Bm25(Bm25Config())
+"""English tokenizer, stemmer and stopwords; k=1.2, b=0.75. Changing the config
+changes document weights, so already indexed chunks would need re-indexing."""
 
 _PLACEHOLDER: Final = "placeholder"
 """The registry's declared-but-unused vector (an EdgeConfig needs at least one)."""
@@ -96,6 +147,11 @@ _DOCUMENT_NAMESPACE: Final = uuid.UUID("3f6c2a52-7e0b-5d8e-9a41-6c0b7f1d2e90")
 """Fixed namespace for registry point ids: changing it orphans every record."""
 
 _SCROLL_BATCH: Final = 1024
+_FLUSH_LINGER: Final = 0.005
+"""Seconds a flush waits for concurrent mutations to join it (see `_linger`)."""
+DEFAULT_FLUSH_INTERVAL: Final = 1.0
+"""Seconds between background flushes (see the module docstring on durability)."""
+"""Seconds a flush waits for concurrent mutations to join it (see `_linger`)."""
 
 
 @dataclass(frozen=True)
@@ -195,17 +251,46 @@ class EdgeVectorStore:
         documents: EdgeShard,
         dimension: int,
         settings: HnswSettings,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
     ) -> None:
         """Use `EdgeVectorStore.open`; this only wires already opened shards."""
+        if flush_interval < 0:
+            raise InvalidInputError(f"flush_interval must be >= 0, got {flush_interval}")
         self._chunks: EdgeShard | None = chunks
         self._documents: EdgeShard | None = documents
         self._dimension = dimension
         self._settings = settings
         self._lock = _ReadWriteLock()
+        # Mutations are numbered as they are applied; `_durable` is the highest
+        # number a finished flush is known to cover.
+        self._commit = threading.Condition(threading.Lock())
+        self._applied = 0
+        self._durable = 0
+        self._flushing = False
+        self._stopping = False
+        self._flush_interval = flush_interval
+        self._flusher: threading.Thread | None = None
+        if flush_interval > 0:
+            self._flusher = threading.Thread(
+                target=self._flush_periodically, name="edge-store-flush", daemon=True
+            )
+            self._flusher.start()
 
     @classmethod
-    def open(cls, data_dir: Path, dimension: int, hnsw: HnswSettings | None = None) -> Self:
+    def open(
+        cls,
+        data_dir: Path,
+        dimension: int,
+        hnsw: HnswSettings | None = None,
+        *,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+    ) -> Self:
         """Open the store in `data_dir`, creating it on first use.
+
+        `flush_interval` is the durability setting (see the module docstring):
+        > 0 acknowledges a mutation once it is in the write-ahead log and flushes
+        in the background at most that many seconds later; 0 flushes every
+        mutation before acknowledging it.
 
         `hnsw` is written to the shard's config on every open (None means the
         defaults, not whatever was persisted), so changed settings apply to
@@ -235,7 +320,7 @@ class EdgeVectorStore:
             documents.close()
             chunks.close()
             raise
-        return cls(chunks, documents, dimension, settings)
+        return cls(chunks, documents, dimension, settings, flush_interval)
 
     def __enter__(self) -> Self:
         return self
@@ -278,7 +363,7 @@ class EdgeVectorStore:
         """
         rows = validate_replacement(document, chunks, vectors, self._dimension)
         points = [
-            Point(chunk.chunk_id, {DENSE: row}, _chunk_payload(chunk))
+            Point(chunk.chunk_id, _vectors(row, chunk.title, chunk.text), _chunk_payload(chunk))
             for chunk, row in zip(chunks, rows, strict=True)
         ]
         new_ids = {chunk.chunk_id for chunk in chunks}
@@ -296,7 +381,8 @@ class EdgeVectorStore:
             if deleted:
                 chunk_shard.update(UpdateOperation.delete_points_by_filter(stale))
             registry.update(UpdateOperation.upsert_points([record]))
-        self._flush()
+            ticket = self._applied_one()
+        self._flush(ticket)
         return len(points), deleted
 
     def search(
@@ -304,32 +390,91 @@ class EdgeVectorStore:
         vector: Sequence[float],
         top_k: int,
         filter: SearchFilter,
+        options: SearchOptions = DENSE_SEARCH,
         *,
         exact: bool | None = None,
     ) -> list[SearchHit]:
-        """Return up to `top_k` chunks closest to `vector` by cosine, best first.
+        """Return up to `top_k` chunks ranked as `options` says, best first.
+
+        Dense ranks by cosine, keyword by BM25, hybrid fuses a dense and a
+        keyword leg of `candidate_count(top_k)` chunks each by RRF inside the
+        engine (one call, one consistent snapshot). The filter applies to every
+        leg, so fusion never sees a chunk the caller excluded. With MMR the
+        engine returns `candidate_count(top_k)` chunks with their dense vectors
+        and `mmr_order` picks `top_k` of them.
 
         `exact` overrides `HnswSettings.exact` for this call (evaluation, recall
-        checks). The search width is max(ef, top_k) because HNSW cannot return
+        checks). The search width is max(ef, limit) because HNSW cannot return
         more results than candidates it keeps.
         """
         validate_top_k(top_k)
-        query_vector = validate_vector(vector, self._dimension, "query vector")
-        request = QueryRequest(
-            limit=top_k,
-            query=Query.Nearest(query_vector, using=DENSE),
-            filter=_engine_filter(filter),
-            with_payload=True,
-            with_vector=False,
-            params=SearchParams(
-                hnsw_ef=max(self._settings.ef, top_k),
-                exact=self._settings.exact if exact is None else exact,
-            ),
+        validate_search_options(options)
+        query_vector = (
+            validate_vector(vector, self._dimension, "query vector")
+            if vector or options.mode is not RetrievalMode.KEYWORD
+            else None
         )
+        mmr = options.mmr_lambda > 0
+        limit = candidate_count(top_k) if mmr else top_k
+        engine_filter = _engine_filter(filter)
+        legs = self._legs(query_vector, options, candidate_count(top_k), engine_filter, exact)
+        with_vector = [DENSE] if mmr or query_vector is not None else False
+        if len(legs) == 1:
+            request = QueryRequest(
+                limit=limit,
+                query=legs[0].query,
+                filter=engine_filter,
+                params=legs[0].params,
+                with_payload=True,
+                with_vector=with_vector,
+            )
+        else:
+            request = QueryRequest(
+                limit=limit,
+                prefetches=legs,
+                query=_RRF,
+                filter=engine_filter,
+                with_payload=True,
+                with_vector=with_vector,
+            )
         with self._lock.read():
             chunk_shard, _ = self._require_open()
             points = chunk_shard.query(request)
-        return [SearchHit(_chunk_from_payload(p.payload or {}), float(p.score)) for p in points]
+        if mmr:
+            points = _mmr_points(points, top_k, options.mmr_lambda)
+        if query_vector is None:
+            return [SearchHit(_chunk_from_payload(p.payload or {}), float(p.score)) for p in points]
+        return _cosine_hits(points, query_vector)
+
+    def _legs(
+        self,
+        query_vector: list[float] | None,
+        options: SearchOptions,
+        leg_size: int,
+        engine_filter: Filter | None,
+        exact: bool | None,
+    ) -> list[Prefetch]:
+        """The engine queries the mode needs: dense, keyword, or both (hybrid)."""
+        legs: list[Prefetch] = []
+        if options.mode is not RetrievalMode.KEYWORD and query_vector is not None:
+            params = SearchParams(
+                hnsw_ef=max(self._settings.ef, leg_size),
+                exact=self._settings.exact if exact is None else exact,
+            )
+            legs.append(
+                Prefetch(
+                    leg_size,
+                    query=Query.Nearest(query_vector, using=DENSE),
+                    params=params,
+                    filter=engine_filter,
+                )
+            )
+        if options.mode is not RetrievalMode.DENSE:
+            terms = _BM25.embed_query(options.text)
+            legs.append(
+                Prefetch(leg_size, query=Query.Nearest(terms, using=KEYWORD), filter=engine_filter)
+            )
+        return legs
 
     def get_document(self, document_id: str) -> DocumentRecord | None:
         """Return the registry record, or None when the document is not indexed."""
@@ -380,7 +525,8 @@ class EdgeVectorStore:
                 chunk_shard.update(UpdateOperation.delete_points_by_filter(of_document))
             if known:
                 registry.update(UpdateOperation.delete_points([record_id]))
-        self._flush()
+            ticket = self._applied_one()
+        self._flush(ticket)
         return deleted
 
     def stats(self) -> StoreStats:
@@ -409,20 +555,33 @@ class EdgeVectorStore:
             chunk_shard, registry = self._require_open()
             changed = chunk_shard.optimize()
             changed = registry.optimize() or changed
-        self._flush()
+            ticket = self._applied_one()
+        self._flush(ticket)
         return changed
 
     def indexed_vector_count(self) -> int:
-        """Number of chunk vectors covered by an HNSW index (the rest are scanned)."""
+        """Number of dense chunk vectors covered by an HNSW index (the rest are scanned).
+
+        The engine's count includes the sparse BM25 vectors, which are always
+        indexed (inverted index), so those are subtracted.
+        """
+        has_terms = CountRequest(exact=True, filter=Filter(must=[HasVectorCondition(KEYWORD)]))
         with self._lock.read():
             chunk_shard, _ = self._require_open()
-            return chunk_shard.info().indexed_vectors_count
+            return chunk_shard.info().indexed_vectors_count - chunk_shard.count(has_terms)
 
     def close(self) -> None:
         """Flush and release both shards (and the directory lock). Idempotent."""
         with self._lock.write():
-            chunk_shard, registry = self._chunks, self._documents
-            self._chunks = self._documents = None
+            with self._commit:  # a flush in progress finishes first
+                self._stopping = True
+                self._commit.notify_all()
+                while self._flushing:
+                    self._commit.wait()
+                chunk_shard, registry = self._chunks, self._documents
+                self._chunks = self._documents = None
+            if self._flusher is not None:
+                self._flusher.join()
             for shard in (chunk_shard, registry):
                 if shard is not None:
                     shard.flush()
@@ -433,25 +592,103 @@ class EdgeVectorStore:
             raise FailedPreconditionError("vector store is closed")
         return self._chunks, self._documents
 
-    def _flush(self) -> None:
-        """Write the WAL and segments to disk before a mutation is acknowledged.
+    def _applied_one(self) -> int:
+        """Number the mutation just applied (call under the write lock)."""
+        with self._commit:
+            self._applied += 1
+            return self._applied
 
-        Runs under the read lock, after the write lock is released: the change is
-        already visible, and searches keep running during the msync/fsync work
-        (measured 13-23 ms per mutation for both shards on an idle disk, up to
-        ~200 ms under concurrent disk load). Taking the read side still keeps
-        `close` out.
+    def _flush_periodically(self) -> None:
+        """Background flusher: every `flush_interval` s, flush if anything changed."""
+        while True:
+            with self._commit:
+                self._commit.wait_for(lambda: self._stopping, self._flush_interval)
+                if self._stopping:
+                    return
+                if self._flushing or self._durable >= self._applied:
+                    continue
+                if self._chunks is None or self._documents is None:
+                    return
+                self._flushing = True
+                target = self._applied
+                shards = (self._chunks, self._documents)
+            flushed = False
+            try:
+                for shard in shards:
+                    shard.flush()
+                flushed = True
+            except Exception:  # keep flushing later; close() flushes again anyway
+                log.exception("background flush of the vector store failed")
+            finally:
+                with self._commit:
+                    self._flushing = False
+                    if flushed:
+                        self._durable = max(self._durable, target)
+                    self._commit.notify_all()
+
+    def _linger(self) -> None:
+        """Give mutations already on their way `_FLUSH_LINGER` to join the next flush.
+
+        Called holding `_commit`; waiting releases it (and the GIL), so other
+        threads can apply their mutations. Needed because a flush holds the GIL:
+        nothing applies while it runs, so without a pause the next mutation to
+        apply would start another flush alone.
         """
-        with self._lock.read():
-            if self._chunks is None or self._documents is None:
-                return  # closed meanwhile; close() flushed
-            self._chunks.flush()
-            self._documents.flush()
+        deadline = time.monotonic() + _FLUSH_LINGER
+        while (left := deadline - time.monotonic()) > 0:
+            self._commit.wait(left)
+
+    def _flush(self, ticket: int) -> None:
+        """Called after each mutation, once the write lock is released (the change
+        is visible). With a flush interval: nothing to do, the background flusher
+        writes it within the interval. Without: return once mutation number
+        `ticket` is on disk.
+
+        Flushes are shared (group commit): a flush costs 13-23 ms (up to ~200 ms
+        under concurrent disk load) and ~7 ms of CPU even when little changed,
+        and it holds the GIL, so no other mutation applies while it runs. The
+        flushing thread therefore first lingers briefly for mutations already on
+        their way; the others wait, and the next flush covers every mutation
+        applied before it started. `close` waits for a running flush and
+        flushes whatever came after.
+        """
+        if self._flush_interval > 0:
+            return
+        with self._commit:
+            while self._durable < ticket:
+                if self._chunks is None or self._documents is None:
+                    closed = True  # close() flushes; wait below until it has
+                    break
+                if not self._flushing:
+                    self._flushing = True
+                    self._linger()
+                    target = self._applied
+                    shards = (self._chunks, self._documents)
+                    closed = False
+                    break
+                self._commit.wait()
+            else:
+                return
+        if closed:
+            with self._lock.read():
+                return
+        flushed = False
+        try:
+            for shard in shards:
+                shard.flush()
+            flushed = True
+        finally:
+            with self._commit:
+                self._flushing = False
+                if flushed:
+                    self._durable = max(self._durable, target)
+                self._commit.notify_all()
 
 
 def _chunk_config(dimension: int, settings: HnswSettings) -> EdgeConfig:
     return EdgeConfig(
         vectors={DENSE: EdgeVectorParams(size=dimension, distance=Distance.Cosine)},
+        sparse_vectors={KEYWORD: EdgeSparseVectorParams(modifier=Modifier.Idf)},
         hnsw_config=HnswIndexConfig(
             m=settings.m,
             ef_construct=settings.ef_construct,
@@ -472,6 +709,7 @@ def _open_shard(path: Path, config: EdgeConfig, vector_name: str, dimension: int
     error names both dimensions; the engine's error only says "incompatible".
     """
     config_file = path / "edge_config.json"
+    _finish_interrupted_migration(path)
     if not config_file.exists():
         try:
             return EdgeShard.create(str(path), config)
@@ -485,7 +723,11 @@ def _open_shard(path: Path, config: EdgeConfig, vector_name: str, dimension: int
             "data directory"
         )
     try:
+        if vector_name == DENSE and not _has_sparse_vector(config_file, KEYWORD):
+            _add_keyword_vectors(path, config)
         return EdgeShard.load(str(path), config)
+    except FailedPreconditionError:
+        raise
     except Exception as exc:
         if "WouldBlock" in str(exc):
             raise FailedPreconditionError(
@@ -502,6 +744,130 @@ def _persisted_dimension(config_file: Path, vector_name: str) -> int | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None  # let the engine's own compatibility check decide
     return size if isinstance(size, int) else None
+
+
+def _has_sparse_vector(config_file: Path, vector_name: str) -> bool:
+    """Whether the shard config at `config_file` declares sparse `vector_name`."""
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        return vector_name in (config.get("sparse_vectors") or {})
+    except (OSError, ValueError, AttributeError):
+        return True  # unreadable: let the engine's own compatibility check decide
+
+
+_MIGRATING_SUFFIX: Final = ".migrating"
+_REPLACED_SUFFIX: Final = ".pre-bm25"
+
+
+def _add_keyword_vectors(path: Path, config: EdgeConfig) -> None:
+    """Rebuild a chunk shard written before keyword search, adding BM25 vectors.
+
+    The engine refuses to load a shard with a vector its segments lack, and
+    cannot add one in place, so the points (dense vectors and payloads, which
+    hold the text) are copied into a new shard beside it with their BM25
+    vectors computed here. The old shard is only removed after the new one is
+    complete and renamed into place; an interruption at any point leaves either
+    the old shard (the migration re-runs) or a finished one (see
+    `_finish_interrupted_migration`). Cost: about one second per 10,000 chunks.
+    """
+    staging = path.with_name(path.name + _MIGRATING_SUFFIX)
+    replaced = path.with_name(path.name + _REPLACED_SUFFIX)
+    shutil.rmtree(staging, ignore_errors=True)
+    old = EdgeShard.load(str(path))  # with its persisted config
+    try:
+        new = EdgeShard.create(str(staging), config)
+        try:
+            offset: Any = None
+            while True:
+                records, offset = old.scroll(
+                    ScrollRequest(
+                        offset=offset, limit=_SCROLL_BATCH, with_payload=True, with_vector=[DENSE]
+                    )
+                )
+                points = [_with_keyword_vector(r.id, r.vector, r.payload or {}) for r in records]
+                if points:
+                    new.update(UpdateOperation.upsert_points(points))
+                if offset is None:
+                    break
+            new.flush()
+        finally:
+            new.close()
+    finally:
+        old.close()
+    path.rename(replaced)
+    staging.rename(path)
+    shutil.rmtree(replaced)
+
+
+def _finish_interrupted_migration(path: Path) -> None:
+    """Complete or roll back a `_add_keyword_vectors` that was interrupted."""
+    replaced = path.with_name(path.name + _REPLACED_SUFFIX)
+    if not replaced.exists():
+        return
+    if path.exists():  # the new shard is in place; only the old one is left
+        shutil.rmtree(replaced)
+    else:  # stopped between the two renames: restore the old shard, migrate again
+        replaced.rename(path)
+
+
+def _with_keyword_vector(point_id: Any, vector: Any, payload: Mapping[str, Any]) -> Point:
+    title, text = str(payload.get("title", "")), str(payload.get("text", ""))
+    return Point(point_id, _vectors(_dense_of(vector), title, text), dict(payload))
+
+
+def _vectors(dense: list[float], title: str, text: str) -> dict[str, Any]:
+    """A chunk's named vectors; no BM25 vector when its text has no indexable term.
+
+    Leaving an empty sparse vector out keeps the engine's sparse index count
+    equal to the points that have one, which `indexed_vector_count` relies on.
+    """
+    terms = _BM25.embed_document(_keyword_text(title, text))
+    return {DENSE: dense, KEYWORD: terms} if terms.indices else {DENSE: dense}
+
+
+def _dense_of(vector: Any) -> list[float]:
+    """The dense vector of a point read with `with_vector=[DENSE]` (a dict by name)."""
+    return cast(list[float], vector[DENSE] if isinstance(vector, dict) else vector)
+
+
+def _keyword_text(title: str, text: str) -> str:
+    """The text BM25 indexes for a chunk: its title, then its text.
+
+    Titles name the topic in the words users search with, so every chunk of a
+    document carries them; when the text already starts with the title (a
+    plain-text document's first chunk) it is not counted twice.
+    """
+    if not title or text.startswith(title):
+        return text
+    return f"{title}\n{text}"
+
+
+def _cosine_hits(points: Sequence[ScoredPoint], query_vector: Sequence[float]) -> list[SearchHit]:
+    """Hits in the engine's order, each scored by its cosine to the query.
+
+    Fused (RRF) and BM25 scores have no fixed scale, while consumers threshold
+    the score (the extractive answerer declines below a tuned cosine, the
+    top-score metric tracks cosine); so whenever the query has a vector, every
+    mode reports cosine and only the order depends on the mode. The engine
+    stores cosine vectors normalised, so a dot product with the normalised
+    query is the cosine.
+    """
+    if not points:
+        return []
+    query = np.asarray(query_vector, dtype=np.float32)
+    query /= np.linalg.norm(query)
+    cosines = np.asarray([_dense_of(p.vector) for p in points], dtype=np.float32) @ query
+    return [
+        SearchHit(_chunk_from_payload(p.payload or {}), float(cosine))
+        for p, cosine in zip(points, cosines, strict=True)
+    ]
+
+
+def _mmr_points(points: Sequence[ScoredPoint], top_k: int, mmr_lambda: float) -> list[ScoredPoint]:
+    """The `top_k` of `points` that `mmr_order` picks, in its order."""
+    vectors = [_dense_of(p.vector) for p in points]
+    order = mmr_order([p.score for p in points], vectors, top_k, mmr_lambda)
+    return [points[i] for i in order]
 
 
 def _ensure_keyword_indexes(shard: EdgeShard, names: Sequence[str]) -> None:

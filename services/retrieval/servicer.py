@@ -2,20 +2,49 @@
 
 The store is synchronous (the embedded engine is native code); calls run in a
 worker thread so the event loop keeps serving other RPCs meanwhile.
+
+Each search records its best score and how many chunks it returned: a falling
+top score or empty results tell retrieval (or ingestion) is why answers decline.
 """
 
 import asyncio
 from typing import Any
 
 from grpc import aio
+from prometheus_client import Histogram
 
 from ragplatform.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from services.common.errors import InvalidInputError, NotFoundError
-from services.retrieval.store import DocumentRecord, SearchFilter, StoredChunk, VectorStore
+from services.retrieval.store import (
+    DocumentRecord,
+    RetrievalMode,
+    SearchFilter,
+    SearchOptions,
+    StoredChunk,
+    VectorStore,
+)
 from services.runtime.convert import from_proto, to_proto
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+
+TOP_SCORE = Histogram(
+    "rag_retrieval_top_score",
+    "Similarity score of the best chunk of each search that found any.",
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+)
+RESULTS = Histogram(
+    "rag_retrieval_results",
+    "Chunks returned per search (fewer than top_k when filters or a small index limit it).",
+    buckets=(0, 1, 2, 3, 5, 10, 20, 50, 100),
+)
+
+
+_MODES = {
+    common_pb2.RETRIEVAL_MODE_DENSE: RetrievalMode.DENSE,
+    common_pb2.RETRIEVAL_MODE_KEYWORD: RetrievalMode.KEYWORD,
+    common_pb2.RETRIEVAL_MODE_HYBRID: RetrievalMode.HYBRID,
+}
 
 
 def _scored(hit_chunk: StoredChunk, score: float) -> common_pb2.ScoredChunk:
@@ -25,8 +54,18 @@ def _scored(hit_chunk: StoredChunk, score: float) -> common_pb2.ScoredChunk:
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     """gRPC edge of the retrieval service."""
 
-    def __init__(self, store: VectorStore) -> None:
+    def __init__(
+        self, store: VectorStore, default_mode: RetrievalMode = RetrievalMode.DENSE
+    ) -> None:
         self._store = store
+        self._default_mode = default_mode
+
+    def _mode(self, mode: common_pb2.RetrievalMode.ValueType) -> RetrievalMode:
+        if mode == common_pb2.RETRIEVAL_MODE_UNSPECIFIED:
+            return self._default_mode
+        if mode not in _MODES:
+            raise InvalidInputError(f"mode {mode} is not a known RetrievalMode")
+        return _MODES[mode]
 
     async def ReplaceDocument(
         self, request: retrieval_pb2.ReplaceDocumentRequest, context: aio.ServicerContext[Any, Any]
@@ -51,9 +90,17 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             media_types=tuple(request.filter.media_types),
             source_uris=tuple(request.filter.source_uris),
         )
-        hits = await asyncio.to_thread(
-            self._store.search, list(request.vector.values), request.top_k, search_filter
+        options = SearchOptions(
+            mode=self._mode(request.mode),
+            text=request.query_text,
+            mmr_lambda=request.mmr_lambda,
         )
+        hits = await asyncio.to_thread(
+            self._store.search, list(request.vector.values), request.top_k, search_filter, options
+        )
+        RESULTS.observe(len(hits))
+        if hits and request.vector.values:  # with a vector, scores are cosines in any mode
+            TOP_SCORE.observe(max(hit.score for hit in hits))
         return retrieval_pb2.SearchResponse(results=[_scored(h.chunk, h.score) for h in hits])
 
     async def GetDocument(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 import numpy as np
@@ -24,6 +25,49 @@ keeps one request from asking the engine for an unbounded result set."""
 
 MAX_LIST_LIMIT = 10_000
 """Upper bound on `list_documents(limit=...)`: callers page with `after`."""
+
+MAX_QUERY_TEXT_CHARS = 10_000
+"""Upper bound on a keyword query: longer text is a document, not a query."""
+
+
+class RetrievalMode(StrEnum):
+    """How a search ranks chunks."""
+
+    DENSE = "dense"
+    """Cosine similarity of embeddings: paraphrases and meaning."""
+    KEYWORD = "keyword"
+    """BM25 over chunk text: exact terms (names, codes, rare words) embeddings blur."""
+    HYBRID = "hybrid"
+    """Both legs fused by reciprocal rank (the order; scores stay cosines)."""
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What a search ranks by, beyond the query vector and filter.
+
+    The defaults reproduce the original dense-only search, so callers that pass
+    nothing keep their behaviour.
+    """
+
+    mode: RetrievalMode = RetrievalMode.DENSE
+    text: str = ""
+    """The query's text; the keyword and hybrid modes need it."""
+    mmr_lambda: float = 0.0
+    """Maximal marginal relevance weight in (0, 1]; 0 is off (see `mmr.py`)."""
+
+
+DENSE_SEARCH = SearchOptions()
+"""The default options: dense search, no MMR."""
+
+
+def candidate_count(top_k: int) -> int:
+    """Chunks fetched per leg (and for MMR) to return `top_k` after re-ranking.
+
+    Fusion and MMR can only promote what a leg fetched: a chunk at rank 30 in
+    one leg and rank 2 in the other must be in both candidate lists to get its
+    fused credit, so each leg fetches several times top_k, at least 20.
+    """
+    return max(top_k * 4, 20)
 
 
 @dataclass(frozen=True)
@@ -72,7 +116,12 @@ class SearchFilter:
 
 @dataclass(frozen=True)
 class SearchHit:
-    """A chunk and its cosine similarity to the query (higher is closer)."""
+    """A chunk and its score for the query (higher is closer).
+
+    Whenever the query has a vector the score is the chunk's cosine similarity
+    to it, in every mode (the mode decides the order only), so thresholds tuned
+    on cosine keep working; a keyword search without a vector scores by BM25.
+    """
 
     chunk: StoredChunk
     score: float
@@ -108,8 +157,17 @@ class VectorStore(Protocol):
         """
         ...
 
-    def search(self, vector: Sequence[float], top_k: int, filter: SearchFilter) -> list[SearchHit]:
-        """Return up to `top_k` chunks closest to `vector`, best first."""
+    def search(
+        self,
+        vector: Sequence[float],
+        top_k: int,
+        filter: SearchFilter,
+        options: SearchOptions = DENSE_SEARCH,
+    ) -> list[SearchHit]:
+        """Return up to `top_k` chunks ranked as `options` says, best first.
+
+        `vector` may be empty in keyword mode (it is not used there).
+        """
         ...
 
     def get_document(self, document_id: str) -> DocumentRecord | None:
@@ -179,6 +237,18 @@ def validate_top_k(top_k: int) -> None:
     """Reject a result size outside 1..MAX_TOP_K."""
     if not 1 <= top_k <= MAX_TOP_K:
         raise InvalidInputError(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+
+
+def validate_search_options(options: SearchOptions) -> None:
+    """Reject options a search cannot honour, naming the request field."""
+    if not 0.0 <= options.mmr_lambda <= 1.0:
+        raise InvalidInputError(f"mmr_lambda must be between 0 and 1, got {options.mmr_lambda}")
+    if options.mode is not RetrievalMode.DENSE and not options.text.strip():
+        raise InvalidInputError(f"query_text is empty; the {options.mode} mode needs it")
+    if len(options.text) > MAX_QUERY_TEXT_CHARS:
+        raise InvalidInputError(
+            f"query_text is {len(options.text)} characters; the limit is {MAX_QUERY_TEXT_CHARS}"
+        )
 
 
 def validate_list_limit(limit: int) -> None:

@@ -157,7 +157,8 @@ def test_debug_view_shows_retrieved_chunks_and_selection(
     stubs: Stubs, corpus: list[ingestion_pb2.IngestResult]
 ) -> None:
     question = next(iter(EXPECTED_SOURCES))
-    answer = ask(stubs, question, debug=True, top_k=5)
+    dense = common_pb2.RETRIEVAL_MODE_DENSE  # hybrid orders by fusion, scores stay cosines
+    answer = ask(stubs, question, debug=True, top_k=5, retrieval_mode=dense)
     assert len(answer.debug.retrieved) == 5
     scores = [r.score for r in answer.debug.retrieved]
     assert scores == sorted(scores, reverse=True)
