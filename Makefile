@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RAGCTL := $(VENV)/bin/ragctl
 
-.PHONY: setup demo up down test test-all lint bench docs k8s clean
+.PHONY: setup demo up down test test-all lint bench bench-overhead docs k8s clean
 
 setup: ## Virtualenv, packages, generated gRPC code, contract tools
 	@bash scripts/setup.sh
@@ -33,6 +33,9 @@ lint: ## ruff, mypy, buf lint
 
 bench: setup ## Ingestion throughput vs raw model, ask latency (writes docs/benchmarks.md)
 	@$(PY) -m scripts.bench
+
+bench-overhead: setup ## Ask latency with tracing and metrics on vs off (writes docs/observability.md)
+	@$(PY) -m scripts.bench_overhead --write docs/observability.md
 
 k8s: ## Regenerate the kustomize tree in k8s/ from the Helm chart
 	@$(PY) -m scripts.infra_k8s

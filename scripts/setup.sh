@@ -46,7 +46,7 @@ if [ ! -x tools/node_modules/.bin/buf ] || [ ! -x tools/node_modules/.bin/tsc ];
 fi
 # Prometheus and promtool (Debian's package) check and test the chart's rules and
 # scrape a real platform in tests/observability. Without recommends: they would
-# bring node-exporter, which listens on 9100 (the gateway's metrics port).
+# bring node-exporter, a daemon (on port 9100) that nothing here needs.
 if ! { command -v prometheus && command -v promtool; } >/dev/null; then
   echo "setup: installing prometheus (apt)"
   (export DEBIAN_FRONTEND=noninteractive
