@@ -7,7 +7,7 @@ behind the same Protocol in production.
 
 import os
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -65,6 +65,7 @@ class SentenceTransformerEmbedder:
         tokenizer = self._model.tokenizer
         self._special = len(tokenizer("", add_special_tokens=True)["input_ids"])
         self._tokenizer = tokenizer
+        self._counter = _native_counter(tokenizer)
 
     @classmethod
     def packaged_minilm(
@@ -103,6 +104,10 @@ class SentenceTransformerEmbedder:
             return handle.read()
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        if self._counter is not None:
+            # Same tokenizer, without building the Python lists of ids and masks.
+            encodings = self._counter.encode_batch_fast(list(texts), add_special_tokens=True)
+            return [len(encoding.ids) for encoding in encodings]
         encoded = self._tokenizer(list(texts), add_special_tokens=True, truncation=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
@@ -115,3 +120,21 @@ class SentenceTransformerEmbedder:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+def _native_counter(tokenizer: Any) -> Any:
+    """A copy of a fast tokenizer's native `tokenizers.Tokenizer` that counts
+    every token (no truncation, no padding), or None for a slow tokenizer.
+
+    Counting through it costs a third less CPU than calling the transformers
+    tokenizer, which also builds attention masks and Python lists.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    counter = Tokenizer.from_str(backend.to_str())
+    counter.no_truncation()
+    counter.no_padding()
+    return counter

@@ -28,7 +28,22 @@ class IngestionSettings(PlatformSettings):
         default=32, ge=1, description="Chunks per EmbedDocuments call."
     )
     ingestion_concurrency: int = Field(
-        default=8, ge=1, description="Documents processed at once by IngestUris."
+        default=8,
+        ge=1,
+        description="Documents read, parsed and chunked at once by IngestUris.",
+    )
+    ingestion_embed_pool: int = Field(
+        default=1024,
+        ge=1,
+        description=(
+            "IngestUris: chunks kept ready to form embedding batches of similar length from "
+            "(less padding in the model; more documents in progress at once)."
+        ),
+    )
+    ingestion_embed_in_flight: int = Field(
+        default=2,
+        ge=1,
+        description="IngestUris: EmbedDocuments calls outstanding at once.",
     )
 
 
@@ -43,6 +58,8 @@ def main() -> None:
             overlap_tokens=settings.ingestion_overlap_tokens,
             embed_batch=settings.ingestion_embed_batch,
             concurrency=settings.ingestion_concurrency,
+            embed_pool=settings.ingestion_embed_pool,
+            embed_in_flight=settings.ingestion_embed_in_flight,
         )
         binding = ServiceBinding(
             ingestion_pb2_grpc.add_IngestionServiceServicer_to_server,

@@ -4,15 +4,21 @@ Nothing reaches the index until the document's every chunk is embedded; the
 final ReplaceDocument swaps old chunks for new in one step, so a failure at any
 stage leaves no partial document, and a retried ingest of the same bytes is a
 no-op (skipped by content hash, and chunk ids are deterministic anyway).
+
+IngestUris runs many documents at once and lets their chunks share embedding
+batches of similar length (`_BulkIngestion`); a single upload embeds its own
+chunks (the embedding service's micro-batcher still merges concurrent uploads).
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from ragplatform.v1 import common_pb2, embedding_pb2, ingestion_pb2, retrieval_pb2
@@ -31,13 +37,23 @@ from services.ingestion.ids import (
     document_id_for,
     validate_document_id,
 )
-from services.ingestion.parsers import SUPPORTED_EXTENSIONS, detect_media_type, parse_document
+from services.ingestion.parsers import (
+    SUPPORTED_EXTENSIONS,
+    ParsedDocument,
+    detect_media_type,
+    parse_document,
+)
 from services.runtime.clients import PlatformClients
 from services.runtime.errors import downstream
 
 log = logging.getLogger(__name__)
 
 Status = ingestion_pb2.IngestResult.Status
+
+_INDEX_CONCURRENCY = 16
+"""ReplaceDocument calls outstanding at once per IngestUris (the store commits them in groups)."""
+_INDEX_BACKLOG = 256
+"""Documents embedded and not yet indexed at which IngestUris stops sending batches."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,10 @@ class IngestionLimits:
     overlap_tokens: int
     embed_batch: int
     concurrency: int
+    embed_pool: int = 2048
+    """IngestUris: chunks kept ready to choose embedding batches from (by length)."""
+    embed_in_flight: int = 2
+    """IngestUris: EmbedDocuments calls outstanding at once (one running, one queued)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +81,29 @@ class IncomingDocument:
     declared_media_type: str = ""
     document_id: str = ""
     title: str = ""
+
+
+@dataclass(eq=False)
+class _Prepared:
+    """A document parsed and chunked, waiting for the vectors of its chunks."""
+
+    source_uri: str
+    document_id: str
+    digest: str
+    size_bytes: int
+    media_type: str
+    title: str
+    replaces: bool
+    """Whether an older version is indexed (the result is UPDATED, not CREATED)."""
+    drafts: list[ChunkDraft]
+    vectors: list[embedding_pb2.Vector | None] = field(default_factory=list)
+    missing: int = 0
+    abandoned: bool = False
+    """Left the shared batches: embedded on its own after a batch failed."""
+
+    def __post_init__(self) -> None:
+        self.vectors = [None] * len(self.drafts)
+        self.missing = len(self.drafts)
 
 
 def normalise_uri(uri: str) -> str:
@@ -82,10 +125,21 @@ def failed_result(source_uri: str, error: PlatformError) -> ingestion_pb2.Ingest
     )
 
 
+def _parse_and_chunk(
+    document: IncomingDocument, media_type: str, counter: HFTokenCounter, config: ChunkingConfig
+) -> tuple[ParsedDocument, list[ChunkDraft]]:
+    parsed = parse_document(document.filename, document.data, media_type)
+    return parsed, chunk_document(parsed, counter, config)
+
+
 class IngestionPipeline:
     """Runs documents through parse → chunk → embed → index."""
 
     def __init__(self, clients: PlatformClients, limits: IngestionLimits) -> None:
+        # Documents are tokenized one per worker thread, so concurrency comes from
+        # the documents; the tokenizer's own thread pool only added wake-up costs
+        # (a quarter of the tokenizing CPU, which competes with the model).
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self._clients = clients
         self._limits = limits
         self._counter: HFTokenCounter | None = None
@@ -98,6 +152,8 @@ class IngestionPipeline:
         Chunks are measured with the embedder's own tokenizer so that none is ever
         truncated by the model.
         """
+        if self._counter is not None and self._config is not None:
+            return self._counter, self._config
         async with self._setup_lock:
             if self._counter is None or self._config is None:
                 address = self._clients.settings.embedding_addr
@@ -138,22 +194,35 @@ class IngestionPipeline:
             raise
         return response.document
 
-    async def _embed(self, texts: list[str]) -> list[list[float]]:
+    async def _embed(self, texts: list[str]) -> list[embedding_pb2.Vector]:
         batch = self._limits.embed_batch
         address = self._clients.settings.embedding_addr
 
-        async def embed_slice(start: int) -> list[list[float]]:
+        async def embed_slice(start: int) -> list[embedding_pb2.Vector]:
             with downstream("embedding", address):
                 response = await self._clients.embedding.EmbedDocuments(
                     embedding_pb2.EmbedDocumentsRequest(texts=texts[start : start + batch])
                 )
-            return [list(v.values) for v in response.vectors]
+            return list(response.vectors)
 
         parts = await asyncio.gather(*(embed_slice(i) for i in range(0, len(texts), batch)))
         return [vector for part in parts for vector in part]
 
-    async def ingest(self, document: IncomingDocument) -> ingestion_pb2.IngestResult:
-        """Ingest one document; raises PlatformError naming the problem on failure."""
+    async def _index_is_empty(self) -> bool:
+        address = self._clients.settings.retrieval_addr
+        with downstream("retrieval", address):
+            stats: retrieval_pb2.GetStatsResponse = await self._clients.retrieval.GetStats(
+                retrieval_pb2.GetStatsRequest()
+            )
+        return stats.document_count == 0
+
+    async def _prepare(
+        self, document: IncomingDocument, look_up: bool = True
+    ) -> _Prepared | ingestion_pb2.IngestResult:
+        """Parse and chunk a document, or its result when there is nothing to embed.
+
+        `look_up=False` skips asking the index for an indexed version (known absent).
+        """
         name = document.filename or document.source_uri
         self.check_size(len(document.data), name)
         document_id = (
@@ -162,7 +231,7 @@ class IngestionPipeline:
             else document_id_for(document.source_uri)
         )
         digest = content_sha256(document.data)
-        existing = await self._existing(document_id)
+        existing = await self._existing(document_id) if look_up else None
         if existing is not None and existing.content_sha256 == digest:
             return ingestion_pb2.IngestResult(
                 status=Status.STATUS_UNCHANGED, document=existing, source_uri=document.source_uri
@@ -171,47 +240,65 @@ class IngestionPipeline:
             document.filename, document.data, document.declared_media_type
         )
         counter, config = await self._chunking()
-        parsed = await asyncio.to_thread(
-            parse_document, document.filename, document.data, media_type
+        parsed, drafts = await asyncio.to_thread(
+            _parse_and_chunk, document, media_type, counter, config
         )
-        drafts = await asyncio.to_thread(chunk_document, parsed, counter, config)
         if not drafts:
             raise InvalidInputError(f"{name}: no text to index")
-        title = document.title or parsed.title
-        vectors = await self._embed([d.text for d in drafts])
-        info = common_pb2.DocumentInfo(
-            document_id=document_id,
-            title=title,
+        return _Prepared(
             source_uri=document.source_uri,
-            media_type=media_type,
-            content_sha256=digest,
-            chunk_count=len(drafts),
+            document_id=document_id,
+            digest=digest,
             size_bytes=len(document.data),
+            media_type=media_type,
+            title=document.title or parsed.title,
+            replaces=existing is not None,
+            drafts=drafts,
+        )
+
+    async def _index(
+        self, prepared: _Prepared, vectors: Sequence[embedding_pb2.Vector]
+    ) -> ingestion_pb2.IngestResult:
+        """Replace the document's chunks in the index with the embedded ones."""
+        info = common_pb2.DocumentInfo(
+            document_id=prepared.document_id,
+            title=prepared.title,
+            source_uri=prepared.source_uri,
+            media_type=prepared.media_type,
+            content_sha256=prepared.digest,
+            chunk_count=len(prepared.drafts),
+            size_bytes=prepared.size_bytes,
             indexed_at_unix=int(time.time()),
         )
         request = retrieval_pb2.ReplaceDocumentRequest(
             document=info,
             chunks=[
-                retrieval_pb2.IndexedChunk(
-                    chunk=self._chunk_message(info, draft), vector=embedding_pb2.Vector(values=v)
-                )
-                for draft, v in zip(drafts, vectors, strict=True)
+                retrieval_pb2.IndexedChunk(chunk=self._chunk_message(info, draft), vector=vector)
+                for draft, vector in zip(prepared.drafts, vectors, strict=True)
             ],
         )
         with downstream("retrieval", self._clients.settings.retrieval_addr):
             await self._clients.retrieval.ReplaceDocument(request)
-        status = Status.STATUS_CREATED if existing is None else Status.STATUS_UPDATED
+        status = Status.STATUS_UPDATED if prepared.replaces else Status.STATUS_CREATED
         log.info(
             "document indexed",
             extra={
-                "document_id": document_id,
-                "chunks": len(drafts),
+                "document_id": prepared.document_id,
+                "chunks": len(prepared.drafts),
                 "status": Status.Name(status),
             },
         )
         return ingestion_pb2.IngestResult(
-            status=status, document=info, source_uri=document.source_uri
+            status=status, document=info, source_uri=prepared.source_uri
         )
+
+    async def ingest(self, document: IncomingDocument) -> ingestion_pb2.IngestResult:
+        """Ingest one document; raises PlatformError naming the problem on failure."""
+        prepared = await self._prepare(document)
+        if isinstance(prepared, ingestion_pb2.IngestResult):
+            return prepared
+        vectors = await self._embed([d.text for d in prepared.drafts])
+        return await self._index(prepared, vectors)
 
     @staticmethod
     def _chunk_message(info: common_pb2.DocumentInfo, draft: ChunkDraft) -> common_pb2.Chunk:
@@ -235,8 +322,9 @@ class IngestionPipeline:
     ) -> AsyncIterator[ingestion_pb2.IngestUrisResponse]:
         """Ingest every document the URIs name; one result per document as each finishes.
 
-        A failing document is reported and does not stop the others. Documents are
-        processed `concurrency` at a time so their chunks share embedding batches.
+        A failing document is reported and does not stop the others. The chunks of
+        many documents share embedding batches of similar length (see
+        `_BulkIngestion`), so results arrive in no particular order.
         """
         targets: list[tuple[str, Path | PlatformError]] = []
         for uri in uris:
@@ -244,27 +332,8 @@ class IngestionPipeline:
         yield ingestion_pb2.IngestUrisResponse(
             plan=ingestion_pb2.IngestPlan(document_count=len(targets))
         )
-        semaphore = asyncio.Semaphore(self._limits.concurrency)
-
-        async def run_one(
-            source_uri: str, target: Path | PlatformError
-        ) -> ingestion_pb2.IngestResult:
-            async with semaphore:
-                try:
-                    if isinstance(target, PlatformError):
-                        raise target
-                    data = await asyncio.to_thread(self._read, target)
-                    return await self.ingest(IncomingDocument(source_uri, target.name, data))
-                except PlatformError as error:
-                    return failed_result(source_uri, error)
-
-        tasks = [asyncio.create_task(run_one(uri, target)) for uri, target in targets]
-        try:
-            for next_done in asyncio.as_completed(tasks):
-                yield ingestion_pb2.IngestUrisResponse(result=await next_done)
-        finally:
-            for task in tasks:
-                task.cancel()
+        async for result in _BulkIngestion(self, targets).run():
+            yield ingestion_pb2.IngestUrisResponse(result=result)
 
     def _read(self, path: Path) -> bytes:
         size = path.stat().st_size
@@ -306,3 +375,235 @@ class IngestionPipeline:
                 )
             )
         return response.chunks_deleted
+
+
+@dataclass(frozen=True, eq=False)
+class _PoolChunk:
+    """A chunk waiting for an embedding batch."""
+
+    document: _Prepared
+    index: int
+    tokens: int
+    order: int
+    """Arrival order in the pool: the oldest chunk has the smallest."""
+
+
+class _BulkIngestion:
+    """One IngestUris call: many documents through shared, length-grouped embedding batches.
+
+    Why not one EmbedDocuments call per document: a SciFact abstract gives ~2
+    chunks, so per-document calls only fill the model's batches if hundreds of
+    documents wait in the embedding service's queue at once, longer than any
+    call deadline; and whatever fills a batch, the model pads every text to the
+    longest in it, so batches mixing short and long chunks waste a third of the
+    model's time. Instead:
+
+    * `concurrency` workers read, check (content hash), parse and chunk
+      documents ahead into a pool of up to `embed_pool` chunks;
+    * a feeder keeps `embed_in_flight` EmbedDocuments calls of `embed_batch`
+      chunks outstanding (one running on the model, one queued behind it), each
+      the chunks of most similar token count that include the pool's oldest
+      chunk: every chunk is sent within `embed_pool / embed_batch` batches;
+    * a document whose chunks all have vectors is indexed (ReplaceDocument)
+      right away, concurrently with the embedding of later batches.
+
+    Each document is looked up in the index first (unchanged content is skipped,
+    a changed one is reported UPDATED), except when the index was empty when the
+    call started, the initial load: then every document is new. (A concurrent
+    ingestion of the same files into the empty index makes both report CREATED;
+    the index ends up the same.)
+
+    A failed batch does not fail every document that had a chunk in it: those
+    documents leave the shared batches and are embedded on their own, so only a
+    document that fails by itself is reported failed. Every target gets exactly
+    one result; an unexpected error ends the stream with that error.
+    """
+
+    def __init__(
+        self, pipeline: IngestionPipeline, targets: Sequence[tuple[str, Path | PlatformError]]
+    ) -> None:
+        self._pipeline = pipeline
+        limits = pipeline._limits
+        self._batch = limits.embed_batch
+        self._pool_limit = max(limits.embed_pool, limits.embed_batch)
+        self._in_flight_limit = limits.embed_in_flight
+        self._workers = max(1, min(limits.concurrency, len(targets)))
+        self._count = len(targets)
+        self._targets = iter(targets)
+        self._results: asyncio.Queue[ingestion_pb2.IngestResult | Exception] = asyncio.Queue()
+        self._pool: list[_PoolChunk] = []
+        self._arrivals = 0
+        self._preparing = 0
+        self._in_flight = 0
+        self._indexing = 0
+        self._look_up = True
+        self._changed = asyncio.Event()
+        self._index_slots = asyncio.Semaphore(_INDEX_CONCURRENCY)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> AsyncIterator[ingestion_pb2.IngestResult]:
+        """Each document's result as it finishes."""
+        if self._count > 1:
+            with contextlib.suppress(PlatformError):  # then each document is looked up
+                self._look_up = not await self._pipeline._index_is_empty()
+        self._preparing = self._workers
+        for _ in range(self._workers):
+            self._spawn(self._prepare_documents())
+        self._spawn(self._feed())
+        try:
+            for _ in range(self._count):
+                item = await self._results.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(self._guarded(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception as error:  # a bug: end the stream with it rather than hang
+            log.exception("bulk ingestion failed")
+            self._results.put_nowait(error)
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    async def _until(self, condition: Callable[[], bool]) -> None:
+        """Wait until `condition` holds; every state change re-checks it."""
+        while not condition():
+            self._changed.clear()
+            await self._changed.wait()
+
+    # ------------------------------------------------------------------ stages
+
+    async def _prepare_documents(self) -> None:
+        pipeline = self._pipeline
+        try:
+            for source_uri, target in self._targets:  # shared by the workers
+                await self._until(lambda: len(self._pool) < self._pool_limit)
+                try:
+                    if isinstance(target, PlatformError):
+                        raise target
+                    data = await asyncio.to_thread(pipeline._read, target)
+                    prepared = await pipeline._prepare(
+                        IncomingDocument(source_uri, target.name, data), self._look_up
+                    )
+                except PlatformError as error:
+                    self._results.put_nowait(failed_result(source_uri, error))
+                    continue
+                if isinstance(prepared, ingestion_pb2.IngestResult):
+                    self._results.put_nowait(prepared)
+                    continue
+                for index, draft in enumerate(prepared.drafts):
+                    self._pool.append(
+                        _PoolChunk(prepared, index, draft.token_count, self._arrivals)
+                    )
+                    self._arrivals += 1
+                self._notify()
+        finally:
+            self._preparing -= 1
+            self._notify()
+
+    def _ready_to_send(self) -> bool:
+        if self._in_flight >= self._in_flight_limit or self._indexing >= _INDEX_BACKLOG:
+            return False
+        if len(self._pool) >= self._batch or self._preparing == 0:
+            return True
+        # Never leave the model idle waiting for a full batch (start, slow parsing).
+        return self._in_flight == 0 and bool(self._pool)
+
+    async def _feed(self) -> None:
+        while True:
+            await self._until(self._ready_to_send)
+            if not self._pool:
+                return  # nothing left to prepare and nothing waiting
+            self._in_flight += 1
+            self._spawn(self._embed_batch(self._take()))
+
+    def _take(self) -> list[_PoolChunk]:
+        """Remove the next batch from the pool: the `embed_batch` chunks of most
+        similar length that include the oldest one (see the class docstring)."""
+        pool, size = self._pool, self._batch
+        if len(pool) <= size:
+            self._pool = []
+            return pool
+        by_length = sorted(pool, key=lambda c: (c.tokens, c.order))
+        oldest = pool[0]  # the pool is kept in arrival order
+        position = by_length.index(oldest)
+        first = max(0, position - size + 1)
+        last = min(position, len(by_length) - size)
+        start = min(
+            range(first, last + 1),
+            key=lambda s: by_length[s + size - 1].tokens - by_length[s].tokens,
+        )
+        taken = by_length[start : start + size]
+        chosen = {id(c) for c in taken}
+        self._pool = [c for c in pool if id(c) not in chosen]
+        return taken
+
+    async def _embed_batch(self, chunks: list[_PoolChunk]) -> None:
+        pipeline = self._pipeline
+        texts = [c.document.drafts[c.index].text for c in chunks]
+        try:
+            with downstream("embedding", pipeline._clients.settings.embedding_addr):
+                response = await pipeline._clients.embedding.EmbedDocuments(
+                    embedding_pb2.EmbedDocumentsRequest(texts=texts)
+                )
+        except PlatformError as error:
+            log.warning(
+                "embedding batch failed; its documents are embedded one by one",
+                extra={"error": str(error), "chunks": len(chunks)},
+            )
+            for document in {id(c.document): c.document for c in chunks}.values():
+                self._abandon(document)
+            return
+        finally:
+            self._in_flight -= 1
+            self._notify()
+        for chunk, vector in zip(chunks, response.vectors, strict=True):
+            document = chunk.document
+            if document.abandoned:
+                continue
+            document.vectors[chunk.index] = vector
+            document.missing -= 1
+            if document.missing == 0:
+                vectors = [v for v in document.vectors if v is not None]
+                self._indexing += 1
+                self._spawn(self._index(document, vectors))
+
+    def _abandon(self, document: _Prepared) -> None:
+        if document.abandoned:
+            return
+        document.abandoned = True
+        self._pool = [c for c in self._pool if c.document is not document]
+        self._spawn(self._embed_alone(document))
+
+    async def _embed_alone(self, document: _Prepared) -> None:
+        try:
+            vectors = await self._pipeline._embed([d.text for d in document.drafts])
+        except PlatformError as error:
+            self._results.put_nowait(failed_result(document.source_uri, error))
+            return
+        self._indexing += 1
+        await self._index(document, vectors)
+
+    async def _index(self, document: _Prepared, vectors: Sequence[embedding_pb2.Vector]) -> None:
+        """ReplaceDocument, then the document's result; the caller counted it in `_indexing`."""
+        try:
+            async with self._index_slots:
+                result = await self._pipeline._index(document, vectors)
+        except PlatformError as error:
+            result = failed_result(document.source_uri, error)
+        finally:
+            self._indexing -= 1
+            self._notify()
+        self._results.put_nowait(result)
