@@ -215,9 +215,13 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    with contextlib.suppress(OSError):  # a zombie has exited; /proc exists on Linux only
+    with contextlib.suppress(OSError):  # /proc exists on Linux only
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
+        if state != "Z":
+            return True
+        # The main thread shows "Z" as soon as it exits, while the process's other
+        # threads may still be winding down: it has exited only once they are gone.
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
     return True
 
 
