@@ -80,14 +80,18 @@ def validate_document_id(doc_id: str) -> str:
     return doc_id
 
 
-def chunk_id_for(document_id: str, ordinal: int, text: str) -> str:
+def chunk_id_for(tenant: str, document_id: str, ordinal: int, text: str) -> str:
     """UUID for a chunk (the vector store accepts only UUIDs or integers as point ids).
 
-    Derived from document, position and content, so an unchanged re-ingest
-    yields identical ids and any edit yields new ones for the chunks it touched.
+    Derived from tenant, document, position and content, so an unchanged
+    re-ingest yields identical ids, any edit yields new ones for the chunks it
+    touched, and the same document ingested by two tenants never shares a chunk
+    id (chunk ids are engine point ids, unique across tenants). The separator
+    cannot occur in a tenant id or a document id, so the parts never run together.
     """
     text_digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return str(uuid.uuid5(CHUNK_ID_NAMESPACE, f"{document_id}\x1f{ordinal}\x1f{text_digest}"))
+    name = f"{tenant}\x1f{document_id}\x1f{ordinal}\x1f{text_digest}"
+    return str(uuid.uuid5(CHUNK_ID_NAMESPACE, name))
 
 
 def content_sha256(data: bytes) -> str:

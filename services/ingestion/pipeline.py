@@ -5,6 +5,11 @@ final ReplaceDocument swaps old chunks for new in one step, so a failure at any
 stage leaves no partial document, and a retried ingest of the same bytes is a
 no-op (skipped by content hash, and chunk ids are deterministic anyway).
 
+Every document belongs to one tenant (`DocumentAccess`), validated before
+anything is read: the unchanged check, the chunk ids, the index writes and
+deletes are all per tenant, so the same document id in two tenants names two
+independent documents.
+
 IngestUris runs many documents at once and lets their chunks share embedding
 batches of similar length (`_BulkIngestion`); a single upload embeds its own
 chunks (the embedding service's micro-batcher still merges concurrent uploads).
@@ -30,6 +35,7 @@ from services.common.errors import (
     TooLargeError,
     UnimplementedError,
 )
+from services.common.tenancy import validate_labels, validate_tenant
 from services.ingestion.chunking import ChunkDraft, ChunkingConfig, HFTokenCounter, chunk_document
 from services.ingestion.ids import (
     chunk_id_for,
@@ -72,15 +78,41 @@ class IngestionLimits:
 
 
 @dataclass(frozen=True)
+class DocumentAccess:
+    """Who owns a request's documents and who may see them; build with `validated`."""
+
+    tenant: str
+    access_labels: tuple[str, ...] = ()
+    """Only callers holding one of these see the documents; empty: the whole tenant."""
+    tags: tuple[str, ...] = ()
+
+    @classmethod
+    def validated(
+        cls, tenant: str, access_labels: Sequence[str] = (), tags: Sequence[str] = ()
+    ) -> "DocumentAccess":
+        """Check a request's tenant, labels and tags (sorted, without duplicates);
+        raise InvalidInputError naming the field. Called before anything is read."""
+        return cls(
+            tenant=validate_tenant(tenant),
+            access_labels=validate_labels(access_labels, "access label"),
+            tags=validate_labels(tags, "tag"),
+        )
+
+
+@dataclass(frozen=True)
 class IncomingDocument:
     """A document's bytes and what its sender told us about it."""
 
     source_uri: str
     filename: str
     data: bytes
+    access: DocumentAccess
     declared_media_type: str = ""
     document_id: str = ""
     title: str = ""
+    document_date_unix: int = 0
+    """The document's date (Unix seconds): a file's modification time, or what an
+    upload declared; 0 when unknown."""
 
 
 @dataclass(eq=False)
@@ -89,6 +121,8 @@ class _Prepared:
 
     source_uri: str
     document_id: str
+    access: DocumentAccess
+    document_date_unix: int
     digest: str
     size_bytes: int
     media_type: str
@@ -122,6 +156,18 @@ def failed_result(source_uri: str, error: PlatformError) -> ingestion_pb2.Ingest
         error_code=error.code_name,
         message=str(error),
         source_uri=source_uri,
+    )
+
+
+def _unchanged(existing: common_pb2.DocumentInfo, digest: str, document: IncomingDocument) -> bool:
+    """Whether the indexed version is this one: same bytes, and the same labels,
+    tags and date (relabelling a document must reach its chunks, so it is re-indexed)."""
+    access = document.access
+    return (
+        existing.content_sha256 == digest
+        and set(existing.access_labels) == set(access.access_labels)
+        and set(existing.tags) == set(access.tags)
+        and existing.document_date_unix == document.document_date_unix
     )
 
 
@@ -179,13 +225,13 @@ class IngestionPipeline:
                 f"{name} is {size} bytes; the limit is {self._limits.max_document_bytes} bytes"
             )
 
-    async def _existing(self, document_id: str) -> common_pb2.DocumentInfo | None:
+    async def _existing(self, tenant: str, document_id: str) -> common_pb2.DocumentInfo | None:
         address = self._clients.settings.retrieval_addr
         try:
             with downstream("retrieval", address):
                 response: retrieval_pb2.GetDocumentResponse = (
                     await self._clients.retrieval.GetDocument(
-                        retrieval_pb2.GetDocumentRequest(document_id=document_id)
+                        retrieval_pb2.GetDocumentRequest(tenant=tenant, document_id=document_id)
                     )
                 )
         except PlatformError as error:
@@ -208,13 +254,16 @@ class IngestionPipeline:
         parts = await asyncio.gather(*(embed_slice(i) for i in range(0, len(texts), batch)))
         return [vector for part in parts for vector in part]
 
-    async def _index_is_empty(self) -> bool:
+    async def _tenant_is_empty(self, tenant: str) -> bool:
+        """Whether the tenant has no indexed document (then none needs looking up)."""
         address = self._clients.settings.retrieval_addr
         with downstream("retrieval", address):
-            stats: retrieval_pb2.GetStatsResponse = await self._clients.retrieval.GetStats(
-                retrieval_pb2.GetStatsRequest()
+            listing: retrieval_pb2.ListDocumentsResponse = (
+                await self._clients.retrieval.ListDocuments(
+                    retrieval_pb2.ListDocumentsRequest(tenant=tenant, page_size=1)
+                )
             )
-        return stats.document_count == 0
+        return not listing.documents
 
     async def _prepare(
         self, document: IncomingDocument, look_up: bool = True
@@ -231,8 +280,9 @@ class IngestionPipeline:
             else document_id_for(document.source_uri)
         )
         digest = content_sha256(document.data)
-        existing = await self._existing(document_id) if look_up else None
-        if existing is not None and existing.content_sha256 == digest:
+        access = document.access
+        existing = await self._existing(access.tenant, document_id) if look_up else None
+        if existing is not None and _unchanged(existing, digest, document):
             return ingestion_pb2.IngestResult(
                 status=Status.STATUS_UNCHANGED, document=existing, source_uri=document.source_uri
             )
@@ -248,6 +298,8 @@ class IngestionPipeline:
         return _Prepared(
             source_uri=document.source_uri,
             document_id=document_id,
+            access=access,
+            document_date_unix=document.document_date_unix,
             digest=digest,
             size_bytes=len(document.data),
             media_type=media_type,
@@ -269,6 +321,10 @@ class IngestionPipeline:
             chunk_count=len(prepared.drafts),
             size_bytes=prepared.size_bytes,
             indexed_at_unix=int(time.time()),
+            tenant=prepared.access.tenant,
+            access_labels=prepared.access.access_labels,
+            tags=prepared.access.tags,
+            document_date_unix=prepared.document_date_unix,
         )
         request = retrieval_pb2.ReplaceDocumentRequest(
             document=info,
@@ -284,6 +340,7 @@ class IngestionPipeline:
             "document indexed",
             extra={
                 "document_id": prepared.document_id,
+                "tenant": prepared.access.tenant,
                 "chunks": len(prepared.drafts),
                 "status": Status.Name(status),
             },
@@ -303,7 +360,7 @@ class IngestionPipeline:
     @staticmethod
     def _chunk_message(info: common_pb2.DocumentInfo, draft: ChunkDraft) -> common_pb2.Chunk:
         return common_pb2.Chunk(
-            chunk_id=chunk_id_for(info.document_id, draft.ordinal, draft.text),
+            chunk_id=chunk_id_for(info.tenant, info.document_id, draft.ordinal, draft.text),
             document_id=info.document_id,
             ordinal=draft.ordinal,
             text=draft.text,
@@ -315,12 +372,18 @@ class IngestionPipeline:
             source_uri=info.source_uri,
             media_type=info.media_type,
             token_count=draft.token_count,
+            tenant=info.tenant,
+            access_labels=info.access_labels,
+            tags=info.tags,
+            document_date_unix=info.document_date_unix,
         )
 
     async def ingest_uris(
-        self, uris: Iterable[str]
+        self, uris: Iterable[str], access: DocumentAccess
     ) -> AsyncIterator[ingestion_pb2.IngestUrisResponse]:
-        """Ingest every document the URIs name; one result per document as each finishes.
+        """Ingest every document the URIs name into `access.tenant`, with its labels
+        and tags; one result per document as each finishes. A file's date is its
+        modification time.
 
         A failing document is reported and does not stop the others. The chunks of
         many documents share embedding batches of similar length (see
@@ -332,13 +395,14 @@ class IngestionPipeline:
         yield ingestion_pb2.IngestUrisResponse(
             plan=ingestion_pb2.IngestPlan(document_count=len(targets))
         )
-        async for result in _BulkIngestion(self, targets).run():
+        async for result in _BulkIngestion(self, targets, access).run():
             yield ingestion_pb2.IngestUrisResponse(result=result)
 
-    def _read(self, path: Path) -> bytes:
-        size = path.stat().st_size
-        self.check_size(size, path.name)
-        return path.read_bytes()
+    def _read(self, path: Path) -> tuple[bytes, int]:
+        """The file's bytes and its modification time (Unix seconds, the document's date)."""
+        status = path.stat()
+        self.check_size(status.st_size, path.name)
+        return path.read_bytes(), int(status.st_mtime)
 
     @staticmethod
     def _expand(uri: str) -> list[tuple[str, Path | PlatformError]]:
@@ -364,14 +428,16 @@ class IngestionPipeline:
             return [(normalised, PermissionDeniedError(f"{path}: permission denied"))]
         return [(normalised, path)]
 
-    async def delete(self, document_id: str) -> int:
-        """Remove a document's chunks and record; NOT_FOUND when unknown."""
+    async def delete(self, tenant: str, document_id: str) -> int:
+        """Remove the tenant's document (chunks and record); NOT_FOUND when the
+        tenant has no such document. Other tenants' documents are never touched."""
+        validate_tenant(tenant)
         if not document_id:
             raise InvalidInputError("document_id is empty")
         with downstream("retrieval", self._clients.settings.retrieval_addr):
             response: retrieval_pb2.RemoveDocumentResponse = (
                 await self._clients.retrieval.RemoveDocument(
-                    retrieval_pb2.RemoveDocumentRequest(document_id=document_id)
+                    retrieval_pb2.RemoveDocumentRequest(tenant=tenant, document_id=document_id)
                 )
             )
         return response.chunks_deleted
@@ -407,11 +473,11 @@ class _BulkIngestion:
     * a document whose chunks all have vectors is indexed (ReplaceDocument)
       right away, concurrently with the embedding of later batches.
 
-    Each document is looked up in the index first (unchanged content is skipped,
-    a changed one is reported UPDATED), except when the index was empty when the
-    call started, the initial load: then every document is new. (A concurrent
-    ingestion of the same files into the empty index makes both report CREATED;
-    the index ends up the same.)
+    Each document is looked up in the tenant's index first (unchanged content,
+    labels, tags and date are skipped, anything else is reported UPDATED),
+    except when the tenant had no document when the call started, the initial
+    load: then every document is new. (A concurrent ingestion of the same files
+    into the empty tenant makes both report CREATED; the index ends up the same.)
 
     A failed batch does not fail every document that had a chunk in it: those
     documents leave the shared batches and are embedded on their own, so only a
@@ -420,9 +486,13 @@ class _BulkIngestion:
     """
 
     def __init__(
-        self, pipeline: IngestionPipeline, targets: Sequence[tuple[str, Path | PlatformError]]
+        self,
+        pipeline: IngestionPipeline,
+        targets: Sequence[tuple[str, Path | PlatformError]],
+        access: DocumentAccess,
     ) -> None:
         self._pipeline = pipeline
+        self._access = access
         limits = pipeline._limits
         self._batch = limits.embed_batch
         self._pool_limit = max(limits.embed_pool, limits.embed_batch)
@@ -445,7 +515,7 @@ class _BulkIngestion:
         """Each document's result as it finishes."""
         if self._count > 1:
             with contextlib.suppress(PlatformError):  # then each document is looked up
-                self._look_up = not await self._pipeline._index_is_empty()
+                self._look_up = not await self._pipeline._tenant_is_empty(self._access.tenant)
         self._preparing = self._workers
         for _ in range(self._workers):
             self._spawn(self._prepare_documents())
@@ -493,10 +563,15 @@ class _BulkIngestion:
                 try:
                     if isinstance(target, PlatformError):
                         raise target
-                    data = await asyncio.to_thread(pipeline._read, target)
-                    prepared = await pipeline._prepare(
-                        IncomingDocument(source_uri, target.name, data), self._look_up
+                    data, modified_unix = await asyncio.to_thread(pipeline._read, target)
+                    incoming = IncomingDocument(
+                        source_uri,
+                        target.name,
+                        data,
+                        self._access,
+                        document_date_unix=modified_unix,
                     )
+                    prepared = await pipeline._prepare(incoming, self._look_up)
                 except PlatformError as error:
                     self._results.put_nowait(failed_result(source_uri, error))
                     continue

@@ -4,6 +4,11 @@ Each finished document is counted by outcome (`rag_ingestion_documents_total`),
 its chunks when indexed, failures by status code; documents planned by an
 IngestUris call and not finished yet make the backlog gauge, the signal
 ingestion scales on.
+
+Every call names its tenant: the upload header's, IngestUris's and
+DeleteDocument's `tenant` (with access labels and tags) is validated before any
+byte is read or written, so a request without one fails with INVALID_ARGUMENT
+and nothing else happens.
 """
 
 from collections.abc import AsyncIterator
@@ -14,7 +19,7 @@ from prometheus_client import Counter, Gauge
 
 from ragplatform.v1 import ingestion_pb2, ingestion_pb2_grpc
 from services.common.errors import InvalidInputError, PlatformError
-from services.ingestion.pipeline import IncomingDocument, IngestionPipeline
+from services.ingestion.pipeline import DocumentAccess, IncomingDocument, IngestionPipeline
 
 Status = ingestion_pb2.IngestResult.Status
 STATUS_LABELS = {
@@ -79,6 +84,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self, request_iterator: AsyncIterator[ingestion_pb2.UploadDocumentRequest]
     ) -> ingestion_pb2.IngestResult:
         header: ingestion_pb2.DocumentHeader | None = None
+        access: DocumentAccess | None = None
         parts: list[bytes] = []
         size = 0
         async for message in request_iterator:
@@ -86,6 +92,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
                 if header is not None:
                     raise InvalidInputError("the upload sent a second header")
                 header = message.header
+                access = DocumentAccess.validated(header.tenant, header.access_labels, header.tags)
                 if not header.filename:
                     raise InvalidInputError("header.filename is empty")
             elif header is None:
@@ -95,27 +102,30 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
                 # Refuse as soon as the limit is passed rather than after buffering it all.
                 self._pipeline.check_size(size, header.filename)
                 parts.append(message.data)
-        if header is None:
+        if header is None or access is None:
             raise InvalidInputError("the upload sent no header")
         return await self._pipeline.ingest(
             IncomingDocument(
                 source_uri=f"upload://{header.filename}",
                 filename=header.filename,
                 data=b"".join(parts),
+                access=access,
                 declared_media_type=header.media_type,
                 document_id=header.document_id,
                 title=header.title,
+                document_date_unix=header.document_date_unix,
             )
         )
 
     async def IngestUris(
         self, request: ingestion_pb2.IngestUrisRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[ingestion_pb2.IngestUrisResponse]:
+        access = DocumentAccess.validated(request.tenant, request.access_labels, request.tags)
         if not request.uris:
             raise InvalidInputError("uris is empty: name at least one file or directory")
         pending = 0
         try:
-            async for event in self._pipeline.ingest_uris(request.uris):
+            async for event in self._pipeline.ingest_uris(request.uris, access):
                 if event.HasField("plan"):
                     pending = event.plan.document_count
                     BACKLOG.inc(pending)
@@ -131,5 +141,5 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self, request: ingestion_pb2.DeleteDocumentRequest, context: aio.ServicerContext[Any, Any]
     ) -> ingestion_pb2.DeleteDocumentResponse:
         return ingestion_pb2.DeleteDocumentResponse(
-            chunks_deleted=await self._pipeline.delete(request.document_id)
+            chunks_deleted=await self._pipeline.delete(request.tenant, request.document_id)
         )

@@ -5,15 +5,29 @@ Layout under `data_dir`:
 * `chunks/`: one EdgeShard holding a point per chunk. Point id = chunk_id, a
   named dense vector "dense" (cosine), a named sparse vector "bm25" (BM25 term
   weights of title and text, computed here at upsert; the engine applies IDF at
-  query time), payload = every `StoredChunk` field, and
-  keyword payload indexes on document_id, media_type and source_uri so filtered
-  searches and delete-by-document do not scan every payload.
+  query time), payload = every `StoredChunk` field (tuples stored as lists),
+  keyword payload indexes on tenant, access_labels, tags, document_id,
+  media_type and source_uri and an integer index on document_date_unix, so
+  filtered searches and delete-by-document do not scan every payload.
 * `documents/`: a second EdgeShard, the document registry. Point id =
-  uuid5(document_id), payload = every `DocumentRecord` field, no vector (an
-  EdgeConfig must declare at least one vector, so it declares a 1-dimensional
-  placeholder that no point uses). Keeping the registry in the engine makes the
-  data directory the single source of truth: there is no side database that can
-  disagree with the chunks after a crash or a restore.
+  uuid5(tenant + "/" + document_id) (see `_record_id`; a tenant id cannot
+  contain "/", so the pair is unambiguous and two tenants can hold the same
+  document id), payload = every `DocumentRecord` field, keyword indexes on
+  tenant and document_id, no vector (an EdgeConfig must declare at least one
+  vector, so it declares a 1-dimensional placeholder that no point uses).
+  Keeping the registry in the engine makes the data directory the single
+  source of truth: there is no side database that can disagree with the
+  chunks after a crash or a restore.
+
+Tenancy. Every read is confined to one tenant by the engine's own filter, never
+by filtering results afterwards (see `_engine_filter`): a search's filter is
+`tenant == caller.tenant AND (access_labels is empty OR access_labels has one
+of the caller's labels) AND <the request's metadata filter>`, and it is given
+to every prefetch leg and to the fused query, so RRF fusion and MMR only ever
+rank chunks the caller may see. Writes and deletes match the tenant too.
+A data directory written before tenancy is migrated on open: its chunks and
+records get tenant `LEGACY_TENANT` and its records the new ids (see
+`_migrate_to_tenancy`).
 
 Engine behaviour this module relies on (measured with qdrant-edge-py 0.9.0):
 
@@ -68,10 +82,10 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self, cast
+from typing import TYPE_CHECKING, Any, Final, Self, cast
 
 import numpy as np
 from qdrant_edge import (
@@ -90,6 +104,7 @@ from qdrant_edge import (
     HasIdCondition,
     HasVectorCondition,
     HnswIndexConfig,
+    IsEmptyCondition,
     MatchAny,
     MatchValue,
     Modifier,
@@ -99,6 +114,7 @@ from qdrant_edge import (
     Prefetch,
     Query,
     QueryRequest,
+    RangeFloat,
     ScoredPoint,
     ScrollRequest,
     SearchParams,
@@ -106,10 +122,12 @@ from qdrant_edge import (
 )
 
 from services.common.errors import FailedPreconditionError, InvalidInputError, NotFoundError
+from services.common.tenancy import DEFAULT_TENANT, validate_tenant
 from services.retrieval.fusion import RRF_K
 from services.retrieval.mmr import mmr_order
 from services.retrieval.store import (
     DENSE_SEARCH,
+    Caller,
     DocumentRecord,
     RetrievalMode,
     SearchFilter,
@@ -118,12 +136,22 @@ from services.retrieval.store import (
     StoredChunk,
     StoreStats,
     candidate_count,
+    chunk_from_payload,
+    chunk_payload,
+    keyword_text,
+    record_from_payload,
+    record_payload,
+    validate_caller,
+    validate_filter,
     validate_list_limit,
     validate_replacement,
     validate_search_options,
     validate_top_k,
     validate_vector,
 )
+
+if TYPE_CHECKING:
+    from qdrant_edge import ConditionType  # a stub-only alias
 
 log = logging.getLogger(__name__)
 
@@ -142,16 +170,34 @@ _PLACEHOLDER: Final = "placeholder"
 
 _CHUNKS_DIR: Final = "chunks"
 _DOCUMENTS_DIR: Final = "documents"
-_CHUNK_INDEXED_FIELDS: Final = ("document_id", "media_type", "source_uri")
-_DOCUMENT_NAMESPACE: Final = uuid.UUID("3f6c2a52-7e0b-5d8e-9a41-6c0b7f1d2e90")
-"""Fixed namespace for registry point ids: changing it orphans every record."""
+_CHUNK_INDEXES: Final = {
+    "tenant": PayloadSchemaType.Keyword,
+    "access_labels": PayloadSchemaType.Keyword,
+    "tags": PayloadSchemaType.Keyword,
+    "document_id": PayloadSchemaType.Keyword,
+    "media_type": PayloadSchemaType.Keyword,
+    "source_uri": PayloadSchemaType.Keyword,
+    "document_date_unix": PayloadSchemaType.Integer,
+}
+"""Payload indexes of the chunk shard: every field a search or delete filters on."""
+_REGISTRY_INDEXES: Final = {
+    "tenant": PayloadSchemaType.Keyword,
+    "document_id": PayloadSchemaType.Keyword,
+}
+_RECORD_NAMESPACE: Final = uuid.UUID("a4f0c7d2-5b19-5e3a-8c6d-2e7f9b1a0c54")
+"""Fixed namespace for registry point ids (`_record_id`): changing it orphans every record."""
+_LEGACY_RECORD_NAMESPACE: Final = uuid.UUID("3f6c2a52-7e0b-5d8e-9a41-6c0b7f1d2e90")
+"""Namespace of the registry ids written before tenancy: uuid5(it, document_id)."""
+LEGACY_TENANT: Final = DEFAULT_TENANT
+"""Tenant given on open to chunks and records written before tenancy: the one
+ragctl and a gateway without API keys act for, so an existing deployment keeps
+answering from its documents."""
 
 _SCROLL_BATCH: Final = 1024
 _FLUSH_LINGER: Final = 0.005
 """Seconds a flush waits for concurrent mutations to join it (see `_linger`)."""
 DEFAULT_FLUSH_INTERVAL: Final = 1.0
 """Seconds between background flushes (see the module docstring on durability)."""
-"""Seconds a flush waits for concurrent mutations to join it (see `_linger`)."""
 
 
 @dataclass(frozen=True)
@@ -300,6 +346,9 @@ class EdgeVectorStore:
         The dimension cannot change: reopening with a different one raises
         FailedPreconditionError, because the stored vectors came from another
         embedding model and must be re-indexed.
+
+        A directory written before tenancy is migrated (tenant `LEGACY_TENANT`,
+        see `_migrate_to_tenancy`); opening a migrated one again changes nothing.
         """
         if dimension < 1:
             raise InvalidInputError(f"dimension must be at least 1, got {dimension}")
@@ -309,13 +358,14 @@ class EdgeVectorStore:
             data_dir / _CHUNKS_DIR, _chunk_config(dimension, settings), DENSE, dimension
         )
         try:
-            _ensure_keyword_indexes(chunks, _CHUNK_INDEXED_FIELDS)
+            _ensure_indexes(chunks, _CHUNK_INDEXES)
             documents = _open_shard(data_dir / _DOCUMENTS_DIR, _registry_config(), _PLACEHOLDER, 1)
         except BaseException:
             chunks.close()
             raise
         try:
-            _ensure_keyword_indexes(documents, ("document_id",))
+            _ensure_indexes(documents, _REGISTRY_INDEXES)
+            _migrate_to_tenancy(chunks, documents)
         except BaseException:
             documents.close()
             chunks.close()
@@ -354,7 +404,10 @@ class EdgeVectorStore:
         Order: upsert the new chunks, delete the document's chunks whose ids are
         not among them, write the record, all under the write lock so no search
         observes an intermediate state; then flush. Replacing with identical chunks
-        rewrites them in place and deletes nothing.
+        rewrites them in place and deletes nothing. Only the document of
+        `document.tenant` is touched: the stale-chunk filter matches the tenant
+        too, and chunk ids already used by a point of another document (of this
+        or another tenant) are refused.
 
         Atomicity is towards readers of this process, not across a crash: if the
         process dies between the engine calls, a restart can show new and stale
@@ -363,18 +416,22 @@ class EdgeVectorStore:
         """
         rows = validate_replacement(document, chunks, vectors, self._dimension)
         points = [
-            Point(chunk.chunk_id, _vectors(row, chunk.title, chunk.text), _chunk_payload(chunk))
+            Point(chunk.chunk_id, _vectors(row, chunk.title, chunk.text), chunk_payload(chunk))
             for chunk, row in zip(chunks, rows, strict=True)
         ]
         new_ids = {chunk.chunk_id for chunk in chunks}
         stale = Filter(
-            must=[_document_condition(document.document_id)],
+            must=_document_conditions(document.tenant, document.document_id),
             must_not=[HasIdCondition(set(new_ids))] if new_ids else None,
         )
-        record = Point(_record_id(document.document_id), {}, _record_payload(document))
+        record = Point(
+            _record_id(document.tenant, document.document_id), {}, record_payload(document)
+        )
         with self._lock.write():
             chunk_shard, registry = self._require_open()
-            _check_chunk_ownership(chunk_shard, document.document_id, new_ids)
+            _check_chunk_ownership(
+                chunk_shard, document.tenant, document.document_id, [c.chunk_id for c in chunks]
+            )
             deleted = chunk_shard.count(CountRequest(exact=True, filter=stale))
             if points:
                 chunk_shard.update(UpdateOperation.upsert_points(points))
@@ -387,6 +444,7 @@ class EdgeVectorStore:
 
     def search(
         self,
+        caller: Caller,
         vector: Sequence[float],
         top_k: int,
         filter: SearchFilter,
@@ -394,19 +452,23 @@ class EdgeVectorStore:
         *,
         exact: bool | None = None,
     ) -> list[SearchHit]:
-        """Return up to `top_k` chunks ranked as `options` says, best first.
+        """Return up to `top_k` of the chunks `caller` may see, ranked as
+        `options` says, best first.
 
         Dense ranks by cosine, keyword by BM25, hybrid fuses a dense and a
         keyword leg of `candidate_count(top_k)` chunks each by RRF inside the
-        engine (one call, one consistent snapshot). The filter applies to every
-        leg, so fusion never sees a chunk the caller excluded. With MMR the
-        engine returns `candidate_count(top_k)` chunks with their dense vectors
-        and `mmr_order` picks `top_k` of them.
+        engine (one call, one consistent snapshot). The filter (`_engine_filter`:
+        the caller's tenant and access labels, then `filter`) applies to every
+        leg and to the fused query, so fusion never sees a chunk the caller may
+        not see or excluded. With MMR the engine returns `candidate_count(top_k)`
+        such chunks with their dense vectors and `mmr_order` picks `top_k` of them.
 
         `exact` overrides `HnswSettings.exact` for this call (evaluation, recall
         checks). The search width is max(ef, limit) because HNSW cannot return
         more results than candidates it keeps.
         """
+        validate_caller(caller)
+        validate_filter(filter)
         validate_top_k(top_k)
         validate_search_options(options)
         query_vector = (
@@ -416,7 +478,7 @@ class EdgeVectorStore:
         )
         mmr = options.mmr_lambda > 0
         limit = candidate_count(top_k) if mmr else top_k
-        engine_filter = _engine_filter(filter)
+        engine_filter = _engine_filter(caller, filter)
         legs = self._legs(query_vector, options, candidate_count(top_k), engine_filter, exact)
         with_vector = [DENSE] if mmr or query_vector is not None else False
         if len(legs) == 1:
@@ -443,7 +505,7 @@ class EdgeVectorStore:
         if mmr:
             points = _mmr_points(points, top_k, options.mmr_lambda)
         if query_vector is None:
-            return [SearchHit(_chunk_from_payload(p.payload or {}), float(p.score)) for p in points]
+            return [SearchHit(chunk_from_payload(p.payload or {}), float(p.score)) for p in points]
         return _cosine_hits(points, query_vector)
 
     def _legs(
@@ -451,7 +513,7 @@ class EdgeVectorStore:
         query_vector: list[float] | None,
         options: SearchOptions,
         leg_size: int,
-        engine_filter: Filter | None,
+        engine_filter: Filter,
         exact: bool | None,
     ) -> list[Prefetch]:
         """The engine queries the mode needs: dense, keyword, or both (hybrid)."""
@@ -476,51 +538,63 @@ class EdgeVectorStore:
             )
         return legs
 
-    def get_document(self, document_id: str) -> DocumentRecord | None:
-        """Return the registry record, or None when the document is not indexed."""
+    def get_document(self, tenant: str, document_id: str) -> DocumentRecord | None:
+        """Return the tenant's record, or None when the tenant has no such document."""
+        validate_tenant(tenant)
         if not document_id:
             raise InvalidInputError("document_id must not be empty")
         with self._lock.read():
             _, registry = self._require_open()
             found = registry.retrieve(
-                [_record_id(document_id)], with_payload=True, with_vector=False
+                [_record_id(tenant, document_id)], with_payload=True, with_vector=False
             )
-        return _record_from_payload(found[0].payload or {}) if found else None
+        records = [record_from_payload(point.payload or {}) for point in found]
+        # The id is derived from the tenant; checking the payload as well costs nothing.
+        return next(
+            (r for r in records if (r.tenant, r.document_id) == (tenant, document_id)), None
+        )
 
-    def list_documents(self, limit: int, after: str = "") -> list[DocumentRecord]:
-        """Return up to `limit` records with document_id > `after`, by document_id.
+    def list_documents(self, tenant: str, limit: int, after: str = "") -> list[DocumentRecord]:
+        """Return up to `limit` of the tenant's records with document_id > `after`,
+        by document_id.
 
-        The engine orders scrolls only by numeric payload indexes, not keywords,
-        so each page scans the whole registry and keeps the `limit` smallest ids
-        (a bounded heap, so memory stays O(limit)). Measured ~65 ms per 10,000
-        documents: fine for an admin listing; at hundreds of thousands of
-        documents keep a sorted id index instead.
+        The engine scroll filters by tenant (indexed), but orders only by numeric
+        payload indexes, not keywords, so each page scans the tenant's whole
+        registry and keeps the `limit` smallest ids (a bounded heap, so memory
+        stays O(limit)). Measured ~65 ms per 10,000 documents: fine for an admin
+        listing; at hundreds of thousands of documents keep a sorted id index
+        instead.
         """
+        validate_tenant(tenant)
         validate_list_limit(limit)
         with self._lock.read():
             _, registry = self._require_open()
             candidates = (
-                record for record in _scan_registry(registry) if record.document_id > after
+                record
+                for record in _scan_registry(registry, Filter(must=[_tenant_condition(tenant)]))
+                if record.document_id > after
             )
             return heapq.nsmallest(limit, candidates, key=lambda record: record.document_id)
 
-    def remove_document(self, document_id: str) -> int:
-        """Delete the document's chunks and record; return the chunks deleted.
+    def remove_document(self, tenant: str, document_id: str) -> int:
+        """Delete the tenant's document (chunks and record); return the chunks deleted.
 
         Chunks are deleted even when the record is missing (left by a crash in
         the middle of a first `replace_document`), so this also cleans up orphans;
-        NotFoundError only when there is neither a record nor a chunk.
+        NotFoundError only when the tenant has neither a record nor a chunk of
+        the document. Another tenant's document of the same id is never touched.
         """
+        validate_tenant(tenant)
         if not document_id:
             raise InvalidInputError("document_id must not be empty")
-        record_id = _record_id(document_id)
-        of_document = Filter(must=[_document_condition(document_id)])
+        record_id = _record_id(tenant, document_id)
+        of_document = Filter(must=_document_conditions(tenant, document_id))
         with self._lock.write():
             chunk_shard, registry = self._require_open()
             known = bool(registry.retrieve([record_id], with_payload=False, with_vector=False))
             deleted = chunk_shard.count(CountRequest(exact=True, filter=of_document))
             if not known and not deleted:
-                raise NotFoundError(f"document '{document_id}' not found")
+                raise NotFoundError(f"document '{document_id}' not found in tenant '{tenant}'")
             if deleted:
                 chunk_shard.update(UpdateOperation.delete_points_by_filter(of_document))
             if known:
@@ -821,25 +895,13 @@ def _vectors(dense: list[float], title: str, text: str) -> dict[str, Any]:
     Leaving an empty sparse vector out keeps the engine's sparse index count
     equal to the points that have one, which `indexed_vector_count` relies on.
     """
-    terms = _BM25.embed_document(_keyword_text(title, text))
+    terms = _BM25.embed_document(keyword_text(title, text))
     return {DENSE: dense, KEYWORD: terms} if terms.indices else {DENSE: dense}
 
 
 def _dense_of(vector: Any) -> list[float]:
     """The dense vector of a point read with `with_vector=[DENSE]` (a dict by name)."""
     return cast(list[float], vector[DENSE] if isinstance(vector, dict) else vector)
-
-
-def _keyword_text(title: str, text: str) -> str:
-    """The text BM25 indexes for a chunk: its title, then its text.
-
-    Titles name the topic in the words users search with, so every chunk of a
-    document carries them; when the text already starts with the title (a
-    plain-text document's first chunk) it is not counted twice.
-    """
-    if not title or text.startswith(title):
-        return text
-    return f"{title}\n{text}"
 
 
 def _cosine_hits(points: Sequence[ScoredPoint], query_vector: Sequence[float]) -> list[SearchHit]:
@@ -858,7 +920,7 @@ def _cosine_hits(points: Sequence[ScoredPoint], query_vector: Sequence[float]) -
     query /= np.linalg.norm(query)
     cosines = np.asarray([_dense_of(p.vector) for p in points], dtype=np.float32) @ query
     return [
-        SearchHit(_chunk_from_payload(p.payload or {}), float(cosine))
+        SearchHit(chunk_from_payload(p.payload or {}), float(cosine))
         for p, cosine in zip(points, cosines, strict=True)
     ]
 
@@ -870,85 +932,174 @@ def _mmr_points(points: Sequence[ScoredPoint], top_k: int, mmr_lambda: float) ->
     return [points[i] for i in order]
 
 
-def _ensure_keyword_indexes(shard: EdgeShard, names: Sequence[str]) -> None:
+def _ensure_indexes(shard: EdgeShard, indexes: Mapping[str, PayloadSchemaType]) -> None:
+    """Create the payload indexes the shard lacks (an older directory gains the new ones)."""
     existing = shard.info().payload_schema
-    for name in names:
+    for name, schema in indexes.items():
         if name not in existing:
-            shard.update(UpdateOperation.create_field_index(name, PayloadSchemaType.Keyword))
+            shard.update(UpdateOperation.create_field_index(name, schema))
     shard.flush()
 
 
-def _record_id(document_id: str) -> str:
-    return str(uuid.uuid5(_DOCUMENT_NAMESPACE, document_id))
+def _migrate_to_tenancy(chunks: EdgeShard, registry: EdgeShard) -> None:
+    """Give chunks and records written before tenancy the tenant `LEGACY_TENANT`.
+
+    Such points lack the tenant (and the access labels, tags and date) in their
+    payload, so no search would ever match them. Chunks keep their ids (chunk
+    ids are only ever compared, not derived here) and get the missing fields in
+    one engine update. Records move to the tenant-scoped id (`_record_id`): each
+    batch is written under the new id before the old one is deleted, so an
+    interruption leaves at worst a duplicate that the next open resolves (the
+    old record still lacks the tenant and is moved again, to the same id).
+    Idempotent: a migrated directory has no point without a tenant, and the
+    check is one indexed count per shard.
+    """
+    untenanted = Filter(must=[IsEmptyCondition("tenant")])
+    legacy_fields = {
+        "tenant": LEGACY_TENANT,
+        "access_labels": [],
+        "tags": [],
+        "document_date_unix": 0,
+    }
+    migrated = False
+    if chunks.count(CountRequest(exact=True, filter=untenanted)):
+        chunks.update(UpdateOperation.set_payload_by_filter(untenanted, legacy_fields))
+        chunks.flush()
+        migrated = True
+    while True:
+        records, _ = registry.scroll(
+            ScrollRequest(
+                limit=_SCROLL_BATCH, filter=untenanted, with_payload=True, with_vector=False
+            )
+        )
+        if not records:
+            break
+        moved = []
+        for record in records:
+            payload = {**(record.payload or {}), **legacy_fields}
+            moved.append(Point(_record_id(LEGACY_TENANT, str(payload["document_id"])), {}, payload))
+        registry.update(UpdateOperation.upsert_points(moved))
+        registry.update(UpdateOperation.delete_points([record.id for record in records]))
+        migrated = True
+    if migrated:
+        registry.flush()
+        log.info("vector store migrated to tenancy: existing data is tenant %r", LEGACY_TENANT)
 
 
-def _document_condition(document_id: str) -> FieldCondition:
-    return FieldCondition("document_id", match=MatchValue(document_id))
+def _record_id(tenant: str, document_id: str) -> str:
+    """Registry point id of the tenant's document: "/" cannot occur in a tenant id
+    (see `validate_tenant`), so different (tenant, document_id) pairs never share one."""
+    return str(uuid.uuid5(_RECORD_NAMESPACE, f"{tenant}/{document_id}"))
 
 
-def _engine_filter(search_filter: SearchFilter) -> Filter | None:
-    """Translate the domain filter: AND across fields, OR (MatchAny) within one."""
+def _tenant_condition(tenant: str) -> FieldCondition:
+    return FieldCondition("tenant", match=MatchValue(tenant))
+
+
+def _document_conditions(tenant: str, document_id: str) -> list[ConditionType]:
+    """The chunks (or record) of one tenant's document."""
+    return [_tenant_condition(tenant), FieldCondition("document_id", match=MatchValue(document_id))]
+
+
+def _access_condition(access_labels: Sequence[str]) -> IsEmptyCondition | Filter:
+    """Chunks visible to a caller holding `access_labels`: those without access
+    labels, or, if the caller holds any, those sharing one with the caller."""
+    unrestricted = IsEmptyCondition("access_labels")
+    if not access_labels:
+        return unrestricted
+    shared = FieldCondition("access_labels", match=MatchAny(list(access_labels)))
+    return Filter(should=[unrestricted, shared])
+
+
+def _engine_filter(caller: Caller, search_filter: SearchFilter) -> Filter:
+    """The engine filter of a search: what the caller may see AND what it asked for.
+
+        must:
+          tenant == caller.tenant
+          access_labels is empty  OR  access_labels has any of caller.access_labels
+                                      (the second only when the caller holds labels)
+          document_id in filter.document_ids      (MatchAny; each line only when
+          media_type in filter.media_types         the filter field is non-empty)
+          source_uri in filter.source_uris
+          tags has any of filter.tags
+          filter.date_from_unix <= document_date_unix <= filter.date_to_unix
+                                      (Range gte/lte; either bound may be absent)
+        must_not (only when a date bound is set):
+          document_date_unix == 0     (dateless documents never match a date range)
+
+    The same filter goes to every prefetch leg and to the fused query.
+    """
+    conditions: list[ConditionType] = [
+        _tenant_condition(caller.tenant),
+        _access_condition(caller.access_labels),
+    ]
     fields_and_values = (
         ("document_id", search_filter.document_ids),
         ("media_type", search_filter.media_types),
         ("source_uri", search_filter.source_uris),
+        ("tags", search_filter.tags),
     )
-    conditions: list[FieldCondition | Filter] = [
+    conditions.extend(
         FieldCondition(key, match=MatchAny(list(values)))
         for key, values in fields_and_values
         if values
-    ]
-    return Filter(must=list(conditions)) if conditions else None
+    )
+    start, end = search_filter.date_from_unix, search_filter.date_to_unix
+    if start is None and end is None:
+        return Filter(must=conditions)
+    date_range = RangeFloat(
+        gte=None if start is None else float(start), lte=None if end is None else float(end)
+    )
+    conditions.append(FieldCondition("document_date_unix", range=date_range))
+    dateless = FieldCondition("document_date_unix", match=MatchValue(0))
+    return Filter(must=conditions, must_not=[dateless])
 
 
-def _check_chunk_ownership(shard: EdgeShard, document_id: str, chunk_ids: set[str]) -> None:
-    """Refuse chunk ids that already belong to another document.
+def _check_chunk_ownership(
+    shard: EdgeShard, tenant: str, document_id: str, chunk_ids: Sequence[str]
+) -> None:
+    """Refuse chunk ids that already belong to another document (or another tenant's).
 
     An upsert would silently move such a point, corrupting the other document.
+    The error names the first such chunk in `chunk_ids` order (the request's),
+    and the other document only when it is the same tenant's.
     """
     if not chunk_ids:
         return
     existing = shard.retrieve(
         list(chunk_ids),
-        with_payload=PayloadSelector.Include(["document_id"]),
+        with_payload=PayloadSelector.Include(["tenant", "document_id"]),
         with_vector=False,
     )
-    for record in existing:
-        owner = (record.payload or {}).get("document_id")
+    owners = {str(record.id): record.payload or {} for record in existing}
+    for chunk_id in chunk_ids:
+        if chunk_id not in owners:
+            continue
+        owner_tenant, owner = owners[chunk_id].get("tenant"), owners[chunk_id].get("document_id")
+        if owner_tenant != tenant:
+            raise InvalidInputError(
+                f"chunk_id '{chunk_id}' already belongs to another tenant's document, "
+                f"not to '{document_id}' of tenant '{tenant}'"
+            )
         if owner != document_id:
             raise InvalidInputError(
-                f"chunk_id '{record.id}' already belongs to document '{owner}', not '{document_id}'"
+                f"chunk_id '{chunk_id}' already belongs to document '{owner}', not '{document_id}'"
             )
 
 
-def _scan_registry(registry: EdgeShard) -> Iterator[DocumentRecord]:
+def _scan_registry(registry: EdgeShard, records_filter: Filter) -> Iterator[DocumentRecord]:
     offset: Any = None
     while True:
         records, offset = registry.scroll(
-            ScrollRequest(offset=offset, limit=_SCROLL_BATCH, with_payload=True, with_vector=False)
+            ScrollRequest(
+                offset=offset,
+                limit=_SCROLL_BATCH,
+                filter=records_filter,
+                with_payload=True,
+                with_vector=False,
+            )
         )
         for record in records:
-            yield _record_from_payload(record.payload or {})
+            yield record_from_payload(record.payload or {})
         if offset is None:
             return
-
-
-_CHUNK_FIELDS: Final = tuple(f.name for f in fields(StoredChunk))
-_RECORD_FIELDS: Final = tuple(f.name for f in fields(DocumentRecord))
-
-
-def _chunk_payload(chunk: StoredChunk) -> dict[str, Any]:
-    # Not dataclasses.asdict: it deep-copies every value, 20x slower per chunk.
-    return {name: getattr(chunk, name) for name in _CHUNK_FIELDS}
-
-
-def _record_payload(record: DocumentRecord) -> dict[str, Any]:
-    return {name: getattr(record, name) for name in _RECORD_FIELDS}
-
-
-def _chunk_from_payload(payload: Mapping[str, Any]) -> StoredChunk:
-    return StoredChunk(**{name: payload[name] for name in _CHUNK_FIELDS})
-
-
-def _record_from_payload(payload: Mapping[str, Any]) -> DocumentRecord:
-    return DocumentRecord(**{name: payload[name] for name in _RECORD_FIELDS})

@@ -3,6 +3,9 @@
 The store is synchronous (the embedded engine is native code); calls run in a
 worker thread so the event loop keeps serving other RPCs meanwhile.
 
+Every call names its tenant (a search, its whole `Caller`); the store rejects
+a missing one with INVALID_ARGUMENT, so no request ever reads across tenants.
+
 Each search records its best score and how many chunks it returned: a falling
 top score or empty results tell retrieval (or ingestion) is why answers decline.
 """
@@ -15,10 +18,12 @@ from prometheus_client import Histogram
 
 from ragplatform.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from services.common.errors import InvalidInputError, NotFoundError
+from services.common.search import search_filter_from_proto
+from services.common.tenancy import validate_tenant
 from services.retrieval.store import (
+    Caller,
     DocumentRecord,
     RetrievalMode,
-    SearchFilter,
     SearchOptions,
     StoredChunk,
     VectorStore,
@@ -85,18 +90,22 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     async def Search(
         self, request: retrieval_pb2.SearchRequest, context: aio.ServicerContext[Any, Any]
     ) -> retrieval_pb2.SearchResponse:
-        search_filter = SearchFilter(
-            document_ids=tuple(request.filter.document_ids),
-            media_types=tuple(request.filter.media_types),
-            source_uris=tuple(request.filter.source_uris),
+        caller = Caller(
+            tenant=request.caller.tenant, access_labels=tuple(request.caller.access_labels)
         )
+        search_filter = search_filter_from_proto(request.filter)
         options = SearchOptions(
             mode=self._mode(request.mode),
             text=request.query_text,
             mmr_lambda=request.mmr_lambda,
         )
         hits = await asyncio.to_thread(
-            self._store.search, list(request.vector.values), request.top_k, search_filter, options
+            self._store.search,
+            caller,
+            list(request.vector.values),
+            request.top_k,
+            search_filter,
+            options,
         )
         RESULTS.observe(len(hits))
         if hits and request.vector.values:  # with a vector, scores are cosines in any mode
@@ -106,22 +115,28 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     async def GetDocument(
         self, request: retrieval_pb2.GetDocumentRequest, context: aio.ServicerContext[Any, Any]
     ) -> retrieval_pb2.GetDocumentResponse:
+        validate_tenant(request.tenant)
         if not request.document_id:
             raise InvalidInputError("document_id is empty")
-        record = await asyncio.to_thread(self._store.get_document, request.document_id)
+        record = await asyncio.to_thread(
+            self._store.get_document, request.tenant, request.document_id
+        )
         if record is None:
-            raise NotFoundError(f"document {request.document_id!r} not found")
+            raise NotFoundError(
+                f"document {request.document_id!r} not found in tenant {request.tenant!r}"
+            )
         return retrieval_pb2.GetDocumentResponse(document=to_proto(record, common_pb2.DocumentInfo))
 
     async def ListDocuments(
         self, request: retrieval_pb2.ListDocumentsRequest, context: aio.ServicerContext[Any, Any]
     ) -> retrieval_pb2.ListDocumentsResponse:
+        validate_tenant(request.tenant)
         page_size = request.page_size or DEFAULT_PAGE_SIZE
         if page_size > MAX_PAGE_SIZE:
             raise InvalidInputError(f"page_size {page_size} is over the limit {MAX_PAGE_SIZE}")
         # One extra record tells whether another page follows.
         records = await asyncio.to_thread(
-            self._store.list_documents, page_size + 1, request.page_token
+            self._store.list_documents, request.tenant, page_size + 1, request.page_token
         )
         page = records[:page_size]
         next_token = page[-1].document_id if len(records) > page_size else ""
@@ -133,9 +148,12 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     async def RemoveDocument(
         self, request: retrieval_pb2.RemoveDocumentRequest, context: aio.ServicerContext[Any, Any]
     ) -> retrieval_pb2.RemoveDocumentResponse:
+        validate_tenant(request.tenant)
         if not request.document_id:
             raise InvalidInputError("document_id is empty")
-        deleted = await asyncio.to_thread(self._store.remove_document, request.document_id)
+        deleted = await asyncio.to_thread(
+            self._store.remove_document, request.tenant, request.document_id
+        )
         return retrieval_pb2.RemoveDocumentResponse(chunks_deleted=deleted)
 
     async def GetStats(

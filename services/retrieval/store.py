@@ -10,18 +10,20 @@ same inputs with the same messages.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from services.common.errors import InvalidInputError
-
-MAX_TOP_K = 100
-"""Upper bound on `search(top_k=...)`: a RAG prompt never needs more, and a bound
-keeps one request from asking the engine for an unbounded result set."""
+from services.common.search import MAX_TOP_K as MAX_TOP_K
+from services.common.search import SearchFilter as SearchFilter
+from services.common.search import validate_filter as validate_filter
+from services.common.tenancy import Caller as Caller
+from services.common.tenancy import validate_caller as validate_caller
+from services.common.tenancy import validate_labels, validate_tenant
 
 MAX_LIST_LIMIT = 10_000
 """Upper bound on `list_documents(limit=...)`: callers page with `after`."""
@@ -86,6 +88,13 @@ class StoredChunk:
     source_uri: str
     media_type: str
     token_count: int
+    tenant: str
+    """Owner of the document; every search filters on it inside the engine."""
+    access_labels: tuple[str, ...] = ()
+    """Only callers holding one of these see the chunk; empty: the whole tenant."""
+    tags: tuple[str, ...] = ()
+    document_date_unix: int = 0
+    """Date of the document (Unix seconds), 0 when unknown."""
 
 
 @dataclass(frozen=True)
@@ -100,18 +109,11 @@ class DocumentRecord:
     chunk_count: int
     size_bytes: int
     indexed_at_unix: int
-
-
-@dataclass(frozen=True)
-class SearchFilter:
-    """Restricts a search: fields combine with AND, values within a field with OR.
-
-    An empty tuple means "no restriction on this field".
-    """
-
-    document_ids: tuple[str, ...] = ()
-    media_types: tuple[str, ...] = ()
-    source_uris: tuple[str, ...] = ()
+    tenant: str
+    """Document ids are unique within a tenant, not across tenants."""
+    access_labels: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    document_date_unix: int = 0
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,11 @@ class StoreStats:
 
 
 class VectorStore(Protocol):
-    """Small typed interface; the embedded engine now, the Qdrant server later."""
+    """Small typed interface: the embedded engine (`edge.py`) or a Qdrant server.
+
+    Every read takes the tenant (a search, the whole `Caller`) and every record
+    carries one: a document id names a document of one tenant only.
+    """
 
     @property
     def dimension(self) -> int:
@@ -159,29 +165,34 @@ class VectorStore(Protocol):
 
     def search(
         self,
+        caller: Caller,
         vector: Sequence[float],
         top_k: int,
         filter: SearchFilter,
         options: SearchOptions = DENSE_SEARCH,
     ) -> list[SearchHit]:
-        """Return up to `top_k` chunks ranked as `options` says, best first.
+        """Return up to `top_k` of the chunks `caller` may see, ranked as
+        `options` says, best first.
 
+        The tenant and access-label restriction is part of the engine query
+        (never a post-filter), so it also bounds every candidate list.
         `vector` may be empty in keyword mode (it is not used there).
         """
         ...
 
-    def get_document(self, document_id: str) -> DocumentRecord | None:
-        """Return the registry record, or None when the document is not indexed."""
+    def get_document(self, tenant: str, document_id: str) -> DocumentRecord | None:
+        """Return the tenant's record, or None when the tenant has no such document."""
         ...
 
-    def list_documents(self, limit: int, after: str = "") -> list[DocumentRecord]:
-        """Return up to `limit` records with document_id > `after`, ordered by document_id."""
+    def list_documents(self, tenant: str, limit: int, after: str = "") -> list[DocumentRecord]:
+        """Return up to `limit` of the tenant's records with document_id > `after`,
+        ordered by document_id."""
         ...
 
-    def remove_document(self, document_id: str) -> int:
-        """Delete the document and its chunks; return the number of chunks deleted.
+    def remove_document(self, tenant: str, document_id: str) -> int:
+        """Delete the tenant's document and its chunks; return the chunks deleted.
 
-        Raises NotFoundError when the document is not indexed.
+        Raises NotFoundError when the tenant has no such document.
         """
         ...
 
@@ -274,6 +285,9 @@ def validate_replacement(
     document_id = document.document_id
     if not document_id:
         raise InvalidInputError("document_id must not be empty")
+    validate_tenant(document.tenant)
+    validate_labels(document.access_labels, "access label")
+    validate_labels(document.tags, "tag")
     if not len(chunks) == len(vectors) == document.chunk_count:
         raise InvalidInputError(
             f"document '{document_id}': chunk_count is {document.chunk_count} but "
@@ -285,6 +299,14 @@ def validate_replacement(
             raise InvalidInputError(
                 f"chunk '{chunk.chunk_id}' belongs to document '{chunk.document_id}', "
                 f"not '{document_id}'"
+            )
+        visibility = (chunk.tenant, set(chunk.access_labels), set(chunk.tags))
+        if visibility != (document.tenant, set(document.access_labels), set(document.tags)) or (
+            chunk.document_date_unix != document.document_date_unix
+        ):
+            raise InvalidInputError(
+                f"chunk '{chunk.chunk_id}' has a tenant, access labels, tags or date "
+                f"different from its document '{document_id}'"
             )
         try:
             canonical = str(uuid.UUID(chunk.chunk_id))
@@ -301,3 +323,57 @@ def validate_replacement(
         seen.add(chunk.chunk_id)
     names = [f"vector {i} (chunk '{chunk.chunk_id}')" for i, chunk in enumerate(chunks)]
     return validate_vectors(vectors, dimension, names)
+
+
+def keyword_text(title: str, text: str) -> str:
+    """The text BM25 indexes for a chunk: its title, then its text.
+
+    Titles name the topic in the words users search with, so every chunk of a
+    document carries them; when the text already starts with the title (a
+    plain-text document's first chunk) it is not counted twice. Shared by the
+    backends so that both index the same terms.
+    """
+    if not title or text.startswith(title):
+        return text
+    return f"{title}\n{text}"
+
+
+_CHUNK_FIELDS = tuple(f.name for f in fields(StoredChunk))
+_RECORD_FIELDS = tuple(f.name for f in fields(DocumentRecord))
+_LIST_FIELDS = ("access_labels", "tags")
+"""Tuple fields of the dataclasses, stored in an engine payload as lists."""
+
+
+def _to_payload(obj: StoredChunk | DocumentRecord, names: Sequence[str]) -> dict[str, Any]:
+    # Not dataclasses.asdict: it deep-copies every value, 20x slower per chunk.
+    payload = {name: getattr(obj, name) for name in names}
+    for name in _LIST_FIELDS:
+        payload[name] = list(payload[name])
+    return payload
+
+
+def _from_payload(payload: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    values = {name: payload[name] for name in names}
+    for name in _LIST_FIELDS:
+        values[name] = tuple(values[name])
+    return values
+
+
+def chunk_payload(chunk: StoredChunk) -> dict[str, Any]:
+    """The engine payload of a chunk: every field, tuples as lists (JSON)."""
+    return _to_payload(chunk, _CHUNK_FIELDS)
+
+
+def record_payload(record: DocumentRecord) -> dict[str, Any]:
+    """The engine payload of a registry record: every field, tuples as lists."""
+    return _to_payload(record, _RECORD_FIELDS)
+
+
+def chunk_from_payload(payload: Mapping[str, Any]) -> StoredChunk:
+    """The chunk stored in `payload`; keys other than its fields are ignored."""
+    return StoredChunk(**_from_payload(payload, _CHUNK_FIELDS))
+
+
+def record_from_payload(payload: Mapping[str, Any]) -> DocumentRecord:
+    """The record stored in `payload`; keys other than its fields are ignored."""
+    return DocumentRecord(**_from_payload(payload, _RECORD_FIELDS))

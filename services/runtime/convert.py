@@ -22,6 +22,15 @@ def to_proto(obj: Any, message_type: type[MessageT]) -> MessageT:
 
 
 def from_proto(message: Message, data_type: type[DataT]) -> DataT:
-    """A `data_type` dataclass built from the same-named fields of `message`."""
+    """A `data_type` dataclass built from the same-named fields of `message`.
+
+    Repeated fields become tuples: protobuf's containers are mutable, unhashable
+    and tied to the message, none of which a frozen dataclass field should be.
+    """
     fields = dataclasses.fields(data_type)  # type: ignore[arg-type]
-    return data_type(**{f.name: getattr(message, f.name) for f in fields})
+    return data_type(**{f.name: _value(message, f.name) for f in fields})
+
+
+def _value(message: Message, name: str) -> Any:
+    value = getattr(message, name)
+    return tuple(value) if message.DESCRIPTOR.fields_by_name[name].is_repeated else value

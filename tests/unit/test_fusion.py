@@ -16,6 +16,7 @@ from qdrant_edge import (
 )
 
 from services.common.errors import InvalidInputError
+from services.common.tenancy import DEFAULT_TENANT, Caller
 from services.retrieval.edge import DENSE, EdgeVectorStore
 from services.retrieval.fusion import rrf
 from services.retrieval.store import (
@@ -26,6 +27,9 @@ from services.retrieval.store import (
     StoredChunk,
     candidate_count,
 )
+
+TENANT = DEFAULT_TENANT  # the migration test writes points as a pre-tenancy store did
+CALLER = Caller(TENANT)
 
 DIM = 8
 ALL = SearchFilter()
@@ -109,6 +113,7 @@ def chunk(
         source_uri=f"file:///corpus/{document_id}.txt",
         media_type=media_type,
         token_count=len(text.split()),
+        tenant=TENANT,
     )
 
 
@@ -129,6 +134,7 @@ def put(
         len(chunks),
         100,
         1,
+        TENANT,
     )
     store.replace_document(record, chunks, vectors)
     return chunks
@@ -153,28 +159,30 @@ def ids(hits: Sequence[object]) -> list[str]:
 
 
 def test_keyword_mode_finds_exact_terms_without_a_vector(store: EdgeVectorStore) -> None:
-    hits = store.search([], 3, ALL, SearchOptions(mode=KEYWORD, text="what does QX-7741 mean?"))
+    hits = store.search(
+        CALLER, [], 3, ALL, SearchOptions(mode=KEYWORD, text="what does QX-7741 mean?")
+    )
     assert ids(hits)[0] == "code"
-    hits = store.search([], 5, ALL, SearchOptions(mode=KEYWORD, text="paid leave"))
+    hits = store.search(CALLER, [], 5, ALL, SearchOptions(mode=KEYWORD, text="paid leave"))
     assert ids(hits)[:2] == ["leave", "policy"]  # "leave" twice and in its title beats once
     assert all(hit.score > 0 for hit in hits)
-    assert store.search([], 5, ALL, SearchOptions(mode=KEYWORD, text="xylophone")) == []
+    assert store.search(CALLER, [], 5, ALL, SearchOptions(mode=KEYWORD, text="xylophone")) == []
 
 
 def test_hybrid_equals_python_rrf_of_the_two_legs(store: EdgeVectorStore) -> None:
     query = unit(2)  # the "code" chunk's own vector: top of the dense leg
     options = SearchOptions(mode=HYBRID, text="paid leave")
     legs = candidate_count(5)
-    dense = store.search(query, min(legs, 100), ALL)
+    dense = store.search(CALLER, query, min(legs, 100), ALL)
     keyword = store.search(
-        query, min(legs, 100), ALL, SearchOptions(mode=KEYWORD, text="paid leave")
+        CALLER, query, min(legs, 100), ALL, SearchOptions(mode=KEYWORD, text="paid leave")
     )
     expected = rrf([[h.chunk.chunk_id for h in dense], [h.chunk.chunk_id for h in keyword]])
-    hybrid = store.search(query, 5, ALL, options)
+    hybrid = store.search(CALLER, query, 5, ALL, options)
     assert [h.chunk.chunk_id for h in hybrid] == [item for item, _ in expected][:5]
     cosine = {h.chunk.chunk_id: h.score for h in dense}  # scores stay cosines
     assert [h.score for h in hybrid] == pytest.approx([cosine[h.chunk.chunk_id] for h in hybrid])
-    bm25 = store.search([], 5, ALL, SearchOptions(mode=KEYWORD, text="paid leave"))
+    bm25 = store.search(CALLER, [], 5, ALL, SearchOptions(mode=KEYWORD, text="paid leave"))
     assert [h.score for h in bm25] != [cosine[h.chunk.chunk_id] for h in bm25]  # no vector: BM25
     assert set(ids(hybrid[:3])) >= {"code", "leave"}  # the best of each leg rank high
 
@@ -182,42 +190,50 @@ def test_hybrid_equals_python_rrf_of_the_two_legs(store: EdgeVectorStore) -> Non
 def test_filters_apply_to_every_leg(store: EdgeVectorStore) -> None:
     only_plain = SearchFilter(media_types=("text/plain",))
     for mode in (KEYWORD, HYBRID):
-        hits = store.search(unit(4), 5, only_plain, SearchOptions(mode=mode, text="paid leave"))
+        hits = store.search(
+            CALLER, unit(4), 5, only_plain, SearchOptions(mode=mode, text="paid leave")
+        )
         assert "leave" not in ids(hits)
         assert ids(hits)[0] == "policy"
     hits = store.search(
-        unit(0), 5, SearchFilter(document_ids=("garden",)), SearchOptions(mode=HYBRID, text="zebra")
+        CALLER,
+        unit(0),
+        5,
+        SearchFilter(document_ids=("garden",)),
+        SearchOptions(mode=HYBRID, text="zebra"),
     )
     assert ids(hits) == ["garden"]
 
 
 def test_replacement_updates_the_keyword_index(store: EdgeVectorStore) -> None:
     put(store, "code", ["Error code ZZ-1 means the tray is empty."], [unit(2)])
-    assert store.search([], 5, ALL, SearchOptions(mode=KEYWORD, text="QX-7741")) == []
-    assert ids(store.search([], 5, ALL, SearchOptions(mode=KEYWORD, text="ZZ-1 tray"))) == ["code"]
-    store.remove_document("code")
-    assert store.search([], 5, ALL, SearchOptions(mode=KEYWORD, text="ZZ-1 tray")) == []
+    assert store.search(CALLER, [], 5, ALL, SearchOptions(mode=KEYWORD, text="QX-7741")) == []
+    assert ids(store.search(CALLER, [], 5, ALL, SearchOptions(mode=KEYWORD, text="ZZ-1 tray"))) == [
+        "code"
+    ]
+    store.remove_document(TENANT, "code")
+    assert store.search(CALLER, [], 5, ALL, SearchOptions(mode=KEYWORD, text="ZZ-1 tray")) == []
 
 
 def test_chunks_without_indexable_terms_are_still_searchable_densely(
     store: EdgeVectorStore,
 ) -> None:
     put(store, "stop", ["the of and"], [unit(99)])
-    assert ids(store.search(unit(99), 1, ALL)) == ["stop"]
-    assert store.search([], 5, ALL, SearchOptions(mode=KEYWORD, text="the of")) == []
+    assert ids(store.search(CALLER, unit(99), 1, ALL)) == ["stop"]
+    assert store.search(CALLER, [], 5, ALL, SearchOptions(mode=KEYWORD, text="the of")) == []
 
 
 def test_search_options_are_validated(store: EdgeVectorStore) -> None:
     with pytest.raises(InvalidInputError, match="query_text is empty; the keyword mode needs it"):
-        store.search([], 3, ALL, SearchOptions(mode=KEYWORD))
+        store.search(CALLER, [], 3, ALL, SearchOptions(mode=KEYWORD))
     with pytest.raises(InvalidInputError, match="query_text is empty; the hybrid mode needs it"):
-        store.search(unit(1), 3, ALL, SearchOptions(mode=HYBRID, text="  "))
+        store.search(CALLER, unit(1), 3, ALL, SearchOptions(mode=HYBRID, text="  "))
     with pytest.raises(InvalidInputError, match="query vector has dimension 0"):
-        store.search([], 3, ALL, SearchOptions(mode=HYBRID, text="leave"))
+        store.search(CALLER, [], 3, ALL, SearchOptions(mode=HYBRID, text="leave"))
     with pytest.raises(InvalidInputError, match=r"mmr_lambda must be between 0 and 1, got 1\.5"):
-        store.search(unit(1), 3, ALL, SearchOptions(mmr_lambda=1.5))
+        store.search(CALLER, unit(1), 3, ALL, SearchOptions(mmr_lambda=1.5))
     with pytest.raises(InvalidInputError, match="query_text is 10001 characters"):
-        store.search([], 3, ALL, SearchOptions(mode=KEYWORD, text="a" * 10_001))
+        store.search(CALLER, [], 3, ALL, SearchOptions(mode=KEYWORD, text="a" * 10_001))
 
 
 def test_shard_written_before_keyword_search_is_migrated_on_open(tmp_path: Path) -> None:
@@ -238,14 +254,14 @@ def test_shard_written_before_keyword_search_is_migrated_on_open(tmp_path: Path)
 
     with EdgeVectorStore.open(data_dir, DIM) as store:
         assert store.stats().chunk_count == len(TEXTS)
-        assert ids(store.search(unit(3), 1, ALL)) == ["garden"]  # dense vectors kept
-        hits = store.search([], 2, ALL, SearchOptions(mode=KEYWORD, text="QX-7741"))
+        assert ids(store.search(CALLER, unit(3), 1, ALL)) == ["garden"]  # dense vectors kept
+        hits = store.search(CALLER, [], 2, ALL, SearchOptions(mode=KEYWORD, text="QX-7741"))
         assert [h.chunk for h in hits] == [stored[2]]  # payload kept, text indexed
     assert sorted(p.name for p in data_dir.iterdir()) == ["chunks", "documents"]
     with EdgeVectorStore.open(data_dir, DIM) as store:  # a second open does not migrate again
-        assert ids(store.search([], 1, ALL, SearchOptions(mode=KEYWORD, text="tomatoes"))) == [
-            "garden"
-        ]
+        assert ids(
+            store.search(CALLER, [], 1, ALL, SearchOptions(mode=KEYWORD, text="tomatoes"))
+        ) == ["garden"]
 
 
 def test_migration_interrupted_between_renames_is_rolled_back(tmp_path: Path) -> None:
@@ -255,7 +271,7 @@ def test_migration_interrupted_between_renames_is_rolled_back(tmp_path: Path) ->
     # The state after renaming the old shard away and before renaming the new one in.
     (data_dir / "chunks").rename(data_dir / "chunks.pre-bm25")
     with EdgeVectorStore.open(data_dir, DIM) as store:
-        assert ids(store.search([], 1, ALL, SearchOptions(mode=KEYWORD, text="QX-7741"))) == [
-            "code"
-        ]
+        assert ids(
+            store.search(CALLER, [], 1, ALL, SearchOptions(mode=KEYWORD, text="QX-7741"))
+        ) == ["code"]
     assert not (data_dir / "chunks.pre-bm25").exists()

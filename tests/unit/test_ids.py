@@ -96,28 +96,35 @@ def test_very_long_invalid_id_is_shortened_in_the_message() -> None:
     assert len(str(caught.value)) < 300
 
 
+LEAVE = "Employees get 27 days of annual leave."
+
+
 def test_chunk_id_is_a_canonical_uuid5_and_stable() -> None:
-    chunk_id = chunk_id_for("doc_abc", 3, "Employees get 27 days of annual leave.")
+    chunk_id = chunk_id_for("acme", "doc_abc", 3, LEAVE)
     parsed = uuid.UUID(chunk_id)
     assert str(parsed) == chunk_id
     assert parsed.version == 5
-    assert chunk_id == chunk_id_for("doc_abc", 3, "Employees get 27 days of annual leave.")
-    digest = hashlib.sha256(b"Employees get 27 days of annual leave.").hexdigest()
-    assert chunk_id == str(uuid.uuid5(CHUNK_ID_NAMESPACE, f"doc_abc\x1f3\x1f{digest}"))
+    assert chunk_id == chunk_id_for("acme", "doc_abc", 3, LEAVE)
+    digest = hashlib.sha256(LEAVE.encode()).hexdigest()
+    assert chunk_id == str(uuid.uuid5(CHUNK_ID_NAMESPACE, f"acme\x1fdoc_abc\x1f3\x1f{digest}"))
 
 
-def test_chunk_id_changes_with_document_ordinal_and_text() -> None:
-    base = chunk_id_for("doc_abc", 3, "Employees get 27 days of annual leave.")
+def test_chunk_id_changes_with_tenant_document_ordinal_and_text() -> None:
+    base = chunk_id_for("acme", "doc_abc", 3, LEAVE)
     variants = {
-        chunk_id_for("doc_abd", 3, "Employees get 27 days of annual leave."),
-        chunk_id_for("doc_abc", 4, "Employees get 27 days of annual leave."),
-        chunk_id_for("doc_abc", 3, "Employees get 28 days of annual leave."),
+        chunk_id_for("globex", "doc_abc", 3, LEAVE),  # the same document in another tenant
+        chunk_id_for("acme", "doc_abd", 3, LEAVE),
+        chunk_id_for("acme", "doc_abc", 4, LEAVE),
+        chunk_id_for("acme", "doc_abc", 3, "Employees get 28 days of annual leave."),
         # The separator keeps ("doc_1", 23) and ("doc_12", 3) apart.
-        chunk_id_for("doc_abc3", 3, "Employees get 27 days of annual leave."),
+        chunk_id_for("acme", "doc_abc3", 3, LEAVE),
     }
     assert base not in variants
-    assert len(variants) == 4
-    assert chunk_id_for("doc_1", 23, "t") != chunk_id_for("doc_12", 3, "t")
+    assert len(variants) == 5
+    assert chunk_id_for("acme", "doc_1", 23, "t") != chunk_id_for("acme", "doc_12", 3, "t")
+    # ... and the tenant from the document id: ("a.b", "c") is not ("a", "b.c").
+    assert chunk_id_for("a.b", "c", 0, "t") != chunk_id_for("a", "b.c", 0, "t")
+    assert chunk_id_for("ab", "c", 0, "t") != chunk_id_for("a", "bc", 0, "t")
 
 
 def test_content_sha256_matches_the_standard_digest() -> None:

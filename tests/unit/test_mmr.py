@@ -10,7 +10,7 @@ from services.common.errors import InvalidInputError
 from services.retrieval.edge import EdgeVectorStore
 from services.retrieval.mmr import mmr_order
 from services.retrieval.store import RetrievalMode, SearchFilter, SearchOptions
-from tests.unit.test_fusion import DIM, ids, put
+from tests.unit.test_fusion import CALLER, DIM, ids, put
 
 A = [1.0, 0.0, 0.0]
 A_COPY = [0.99, 0.01, 0.0]
@@ -68,13 +68,13 @@ def test_store_demotes_near_duplicate_chunks(store: EdgeVectorStore) -> None:
     for i in range(3, DIM):  # the pool MMR rescales relevance over
         put(store, f"filler-{i}", [f"Unrelated note {i}."], [as_list(0.1 * axis(0) + axis(i))])
     everything = SearchFilter()
-    assert ids(store.search(query, 3, everything))[:2] in (["orig", "dup"], ["dup", "orig"])
+    assert ids(store.search(CALLER, query, 3, everything))[:2] in (["orig", "dup"], ["dup", "orig"])
     for options in (
         SearchOptions(mmr_lambda=0.5),
         SearchOptions(mode=RetrievalMode.HYBRID, text="annual leave days", mmr_lambda=0.5),
     ):
-        ranked = ids(store.search(query, 3, everything, options))
+        ranked = ids(store.search(CALLER, query, 3, everything, options))
         assert ranked[0] in ("orig", "dup")
         assert ranked[1] == "other"  # the distinct passage moves above the copy
     with pytest.raises(InvalidInputError, match="mmr_lambda"):
-        store.search(query, 2, everything, SearchOptions(mmr_lambda=-0.5))
+        store.search(CALLER, query, 2, everything, SearchOptions(mmr_lambda=-0.5))

@@ -20,6 +20,7 @@ from services.common.errors import FailedPreconditionError, InvalidInputError, N
 from services.retrieval.edge import BACKEND, EdgeVectorStore, HnswSettings
 from services.retrieval.store import (
     MAX_TOP_K,
+    Caller,
     DocumentRecord,
     SearchFilter,
     SearchHit,
@@ -31,6 +32,8 @@ from services.retrieval.store import (
 DIM = 8
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALL = SearchFilter()
+TENANT = "acme"
+CALLER = Caller(TENANT)
 
 Document = tuple[DocumentRecord, list[StoredChunk], list[list[float]]]
 
@@ -49,12 +52,18 @@ def make_document(
     source_uri: str = "",
     version: str = "",
     seed: int | None = None,
+    tenant: str = TENANT,
+    access_labels: tuple[str, ...] = (),
+    tags: tuple[str, ...] = (),
+    document_date_unix: int = 0,
 ) -> Document:
     """A document of `count` chunks; `version` changes chunk ids and text."""
     uri = source_uri or f"file:///corpus/{document_id}.txt"
     chunks = [
         StoredChunk(
-            chunk_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{document_id}/{version}/{ordinal}")),
+            chunk_id=str(
+                uuid.uuid5(uuid.NAMESPACE_URL, f"{tenant}/{document_id}/{version}/{ordinal}")
+            ),
             document_id=document_id,
             ordinal=ordinal,
             text=f"{document_id} chunk {ordinal} version {version}".strip(),
@@ -66,6 +75,10 @@ def make_document(
             source_uri=uri,
             media_type=media_type,
             token_count=20 + ordinal,
+            tenant=tenant,
+            access_labels=access_labels,
+            tags=tags,
+            document_date_unix=document_date_unix,
         )
         for ordinal in range(count)
     ]
@@ -78,6 +91,10 @@ def make_document(
         chunk_count=count,
         size_bytes=1000 * count,
         indexed_at_unix=1_700_000_000,
+        tenant=tenant,
+        access_labels=access_labels,
+        tags=tags,
+        document_date_unix=document_date_unix,
     )
     vectors = unit_vectors(
         seed if seed is not None else sum(map(ord, document_id + version)), count
@@ -117,7 +134,7 @@ def test_search_returns_the_matching_chunk_first(store: EdgeVectorStore) -> None
 
     for _, chunks, vectors in documents:
         for chunk, vector in zip(chunks, vectors, strict=True):
-            hits = store.search(vector, 5, ALL)
+            hits = store.search(CALLER, vector, 5, ALL)
             assert hits[0].chunk == chunk  # every payload field round-trips
             assert hits[0].score == pytest.approx(1.0, abs=1e-5)
             scores = [hit.score for hit in hits]
@@ -173,7 +190,7 @@ CHUNKS_PER_DOC = {"a": 3, "b": 4, "c": 2, "d": 5}
 def test_filters_and_across_fields_or_within(
     filter_corpus: EdgeVectorStore, search_filter: SearchFilter, expected: set[str]
 ) -> None:
-    hits = filter_corpus.search(unit_vectors(99, 1)[0], MAX_TOP_K, search_filter)
+    hits = filter_corpus.search(CALLER, unit_vectors(99, 1)[0], MAX_TOP_K, search_filter)
     assert doc_ids_of(hits) == expected
     assert len(hits) == sum(CHUNKS_PER_DOC[d] for d in expected)
 
@@ -187,9 +204,9 @@ def test_replace_with_fewer_chunks_removes_stale_ones(store: EdgeVectorStore) ->
     new_record, new_chunks, new_vectors = make_document("doc", 2, version="v2")
     assert store.replace_document(new_record, new_chunks, new_vectors) == (2, 5)
 
-    hits = store.search(vectors[0], MAX_TOP_K, SearchFilter(document_ids=("doc",)))
+    hits = store.search(CALLER, vectors[0], MAX_TOP_K, SearchFilter(document_ids=("doc",)))
     assert {hit.chunk.chunk_id for hit in hits} == {chunk.chunk_id for chunk in new_chunks}
-    assert store.get_document("doc") == new_record
+    assert store.get_document(TENANT, "doc") == new_record
     assert store.stats().chunk_count == 4  # 2 new + the other document's 2
 
 
@@ -199,7 +216,7 @@ def test_replace_keeping_some_chunk_ids_deletes_only_the_rest(store: EdgeVectorS
     kept = chunks[:2]
     shorter = replace(record, chunk_count=2)
     assert store.replace_document(shorter, kept, vectors[:2]) == (2, 2)
-    hits = store.search(vectors[0], MAX_TOP_K, ALL)
+    hits = store.search(CALLER, vectors[0], MAX_TOP_K, ALL)
     assert [hit.chunk for hit in hits][:1] == [chunks[0]]
     assert {hit.chunk.chunk_id for hit in hits} == {chunk.chunk_id for chunk in kept}
 
@@ -208,17 +225,17 @@ def test_replace_with_the_same_chunks_is_idempotent(store: EdgeVectorStore) -> N
     document = make_document("doc", 6)
     assert store.replace_document(*document) == (6, 0)
     before = store.stats()
-    hits_before = store.search(document[2][3], 6, ALL)
+    hits_before = store.search(CALLER, document[2][3], 6, ALL)
     assert store.replace_document(*document) == (6, 0)
     assert store.stats() == before == StoreStats(1, 6, DIM, BACKEND)
-    assert store.search(document[2][3], 6, ALL) == hits_before
+    assert store.search(CALLER, document[2][3], 6, ALL) == hits_before
 
 
 def test_replace_with_no_chunks_keeps_an_empty_record(store: EdgeVectorStore) -> None:
     store.replace_document(*make_document("doc", 3))
     empty_record, _, _ = make_document("doc", 0)
     assert store.replace_document(empty_record, [], []) == (0, 3)
-    assert store.get_document("doc") == empty_record
+    assert store.get_document(TENANT, "doc") == empty_record
     assert store.stats() == StoreStats(1, 0, DIM, BACKEND)
 
 
@@ -278,35 +295,35 @@ def test_replace_refuses_chunk_ids_of_another_document(store: EdgeVectorStore) -
     stolen = _with_chunk(thief_chunks, 1, chunk_id=chunks[0].chunk_id)
     with pytest.raises(InvalidInputError, match="already belongs to document 'first'"):
         store.replace_document(thief_record, stolen, thief_vectors)
-    assert store.search(vectors[0], 1, ALL)[0].chunk == chunks[0]
-    assert store.get_document("second") is None
+    assert store.search(CALLER, vectors[0], 1, ALL)[0].chunk == chunks[0]
+    assert store.get_document(TENANT, "second") is None
 
 
 def test_remove_document_removes_chunks_and_record(filter_corpus: EdgeVectorStore) -> None:
     store = filter_corpus
-    assert store.remove_document("b") == 4
-    assert store.get_document("b") is None
-    hits = store.search(unit_vectors(5, 1)[0], MAX_TOP_K, ALL)
+    assert store.remove_document(TENANT, "b") == 4
+    assert store.get_document(TENANT, "b") is None
+    hits = store.search(CALLER, unit_vectors(5, 1)[0], MAX_TOP_K, ALL)
     assert doc_ids_of(hits) == {"a", "c", "d"}
-    assert store.search(unit_vectors(5, 1)[0], 10, SearchFilter(document_ids=("b",))) == []
-    assert [r.document_id for r in store.list_documents(10)] == ["a", "c", "d"]
+    assert store.search(CALLER, unit_vectors(5, 1)[0], 10, SearchFilter(document_ids=("b",))) == []
+    assert [r.document_id for r in store.list_documents(TENANT, 10)] == ["a", "c", "d"]
     assert store.stats() == StoreStats(3, 10, DIM, BACKEND)
     with pytest.raises(NotFoundError, match="document 'b' not found"):
-        store.remove_document("b")
+        store.remove_document(TENANT, "b")
 
 
 def test_remove_unknown_document_is_not_found(store: EdgeVectorStore) -> None:
     with pytest.raises(NotFoundError, match="document 'missing' not found"):
-        store.remove_document("missing")
+        store.remove_document(TENANT, "missing")
 
 
 def test_get_document(store: EdgeVectorStore) -> None:
     record, chunks, vectors = make_document("doc", 2)
     store.replace_document(record, chunks, vectors)
-    assert store.get_document("doc") == record
-    assert store.get_document("other") is None
+    assert store.get_document(TENANT, "doc") == record
+    assert store.get_document(TENANT, "other") is None
     with pytest.raises(InvalidInputError, match="document_id must not be empty"):
-        store.get_document("")
+        store.get_document(TENANT, "")
 
 
 def test_list_documents_pages_in_document_id_order(store: EdgeVectorStore) -> None:
@@ -317,17 +334,17 @@ def test_list_documents_pages_in_document_id_order(store: EdgeVectorStore) -> No
 
     pages: list[list[str]] = []
     after = ""
-    while page := store.list_documents(3, after):
+    while page := store.list_documents(TENANT, 3, after):
         pages.append([record.document_id for record in page])
         after = page[-1].document_id
     assert pages == [expected[0:3], expected[3:6], expected[6:8]]
-    assert store.list_documents(100, after="doc-10") == [
-        store.get_document(d) for d in expected if d > "doc-10"
+    assert store.list_documents(TENANT, 100, after="doc-10") == [
+        store.get_document(TENANT, d) for d in expected if d > "doc-10"
     ]
-    assert store.list_documents(5, after=expected[-1]) == []
+    assert store.list_documents(TENANT, 5, after=expected[-1]) == []
     for bad in (0, -1, 10_001):
         with pytest.raises(InvalidInputError, match="limit must be between"):
-            store.list_documents(bad)
+            store.list_documents(TENANT, bad)
 
 
 def test_stats(filter_corpus: EdgeVectorStore) -> None:
@@ -340,23 +357,23 @@ def test_search_validates_top_k_and_vector(filter_corpus: EdgeVectorStore) -> No
     query = unit_vectors(1, 1)[0]
     for bad in (0, -3, MAX_TOP_K + 1):
         with pytest.raises(InvalidInputError, match=f"top_k must be between 1 and 100, got {bad}"):
-            filter_corpus.search(query, bad, ALL)
-    assert len(filter_corpus.search(query, 1, ALL)) == 1
-    assert len(filter_corpus.search(query, MAX_TOP_K, ALL)) == 14
+            filter_corpus.search(CALLER, query, bad, ALL)
+    assert len(filter_corpus.search(CALLER, query, 1, ALL)) == 1
+    assert len(filter_corpus.search(CALLER, query, MAX_TOP_K, ALL)) == 14
     with pytest.raises(InvalidInputError, match="query vector has dimension 3, expected 8"):
-        filter_corpus.search([1.0, 0.0, 0.0], 5, ALL)
+        filter_corpus.search(CALLER, [1.0, 0.0, 0.0], 5, ALL)
     with pytest.raises(InvalidInputError, match="zero vector"):
-        filter_corpus.search([0.0] * DIM, 5, ALL)
+        filter_corpus.search(CALLER, [0.0] * DIM, 5, ALL)
 
 
 def test_search_on_empty_store_returns_nothing(store: EdgeVectorStore) -> None:
-    assert store.search(unit_vectors(1, 1)[0], 10, ALL) == []
+    assert store.search(CALLER, unit_vectors(1, 1)[0], 10, ALL) == []
 
 
 def test_exact_and_hnsw_agree_on_small_data(filter_corpus: EdgeVectorStore) -> None:
     query = unit_vectors(3, 1)[0]
-    approx = filter_corpus.search(query, 10, ALL)
-    exact = filter_corpus.search(query, 10, ALL, exact=True)
+    approx = filter_corpus.search(CALLER, query, 10, ALL)
+    exact = filter_corpus.search(CALLER, query, 10, ALL, exact=True)
     assert [hit.chunk.chunk_id for hit in approx] == [hit.chunk.chunk_id for hit in exact]
 
 
@@ -366,18 +383,18 @@ def test_data_survives_close_and_reopen(store_dir: Path) -> None:
         for document in corpus:
             first.replace_document(*document)
         first.replace_document(*make_document("doc-1", 1, version="v2"))
-        first.remove_document("doc-2")
+        first.remove_document(TENANT, "doc-2")
         stats = first.stats()
-        listing = first.list_documents(10)
-        hits = first.search(corpus[0][2][1], 5, ALL)
+        listing = first.list_documents(TENANT, 10)
+        hits = first.search(CALLER, corpus[0][2][1], 5, ALL)
 
     with EdgeVectorStore.open(store_dir, DIM) as second:
         assert second.stats() == stats == StoreStats(2, 4, DIM, BACKEND)
-        assert second.list_documents(10) == listing
-        assert second.search(corpus[0][2][1], 5, ALL) == hits
-        assert second.get_document("doc-2") is None
+        assert second.list_documents(TENANT, 10) == listing
+        assert second.search(CALLER, corpus[0][2][1], 5, ALL) == hits
+        assert second.get_document(TENANT, "doc-2") is None
         # Payload indexes are created once and still work after a reload.
-        filtered = second.search(corpus[0][2][1], 5, SearchFilter(document_ids=("doc-1",)))
+        filtered = second.search(CALLER, corpus[0][2][1], 5, SearchFilter(document_ids=("doc-1",)))
         assert [hit.chunk.text for hit in filtered] == ["doc-1 chunk 0 version v2"]
 
 
@@ -405,9 +422,9 @@ def test_a_fresh_process_reads_what_another_wrote(store_dir: Path) -> None:
         import json
         from pathlib import Path
         from services.retrieval.edge import EdgeVectorStore
-        from services.retrieval.store import SearchFilter
+        from services.retrieval.store import Caller, SearchFilter
         with EdgeVectorStore.open(Path({str(store_dir)!r}), {DIM}) as store:
-            hits = store.search({vectors[1]!r}, 1, SearchFilter())
+            hits = store.search(Caller({TENANT!r}), {vectors[1]!r}, 1, SearchFilter())
             print(json.dumps([hits[0].chunk.chunk_id, store.stats().chunk_count]))
         """
     )
@@ -429,8 +446,8 @@ def test_acknowledged_writes_survive_a_killed_process(store_dir: Path) -> None:
         """
     _run_python(code)
     with EdgeVectorStore.open(store_dir, DIM) as store:
-        assert store.get_document("doc") == record
-        assert store.search(vectors[2], 1, ALL)[0].chunk == chunks[2]
+        assert store.get_document(TENANT, "doc") == record
+        assert store.search(CALLER, vectors[2], 1, ALL)[0].chunk == chunks[2]
 
 
 def test_reopening_with_another_dimension_fails(store_dir: Path) -> None:
@@ -458,7 +475,7 @@ def test_closed_store_refuses_calls(store_dir: Path) -> None:
     store.close()
     store.close()  # idempotent
     with pytest.raises(FailedPreconditionError, match="closed"):
-        store.search(unit_vectors(1, 1)[0], 1, ALL)
+        store.search(CALLER, unit_vectors(1, 1)[0], 1, ALL)
     with pytest.raises(FailedPreconditionError, match="closed"):
         store.replace_document(*make_document("doc", 1))
 
@@ -497,8 +514,8 @@ def test_hnsw_recall_at_10_with_default_search_settings(store_dir: Path) -> None
 
         recalls = []
         for query in queries.tolist():
-            approx = {hit.chunk.chunk_id for hit in store.search(query, 10, ALL)}
-            exact = {hit.chunk.chunk_id for hit in store.search(query, 10, ALL, exact=True)}
+            approx = {hit.chunk.chunk_id for hit in store.search(CALLER, query, 10, ALL)}
+            exact = {hit.chunk.chunk_id for hit in store.search(CALLER, query, 10, ALL, exact=True)}
             assert len(exact) == 10
             recalls.append(len(approx & exact) / 10)
     assert float(np.mean(recalls)) >= 0.95
@@ -528,7 +545,7 @@ def test_readers_never_see_a_half_replaced_document(store: EdgeVectorStore) -> N
     def reader(search_filter: SearchFilter) -> None:
         try:
             while not writer_done.is_set():
-                hits = store.search(query, 20, search_filter)
+                hits = store.search(CALLER, query, 20, search_filter)
                 texts = [h.chunk.text for h in hits if h.chunk.document_id == "doc"]
                 versions = {text.rsplit(" ", 1)[-1] for text in texts}
                 assert len(versions) == 1, f"mixed versions in one result: {texts}"
