@@ -46,6 +46,7 @@ import httpx
 from ragplatform.v1 import ingestion_pb2, ingestion_pb2_grpc
 from scripts.otlp_sink import SpanSink
 from services.cli.supervisor import Platform
+from services.common.tenancy import DEFAULT_TENANT
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "samples" / "corpus"
@@ -74,7 +75,9 @@ def start(stack: ExitStack, name: str, env: dict[str, str]) -> Platform:
     platform = stack.enter_context(Platform(data, env=env))
     with grpc.insecure_channel(platform.settings.ingestion_addr) as channel:
         events = ingestion_pb2_grpc.IngestionServiceStub(channel).IngestUris(
-            ingestion_pb2.IngestUrisRequest(uris=[str(CORPUS)]), timeout=600
+            # The tenant the gateway (no API keys) asks as.
+            ingestion_pb2.IngestUrisRequest(uris=[str(CORPUS)], tenant=DEFAULT_TENANT),
+            timeout=600,
         )
         for event in events:
             if event.HasField("result") and event.result.error_code:

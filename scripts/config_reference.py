@@ -23,6 +23,7 @@ SETTINGS_CLASSES = [
     ("ingestion", "services.ingestion.__main__", "IngestionSettings"),
     ("query", "services.query.__main__", "QuerySettings"),
     ("gateway", "services.gateway.app", "GatewaySettings"),
+    ("ragctl", "services.cli.ragctl", "CliSettings"),
 ]
 
 

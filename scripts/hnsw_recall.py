@@ -6,7 +6,8 @@ Usage (the platform stopped, so its index is free to open):
 
 QUERY_VECTORS.npy holds one embedded query per judged query of the split, in
 the order `services.cli.eval_retrieval.load_beir` returns them (`--save-queries`
-writes it through the running embedding service). Every chunk of the index is
+writes it through the running embedding service). Every chunk of one tenant
+(--tenant, default "eval": where `ragctl eval retrieval` ingests the corpus) is
 copied into a fresh store per HNSW setting, the index is built (thresholds
 lowered so the graph covers every vector), and each query is searched exactly
 and through the graph. Results are in docs/retrieval.md.
@@ -27,6 +28,7 @@ from qdrant_edge import EdgeShard, ScrollRequest
 
 from ragplatform.v1 import embedding_pb2, embedding_pb2_grpc
 from services.cli.eval_retrieval import corpus_id_of, dedupe, load_beir
+from services.common.tenancy import Caller
 from services.retrieval.edge import DENSE, EdgeVectorStore, HnswSettings
 from services.retrieval.metrics import evaluate_run
 from services.retrieval.store import DocumentRecord, SearchFilter, StoredChunk
@@ -54,7 +56,8 @@ def save_queries(beir: Path, split: str, address: str, out: Path) -> None:
     np.save(out, np.asarray(rows, dtype=np.float32))
 
 
-def read_chunks(index: Path) -> dict[str, list[tuple[StoredChunk, list[float]]]]:
+def read_chunks(index: Path, tenant: str) -> dict[str, list[tuple[StoredChunk, list[float]]]]:
+    """The chunks of `tenant` with their dense vectors, by document id."""
     shard = EdgeShard.load(str(index / "chunks"))
     by_document: dict[str, list[tuple[StoredChunk, list[float]]]] = defaultdict(list)
     offset: Any = None
@@ -65,6 +68,8 @@ def read_chunks(index: Path) -> dict[str, list[tuple[StoredChunk, list[float]]]]
             )
             for r in records:
                 chunk = StoredChunk(**(r.payload or {}))
+                if chunk.tenant != tenant:
+                    continue
                 vector = r.vector[DENSE] if isinstance(r.vector, dict) else r.vector
                 by_document[chunk.document_id].append((chunk, list(vector)))  # type: ignore[arg-type]
             if offset is None:
@@ -79,13 +84,17 @@ def main() -> None:
     parser.add_argument("beir", type=Path)
     parser.add_argument("queries", type=Path)
     parser.add_argument("--split", default="train")
+    parser.add_argument("--tenant", default="eval", help="whose chunks to copy (default eval)")
     parser.add_argument("--save-queries", metavar="EMBEDDING_ADDR", default="")
     args = parser.parse_args()
     if args.save_queries:
         save_queries(args.beir, args.split, args.save_queries, args.queries)
         return
     data = load_beir(args.beir, args.split)
-    documents = read_chunks(args.index)
+    documents = read_chunks(args.index, args.tenant)
+    if not documents:
+        raise SystemExit(f"{args.index}: no chunk of tenant {args.tenant!r}")
+    caller = Caller(args.tenant)
     first = next(iter(documents.values()))[0][0].source_uri
     cache_dir = Path(first.removeprefix("file://")).parent
     vectors = np.load(args.queries).tolist()
@@ -103,15 +112,29 @@ def main() -> None:
             EdgeVectorStore.open(Path(tmp), len(vectors[0]), lowered) as store,
         ):
             for document_id, chunks in documents.items():
-                record = DocumentRecord(document_id, "", "", "", "", len(chunks), 0, 0)
+                first = chunks[0][0]
+                record = DocumentRecord(
+                    document_id,
+                    "",
+                    "",
+                    "",
+                    "",
+                    len(chunks),
+                    0,
+                    0,
+                    tenant=first.tenant,
+                    access_labels=first.access_labels,
+                    tags=first.tags,
+                    document_date_unix=first.document_date_unix,
+                )
                 store.replace_document(record, [c for c, _ in chunks], [v for _, v in chunks])
             store.optimize()
             indexed = store.indexed_vector_count()
             recalls: list[float] = []
             runs: dict[str, dict[str, list[str]]] = {"exact": {}, "hnsw": {}}
             for query_id, vector in zip(data.queries, vectors, strict=True):
-                exact = store.search(vector, 100, SearchFilter(), exact=True)
-                approx = store.search(vector, 100, SearchFilter())
+                exact = store.search(caller, vector, 100, SearchFilter(), exact=True)
+                approx = store.search(caller, vector, 100, SearchFilter())
                 top = {h.chunk.chunk_id for h in exact[:10]}
                 recalls.append(len(top & {h.chunk.chunk_id for h in approx[:10]}) / 10)
                 for kind, hits in (("exact", exact), ("hnsw", approx)):

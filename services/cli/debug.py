@@ -8,7 +8,9 @@ the model, its parameters and the exact prompt, the answer with its citations,
 the grounding verdict, the stage timings; then the findings that follow.
 
 The record holds the question, chunk text and the prompt: it is printed to the
-operator's terminal only, never logged.
+operator's terminal only, never logged. The expected document is checked as the
+request's own caller (its tenant and access labels) would search, whatever
+--tenant says: the question is why *that* caller got *that* answer.
 """
 
 import argparse
@@ -47,7 +49,8 @@ def add_command(
     debug.add_argument(
         "--expect",
         metavar="DOC_ID",
-        help="a document that should have answered: is it indexed, where does it rank?",
+        help="a document of the request's tenant that should have answered: is it indexed "
+        "and visible to the caller, where does it rank?",
     )
     debug.add_argument("--json", action="store_true", help="print the record and checks as JSON")
     debug.set_defaults(handler=cmd_debug, service="query")
@@ -114,7 +117,10 @@ def _expected_finding(
     record: debug_pb2.RequestRecord, expected: str, check: debug_pb2.CheckDocumentResponse
 ) -> str:
     if not check.indexed:
-        return f"{expected} is not indexed: ingest it (an ingestion problem, not retrieval)"
+        return (
+            f"{expected} is not indexed for this caller: ingest it into tenant "
+            f"{record.request.caller.tenant!r} (or it is labelled for other callers)"
+        )
     ranks = [
         n for n, hit in enumerate(_retrieved(record), start=1) if hit.chunk.document_id == expected
     ]
@@ -158,10 +164,16 @@ def render_checklist(
     head = Text(f"request {record.request_id or '(none)'}", style="bold")
     head.append(f" · trace {record.trace_id or '(tracing off)'}")
     head.append(f" · {when:%Y-%m-%d %H:%M:%S} UTC · {'AskStream' if record.streamed else 'Ask'}")
-    out: list[RenderableType] = [head, Text(f"question: {record.request.question}")]
+    caller = record.request.caller
+    labels = ", ".join(caller.access_labels) or "none"
+    out: list[RenderableType] = [
+        head,
+        Text(f"tenant: {caller.tenant or '(none)'} · access labels: {labels}"),
+        Text(f"question: {record.request.question}"),
+    ]
     params = _dict(record.request)
-    params.pop("question", None)
-    params.pop("debug", None)
+    for shown in ("question", "debug", "caller"):
+        params.pop(shown, None)
     out.append(Text("parameters: " + json.dumps(params, sort_keys=True), style="dim"))
 
     cited_numbers = {c.number for c in response.citations}
@@ -252,7 +264,9 @@ def cmd_debug(args: argparse.Namespace, out: Console, err: Console) -> int:
             if args.expect:
                 check = await clients.request_debug.CheckDocument(
                     debug_pb2.CheckDocumentRequest(
-                        question=record.request.question, document_id=args.expect
+                        question=record.request.question,
+                        document_id=args.expect,
+                        caller=record.request.caller,
                     )
                 )
         finally:

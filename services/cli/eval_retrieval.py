@@ -10,7 +10,9 @@ The directory is laid out as BEIR publishes its sets (``corpus.jsonl`` with
    folder through IngestionService.IngestUris, so the corpus goes through the
    same parse, chunk and embed path as any document; unchanged documents are
    skipped by hash, so a re-run only searches. Ingestion reads the files by
-   path: the cache must be on a file system the ingestion service sees.
+   path: the cache must be on a file system the ingestion service sees. It
+   goes into tenant ``eval`` (unless --tenant or RAG_TENANT names another),
+   so other documents neither crowd the rankings nor see the corpus.
 2. embeds the judged queries once (EmbeddingService) and searches each one in
    every requested mode with top_k 100 (RetrievalService.Search, no MMR),
 3. maps chunk hits to corpus ids by the file name stem of their source URI
@@ -80,8 +82,10 @@ class BeirSet:
 def add_command(
     actions: argparse._SubParsersAction[argparse.ArgumentParser],
     common: argparse.ArgumentParser,
+    tenant: str,
 ) -> None:
-    """Register `eval retrieval` on the `eval` command's subparsers."""
+    """Register `eval retrieval` on the `eval` command's subparsers; it acts for
+    `tenant` unless --tenant or RAG_TENANT says otherwise."""
     parser = actions.add_parser(
         "retrieval", parents=[common], help="nDCG/recall/MRR per retrieval mode on a BEIR set"
     )
@@ -100,7 +104,7 @@ def add_command(
         help="where corpus .txt files are written (default DATA_DIR/eval/<DIR name>)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.set_defaults(handler=cmd_eval_retrieval, service="retrieval")
+    parser.set_defaults(handler=cmd_eval_retrieval, service="retrieval", tenant_fallback=tenant)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -223,9 +227,11 @@ def _percentile(values: Sequence[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))] if ordered else 0.0
 
 
-async def _ingest(clients: PlatformClients, cache: Path) -> Counter[str]:
+async def _ingest(clients: PlatformClients, cache: Path, tenant: str) -> Counter[str]:
     counts: Counter[str] = Counter()
-    call = clients.ingestion.IngestUris(ingestion_pb2.IngestUrisRequest(uris=[cache.as_uri()]))
+    call = clients.ingestion.IngestUris(
+        ingestion_pb2.IngestUrisRequest(uris=[cache.as_uri()], tenant=tenant)
+    )
     async for event in call:
         if event.WhichOneof("event") == "result":
             counts[ingestion_pb2.IngestResult.Status.Name(event.result.status)] += 1
@@ -243,9 +249,10 @@ async def _embed(clients: PlatformClients, texts: Sequence[str]) -> list[embeddi
 
 
 async def evaluate_retrieval(
-    clients: PlatformClients, data: BeirSet, cache: Path, modes: Sequence[str]
+    clients: PlatformClients, data: BeirSet, cache: Path, modes: Sequence[str], tenant: str
 ) -> dict[str, Any]:
-    """Search every query in every mode; metrics, latency and the fusion sweep."""
+    """Search every query in every mode as `tenant`; metrics, latency and the fusion sweep."""
+    caller = common_pb2.Caller(tenant=tenant)
     query_ids = list(data.queries)
     vectors = await _embed(clients, [data.queries[q] for q in query_ids])
     chunk_runs: dict[str, dict[str, list[str]]] = {mode: {} for mode in modes}
@@ -261,6 +268,7 @@ async def evaluate_retrieval(
                     top_k=SEARCH_TOP_K,
                     query_text=data.queries[query_id],
                     mode=MODES[mode],
+                    caller=caller,
                 )
             )
             latencies.append(time.perf_counter() - started)
@@ -299,13 +307,14 @@ def cmd_eval_retrieval(args: argparse.Namespace, out: Console, err: Console) -> 
     async def work() -> dict[str, Any]:
         clients = PlatformClients(settings)
         try:
-            ingested = await _ingest(clients, cache)
-            report = await evaluate_retrieval(clients, data, cache, modes)
+            ingested = await _ingest(clients, cache, args.tenant)
+            report = await evaluate_retrieval(clients, data, cache, modes, args.tenant)
         finally:
             await clients.close()
         return {
             "dataset": str(directory),
             "split": args.split,
+            "tenant": args.tenant,
             "queries": len(data.queries),
             "corpus": len(data.corpus),
             "files_rewritten": rewritten,

@@ -10,9 +10,10 @@
   directory laid out like ``shared/eval/clapnq`` (``passages.jsonl`` with
   ``_id``, ``title``, ``text``; ``qa.jsonl`` with ``question``, ``answerable``,
   ``gold_passage_id``): it uploads every passage as a document (id
-  ``eval-<dir name>:<passage id>``; unchanged ones are skipped on a re-run),
-  asks every question through QueryService restricted to those documents
-  (so the rest of the index does not interfere), and reports
+  ``eval-<dir name>:<passage id>``, tenant ``eval`` unless --tenant or
+  RAG_TENANT names another; unchanged ones are skipped on a re-run), asks
+  every question through QueryService restricted to those documents (so the
+  rest of the tenant does not interfere) and past the answer cache, and reports
   - retrieval recall@k: answerable questions whose gold passage was retrieved;
   - citation precision: (sentence, citation) pairs of the answers where the
     cited passage is the gold one (answerable questions) or supports the
@@ -80,6 +81,10 @@ from services.generation.router import COMPLEX, DEFAULT_THRESHOLD, SIMPLE, TIERS
 from services.runtime.clients import PlatformClients
 from services.runtime.settings import PlatformSettings
 
+EVAL_TENANT = "eval"
+"""Where `eval answers` and `eval retrieval` ingest their data sets unless told
+otherwise (--tenant, RAG_TENANT): apart from the documents people ask about, so
+neither disturbs the other."""
 EVAL_TIMEOUT_SECONDS = 120.0
 """Deadline of each call of `eval answers` (uploads wait for the embedder)."""
 UPLOAD_CONCURRENCY = 8
@@ -120,9 +125,9 @@ def add_command(
         "--cleanup", action="store_true", help="delete the ingested passages afterwards"
     )
     answers.add_argument("--json", action="store_true", help="print the report as JSON")
-    answers.set_defaults(handler=cmd_eval_answers, service="query")
+    answers.set_defaults(handler=cmd_eval_answers, service="query", tenant_fallback=EVAL_TENANT)
 
-    eval_retrieval.add_command(actions, common)
+    eval_retrieval.add_command(actions, common, EVAL_TENANT)
 
     arms = actions.add_parser("arms", parents=[common], help="A/B arm comparison report")
     arms.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -240,7 +245,7 @@ def load_answer_set(directory: Path, prefix: str) -> tuple[list[Passage], list[Q
     return passages, questions
 
 
-async def _upload(clients: PlatformClients, passage: Passage) -> str:
+async def _upload(clients: PlatformClients, passage: Passage, tenant: str) -> str:
     async def messages() -> AsyncIterator[ingestion_pb2.UploadDocumentRequest]:
         yield ingestion_pb2.UploadDocumentRequest(
             header=ingestion_pb2.DocumentHeader(
@@ -248,6 +253,7 @@ async def _upload(clients: PlatformClients, passage: Passage) -> str:
                 media_type="text/plain",
                 document_id=passage.document_id,
                 title=passage.title,
+                tenant=tenant,
             )
         )
         yield ingestion_pb2.UploadDocumentRequest(data=passage.text.encode())
@@ -259,13 +265,15 @@ async def _upload(clients: PlatformClients, passage: Passage) -> str:
     return ingestion_pb2.IngestResult.Status.Name(result.status)
 
 
-async def ingest_passages(clients: PlatformClients, passages: Sequence[Passage]) -> Counter[str]:
-    """Upload every passage (a few at a time); counts per result status."""
+async def ingest_passages(
+    clients: PlatformClients, passages: Sequence[Passage], tenant: str
+) -> Counter[str]:
+    """Upload every passage into `tenant` (a few at a time); counts per result status."""
     limit = asyncio.Semaphore(UPLOAD_CONCURRENCY)
 
     async def one(passage: Passage) -> str:
         async with limit:
-            return await _upload(clients, passage)
+            return await _upload(clients, passage, tenant)
 
     return Counter(await asyncio.gather(*(one(p) for p in passages)))
 
@@ -311,18 +319,30 @@ def _score_citations(
 
 
 async def evaluate_answers(
-    clients: PlatformClients, passages: Sequence[Passage], questions: Sequence[Question], top_k: int
+    clients: PlatformClients,
+    passages: Sequence[Passage],
+    questions: Sequence[Question],
+    top_k: int,
+    tenant: str,
 ) -> dict[str, Any]:
-    """Ask every question (one at a time) and score the answers (see the module docstring)."""
+    """Ask every question (one at a time, as `tenant`) and score the answers (see the
+    module docstring)."""
     scope = common_pb2.MetadataFilter(document_ids=[p.document_id for p in passages])
+    caller = common_pb2.Caller(tenant=tenant)
     tally = _Tally()
     latencies: list[float] = []
     tiers: Counter[str] = Counter()
     backends: Counter[str] = Counter()
     support = LexicalGroundingChecker()
     for question in questions:
+        # bypass_cache: every answer is measured as generated, never as cached.
         request = query_pb2.AskRequest(
-            question=question.question, top_k=top_k, filter=scope, debug=True
+            question=question.question,
+            top_k=top_k,
+            filter=scope,
+            debug=True,
+            caller=caller,
+            bypass_cache=True,
         )
         started = time.perf_counter()
         response: query_pb2.AskResponse = await clients.query.Ask(request)
@@ -391,16 +411,23 @@ def cmd_eval_answers(args: argparse.Namespace, out: Console, err: Console) -> in
     async def work() -> dict[str, Any]:
         clients = PlatformClients(_client_settings(args, EVAL_TIMEOUT_SECONDS))
         try:
-            ingested = await ingest_passages(clients, passages)
-            report = await evaluate_answers(clients, passages, questions, args.top_k)
+            ingested = await ingest_passages(clients, passages, args.tenant)
+            report = await evaluate_answers(clients, passages, questions, args.top_k, args.tenant)
             if args.cleanup:
                 for passage in passages:
                     await clients.ingestion.DeleteDocument(
-                        ingestion_pb2.DeleteDocumentRequest(document_id=passage.document_id)
+                        ingestion_pb2.DeleteDocumentRequest(
+                            document_id=passage.document_id, tenant=args.tenant
+                        )
                     )
         finally:
             await clients.close()
-        return {"dataset": str(directory), "ingested": dict(ingested), **report}
+        return {
+            "dataset": str(directory),
+            "tenant": args.tenant,
+            "ingested": dict(ingested),
+            **report,
+        }
 
     report = asyncio.run(work())
     if args.json:

@@ -7,6 +7,11 @@ contract and render the replies, as text for people or JSON for scripts. Address
 and deadlines come from the same RAG_* environment the services read, so ragctl
 talks to whatever platform that environment describes.
 
+Every call acts for one tenant: `--tenant`, else RAG_TENANT, else "default"
+(the embedded world's tenant; `eval` keeps its data sets apart in "eval").
+ragctl talks gRPC to the services directly, so it is an operator's tool: it
+may name any tenant, where the gateway takes the tenant from the API key.
+
 Exit codes: 0 success, 1 failure (a gRPC error is printed as one line
 `error: CODE: message`, never a traceback), 2 bad usage, 130 interrupted.
 """
@@ -27,6 +32,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
+from pydantic import Field
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
@@ -37,6 +43,7 @@ from rich.text import Text
 from ragplatform.v1 import common_pb2, ingestion_pb2, query_pb2, retrieval_pb2
 from services.cli import debug as debug_command
 from services.cli import evaluate as eval_command
+from services.cli.evaluate import EVAL_TENANT
 from services.cli.supervisor import (
     ALL,
     DEFAULT_START_TIMEOUT,
@@ -48,6 +55,8 @@ from services.cli.supervisor import (
     check_health,
     metrics_url,
 )
+from services.common.errors import InvalidInputError
+from services.common.tenancy import DEFAULT_TENANT, validate_labels, validate_tenant
 from services.runtime.clients import PlatformClients
 from services.runtime.settings import PlatformSettings
 
@@ -70,6 +79,27 @@ Handler = Callable[[argparse.Namespace, Console, Console], int]
 """A command: parsed arguments, stdout console, stderr console → exit code."""
 
 
+class CliSettings(PlatformSettings):
+    """ragctl's settings (env prefix RAG_): the platform's, plus whom it acts for."""
+
+    tenant: str | None = Field(
+        default=None,
+        description=(
+            "Tenant ragctl's ingest, ask, docs and eval act for when --tenant is not given; "
+            f'unset: "{DEFAULT_TENANT}" (eval: "{EVAL_TENANT}").'
+        ),
+    )
+
+
+def resolve_tenant(args: argparse.Namespace) -> None:
+    """Set `args.tenant` for a command that acts for one (its parser set
+    `tenant_fallback`): --tenant, else RAG_TENANT, else the command's fallback.
+    Resolved once here, so that every command follows the same rule."""
+    fallback: str | None = getattr(args, "tenant_fallback", None)
+    if fallback is not None and args.tenant is None:
+        args.tenant = CliSettings().tenant or fallback
+
+
 # --------------------------------------------------------------------------- parsing
 
 
@@ -81,6 +111,42 @@ def _positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
     return value
+
+
+def _tenant(text: str) -> str:
+    try:
+        return validate_tenant(text)
+    except InvalidInputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _label(text: str) -> str:
+    try:
+        return validate_labels([text], "label")[0]
+    except InvalidInputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _date_bound(text: str, *, end_of_day: bool) -> int:
+    """Unix seconds from `1700000000` or a UTC date `2024-05-31` (its first second,
+    or with `end_of_day` its last, so that a date range includes both its days)."""
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a date (YYYY-MM-DD) or Unix seconds: {text!r}"
+        ) from None
+    return int(day.timestamp()) + (86_399 if end_of_day else 0)
+
+
+def _since(text: str) -> int:
+    return _date_bound(text, end_of_day=False)
+
+
+def _until(text: str) -> int:
+    return _date_bound(text, end_of_day=True)
 
 
 def _non_negative_int(text: str) -> int:
@@ -102,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
         f"processes to exit before killing them (default {DEFAULT_STOP_TIMEOUT:g}); for "
         f"status, each health check (default {STATUS_DEFAULT_TIMEOUT:g})"
     )
+    tenant_help = (
+        f'tenant to act for (default RAG_TENANT, else "{DEFAULT_TENANT}"; eval: '
+        f'"{EVAL_TENANT}"); ignored by up, down, status and debug (which uses the request\'s)'
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--timeout",
@@ -110,12 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help=timeout_help,
     )
+    common.add_argument(
+        "--tenant", type=_tenant, metavar="TENANT", default=argparse.SUPPRESS, help=tenant_help
+    )
     parser = argparse.ArgumentParser(
         prog="ragctl",
         description="Run the RAG platform and use it: ingest documents, ask questions.",
         epilog="Addresses come from RAG_* environment variables (see PlatformSettings).",
     )
     parser.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help=timeout_help)
+    parser.add_argument("--tenant", type=_tenant, metavar="TENANT", help=tenant_help)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data_dir_help = "state, logs and pid files (default RAG_DATA_DIR, .ragdata)"
@@ -137,7 +211,26 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", parents=[common], help="ingest files or directories")
     ingest.add_argument("paths", nargs="+", metavar="PATH", help="file, directory or file:// URI")
     ingest.add_argument("--json", action="store_true", help="one JSON object per document")
-    ingest.set_defaults(handler=cmd_ingest, service="ingestion")
+    ingest.add_argument(
+        "--tag",
+        dest="tags",
+        action="append",
+        type=_label,
+        default=[],
+        metavar="TAG",
+        help="give every document this tag, for `ask --tag` (repeatable)",
+    )
+    ingest.add_argument(
+        "--access-label",
+        dest="access_labels",
+        action="append",
+        type=_label,
+        default=[],
+        metavar="LABEL",
+        help="only callers holding one of these labels see the documents (repeatable; "
+        "none: the whole tenant)",
+    )
+    ingest.set_defaults(handler=cmd_ingest, service="ingestion", tenant_fallback=DEFAULT_TENANT)
 
     ask = commands.add_parser("ask", parents=[common], help="ask a question")
     ask.add_argument("question")
@@ -151,16 +244,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("--debug", action="store_true", help="show retrieved chunks and selection")
     ask.add_argument("--stream", action="store_true", help="print the answer as it is written")
-    ask.set_defaults(handler=cmd_ask, service="query")
+    ask.add_argument(
+        "--tag",
+        dest="tags",
+        action="append",
+        type=_label,
+        default=[],
+        metavar="TAG",
+        help="answer from documents carrying one of these tags (repeatable)",
+    )
+    ask.add_argument(
+        "--since", type=_since, metavar="DATE", help="documents dated on or after (YYYY-MM-DD)"
+    )
+    ask.add_argument(
+        "--until", type=_until, metavar="DATE", help="documents dated on or before (YYYY-MM-DD)"
+    )
+    ask.add_argument(
+        "--access-label",
+        dest="access_labels",
+        action="append",
+        type=_label,
+        default=[],
+        metavar="LABEL",
+        help="ask as a caller holding this access label (repeatable)",
+    )
+    ask.set_defaults(handler=cmd_ask, service="query", tenant_fallback=DEFAULT_TENANT)
 
     docs = commands.add_parser("docs", parents=[common], help="list or delete documents")
     docs_commands = docs.add_subparsers(dest="docs_command", required=True, metavar="ACTION")
     docs_list = docs_commands.add_parser("list", parents=[common], help="list indexed documents")
     docs_list.add_argument("--json", action="store_true", help="print a JSON list")
-    docs_list.set_defaults(handler=cmd_docs_list, service="retrieval")
+    docs_list.set_defaults(
+        handler=cmd_docs_list, service="retrieval", tenant_fallback=DEFAULT_TENANT
+    )
     docs_delete = docs_commands.add_parser("delete", parents=[common], help="delete a document")
     docs_delete.add_argument("document_id", metavar="ID")
-    docs_delete.set_defaults(handler=cmd_docs_delete, service="ingestion")
+    docs_delete.set_defaults(
+        handler=cmd_docs_delete, service="ingestion", tenant_fallback=DEFAULT_TENANT
+    )
 
     debug_command.add_command(commands, common)
     eval_command.add_command(commands, common)
@@ -393,7 +514,12 @@ def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
 def cmd_ingest(args: argparse.Namespace, out: Console, err: Console) -> int:
     """IngestUris with a progress bar (or JSON lines); exit 1 if any document failed."""
     settings = _settings(args, INGEST_DEFAULT_TIMEOUT)
-    request = ingestion_pb2.IngestUrisRequest(uris=[to_uri(p) for p in args.paths])
+    request = ingestion_pb2.IngestUrisRequest(
+        uris=[to_uri(p) for p in args.paths],
+        tenant=args.tenant,
+        access_labels=args.access_labels,
+        tags=args.tags,
+    )
 
     async def work(clients: PlatformClients) -> int:
         counts: Counter[str] = Counter()
@@ -433,7 +559,15 @@ def cmd_ingest(args: argparse.Namespace, out: Console, err: Console) -> int:
 def cmd_ask(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Ask (or AskStream) and print the answer with its sources."""
     settings = _settings(args)
-    fields = {"question": args.question, "top_k": args.top_k, "debug": args.debug}
+    fields = {
+        "question": args.question,
+        "top_k": args.top_k,
+        "debug": args.debug,
+        "caller": common_pb2.Caller(tenant=args.tenant, access_labels=args.access_labels),
+        "filter": common_pb2.MetadataFilter(
+            tags=args.tags, date_from_unix=args.since, date_to_unix=args.until
+        ),
+    }
 
     async def work(clients: PlatformClients) -> int:
         if not args.stream:
@@ -467,7 +601,7 @@ def cmd_ask(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_docs_list(args: argparse.Namespace, out: Console, err: Console) -> int:
-    """Every indexed document, following next_page_token to the end."""
+    """Every document of the tenant, following next_page_token to the end."""
     settings = _settings(args)
 
     async def work(clients: PlatformClients) -> int:
@@ -475,7 +609,9 @@ def cmd_docs_list(args: argparse.Namespace, out: Console, err: Console) -> int:
         token = ""
         while True:
             page = await clients.retrieval.ListDocuments(
-                retrieval_pb2.ListDocumentsRequest(page_size=LIST_PAGE_SIZE, page_token=token)
+                retrieval_pb2.ListDocumentsRequest(
+                    page_size=LIST_PAGE_SIZE, page_token=token, tenant=args.tenant
+                )
             )
             documents.extend(page.documents)
             token = page.next_page_token
@@ -498,7 +634,7 @@ def cmd_docs_delete(args: argparse.Namespace, out: Console, err: Console) -> int
 
     async def work(clients: PlatformClients) -> int:
         reply = await clients.ingestion.DeleteDocument(
-            ingestion_pb2.DeleteDocumentRequest(document_id=args.document_id)
+            ingestion_pb2.DeleteDocumentRequest(document_id=args.document_id, tenant=args.tenant)
         )
         noun = "chunk" if reply.chunks_deleted == 1 else "chunks"
         out.print(Text(f"deleted {args.document_id} ({reply.chunks_deleted} {noun})"))
@@ -605,8 +741,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one ragctl command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not hasattr(args, "timeout"):
-        args.timeout = None
+    for option in ("timeout", "tenant"):
+        if not hasattr(args, option):
+            setattr(args, option, None)
+    resolve_tenant(args)
     # soft_wrap: long lines (answers, paths, error messages) are left for the
     # terminal to wrap, so that piped output and copied ids stay whole.
     out = Console(soft_wrap=True)
@@ -631,6 +769,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = [
+    "CliSettings",
     "build_parser",
     "error_line",
     "format_citation",
@@ -639,6 +778,7 @@ __all__ = [
     "main",
     "message_to_dict",
     "render_answer",
+    "resolve_tenant",
     "status_rows",
     "to_uri",
 ]

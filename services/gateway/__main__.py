@@ -4,18 +4,24 @@ Serves `create_app` with uvicorn on `RAG_GATEWAY_PORT`, bound to `RAG_LISTEN_HOS
 with the same observability as every other service (JSON logs, tracing from
 OTEL_*, /metrics on `RAG_GATEWAY_METRICS_PORT`); on SIGTERM uvicorn stops
 accepting connections and lets in-flight requests finish for `RAG_DRAIN_SECONDS`.
+A malformed setting (e.g. RAG_GATEWAY_API_KEYS) stops it at once with one message
+naming the problem, never the keys.
 """
 
 import math
 
 import uvicorn
+from pydantic import ValidationError
 
 from services.gateway.app import GatewaySettings, create_app
 from services.runtime.observability import start_observability
 
 
 def main() -> None:
-    settings = GatewaySettings()
+    try:
+        settings = GatewaySettings()
+    except ValidationError as error:
+        raise SystemExit(f"gateway: invalid configuration: {error}") from None
     start_observability("gateway", settings)
     app = create_app(settings)
     uvicorn.run(

@@ -20,6 +20,12 @@ API mapping (AIP-193), with two decisions of ours:
 Errors always come out as ``{"error": {"code": "<gRPC code name>", "message": ...}}``,
 FastAPI's own validation errors (422) and authentication failures (401) included,
 and never carry a traceback.
+
+Tenancy: every /v1 call acts for the caller (tenant and access labels) that its
+API key maps to in ``RAG_GATEWAY_API_KEYS``; without keys (the embedded default,
+authentication off) every call acts for ``RAG_GATEWAY_DEFAULT_TENANT``. No
+request body, form field or header can name a tenant, so a client never reaches
+another tenant's documents. See docs/tenancy.md.
 """
 
 import asyncio
@@ -32,7 +38,18 @@ from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import quote
 
 import grpc
-from fastapi import APIRouter, FastAPI, File, Form, Query, Request, Response, Security, UploadFile
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    File,
+    Form,
+    Query,
+    Request,
+    Response,
+    Security,
+    UploadFile,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
@@ -40,7 +57,15 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import SettingsConfigDict
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -51,7 +76,16 @@ from ragplatform.v1 import (
     query_pb2,
     retrieval_pb2,
 )
+from services.common.errors import InvalidInputError
+from services.common.tenancy import (
+    DEFAULT_TENANT,
+    Caller,
+    validate_caller,
+    validate_labels,
+    validate_tenant,
+)
 from services.runtime.clients import PlatformClients
+from services.runtime.convert import to_proto
 from services.runtime.observability import HttpTelemetryMiddleware
 from services.runtime.settings import PlatformSettings
 
@@ -114,20 +148,107 @@ def http_status_for(code_name: str, *, upload: bool = False) -> int:
     return GRPC_TO_HTTP.get(code_name, 500)
 
 
-class GatewaySettings(PlatformSettings):
-    """Gateway settings (env prefix RAG_): the platform's, plus the API keys."""
+API_KEYS_FORMAT = '{"<key>": {"tenant": "<tenant>", "access_labels": ["<label>", ...]}}'
+"""The shape of RAG_GATEWAY_API_KEYS (access_labels may be left out)."""
 
-    gateway_api_keys: str = Field(
-        default="",
+
+class _Grant(BaseModel):
+    """What one API key acts as: one entry of RAG_GATEWAY_API_KEYS."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, hide_input_in_errors=True)
+
+    tenant: str
+    access_labels: list[str] = Field(default_factory=list)
+
+
+def _problems(errors: Sequence[Any]) -> str:
+    """Pydantic errors as `field: message; ...` (no input values: they may be secrets)."""
+    parts = []
+    for error in errors:
+        field = ".".join(str(part) for part in error.get("loc", ()))
+        parts.append(f"{field}: {error.get('msg', 'invalid')}" if field else error.get("msg", ""))
+    return "; ".join(parts) or "invalid"
+
+
+def parse_api_keys(text: str) -> dict[str, Caller]:
+    """The caller each API key acts as, from RAG_GATEWAY_API_KEYS; {} when it is blank.
+
+    Raises ValueError naming the problem. Entries are named by position, never
+    by key: the message ends up in startup logs, and the keys are secrets.
+    """
+    if not text.strip():
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"RAG_GATEWAY_API_KEYS is not JSON ({error.msg} at character {error.pos}); "
+            f"expected {API_KEYS_FORMAT}"
+        ) from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"RAG_GATEWAY_API_KEYS must be a non-empty JSON object {API_KEYS_FORMAT}")
+    grants: dict[str, Caller] = {}
+    for position, (key, value) in enumerate(data.items(), start=1):
+        where = f"RAG_GATEWAY_API_KEYS entry {position}"
+        if not key or key != key.strip():
+            raise ValueError(f"{where}: the key is empty or starts or ends with a space")
+        try:
+            grant = _Grant.model_validate(value)
+            labels = validate_labels(grant.access_labels, "access label")
+            grants[key] = validate_caller(Caller(grant.tenant, labels))
+        except ValidationError as error:
+            raise ValueError(f"{where}: {_problems(error.errors())}") from None
+        except InvalidInputError as error:
+            raise ValueError(f"{where}: {error}") from None
+    return grants
+
+
+class GatewaySettings(PlatformSettings):
+    """Gateway settings (env prefix RAG_): the platform's, plus the API keys and
+    the tenant of unauthenticated requests."""
+
+    # The API keys are secrets: a validation error must not echo the value.
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
+
+    gateway_api_keys: SecretStr = Field(
+        default=SecretStr(""),
         description=(
-            "Comma-separated API keys accepted as `Authorization: Bearer <key>` or "
-            "`X-API-Key: <key>`; empty disables authentication (embedded default)."
+            "API keys and whom each acts for, JSON: "
+            '`{"<key>": {"tenant": "acme", "access_labels": ["hr"]}}` (access_labels optional). '
+            "A key is sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`; every /v1 "
+            "call acts for its key's tenant and labels. Empty disables authentication "
+            "(embedded default); a malformed value stops the gateway at startup."
+        ),
+    )
+    gateway_default_tenant: str = Field(
+        default=DEFAULT_TENANT,
+        description=(
+            "Tenant every /v1 call acts for while RAG_GATEWAY_API_KEYS is empty "
+            "(authentication off), with no access labels."
         ),
     )
 
-    def api_keys(self) -> list[str]:
-        """The configured keys, blanks dropped."""
-        return [key.strip() for key in self.gateway_api_keys.split(",") if key.strip()]
+    @field_validator("gateway_api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: SecretStr) -> SecretStr:
+        parse_api_keys(value.get_secret_value())  # fail at startup, not at the first call
+        return value
+
+    @field_validator("gateway_default_tenant")
+    @classmethod
+    def _check_default_tenant(cls, value: str) -> str:
+        try:
+            return validate_tenant(value)
+        except InvalidInputError as error:
+            raise ValueError(str(error)) from None
+
+    def api_keys(self) -> dict[str, Caller]:
+        """The caller each configured key acts as."""
+        return parse_api_keys(self.gateway_api_keys.get_secret_value())
+
+    def default_caller(self) -> Caller:
+        """Whom a call acts for when authentication is off."""
+        return Caller(self.gateway_default_tenant)
 
 
 # --------------------------------------------------------------------------- models
@@ -142,11 +263,24 @@ class _Model(BaseModel):
 
 class MetadataFilter(_Model):
     """Restricts a search; empty lists mean no restriction on that field. Fields
-    combine with AND, values inside one field with OR."""
+    combine with AND, values inside one field with OR. It narrows the caller's
+    own documents: the tenant comes from the API key, never from the filter."""
 
     document_ids: list[str] = Field(default_factory=list)
     media_types: list[str] = Field(default_factory=list)
     source_uris: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(
+        default_factory=list, description="Documents carrying at least one of these tags."
+    )
+    date_from_unix: int | None = Field(
+        default=None,
+        description="Documents dated at or after this Unix time (seconds); documents "
+        "without a date are excluded once either bound is set.",
+    )
+    date_to_unix: int | None = Field(
+        default=None,
+        description="Documents dated at or before this Unix time; not before date_from_unix.",
+    )
 
 
 TierName = Literal["TIER_UNSPECIFIED", "TIER_SIMPLE", "TIER_COMPLEX"]
@@ -185,9 +319,14 @@ class AskBody(_Model):
         le=1.0,
         description="Maximal marginal relevance re-ranking (lower: more diverse); 0 = off.",
     )
+    bypass_cache: bool = Field(
+        default=False,
+        description="Generate a fresh answer instead of serving a cached one (it is still "
+        "stored for later questions).",
+    )
 
-    def request_fields(self) -> dict[str, Any]:
-        """Keyword arguments for AskRequest / AskStreamRequest."""
+    def request_fields(self, caller: common_pb2.Caller) -> dict[str, Any]:
+        """Keyword arguments for AskRequest / AskStreamRequest, acting for `caller`."""
         return {
             "question": self.question,
             "top_k": self.top_k,
@@ -197,6 +336,8 @@ class AskBody(_Model):
             "routing_key": self.routing_key,
             "retrieval_mode": self.retrieval_mode,
             "mmr_lambda": self.mmr_lambda,
+            "caller": caller,
+            "bypass_cache": self.bypass_cache,
         }
 
 
@@ -213,6 +354,10 @@ class Chunk(_Model):
     source_uri: str
     media_type: str
     token_count: int
+    tenant: str
+    access_labels: list[str] = Field(description="Who may see it; empty: the whole tenant.")
+    tags: list[str]
+    document_date_unix: int = Field(description="Date of the document; 0 when unknown.")
 
 
 class ScoredChunk(_Model):
@@ -293,6 +438,18 @@ class AskDebug(_Model):
     invalid_citations_removed: int
 
 
+class CacheHit(_Model):
+    """Set when the answer came from the answer cache; its citations were checked
+    to point at unchanged documents."""
+
+    kind: Literal["KIND_UNSPECIFIED", "KIND_EXACT", "KIND_SEMANTIC"] = Field(
+        description="KIND_EXACT: the same question and settings; KIND_SEMANTIC: a paraphrase."
+    )
+    age_seconds: float
+    similarity: float = Field(description="KIND_SEMANTIC: cosine to the cached question.")
+    cached_question: str
+
+
 class AskResponse(_Model):
     """A grounded answer with its citations."""
 
@@ -308,6 +465,9 @@ class AskResponse(_Model):
     route: Route | None = None
     cost_usd: float = Field(description="Price of the answer's tokens in US dollars.")
     grounding: Grounding | None = None
+    cache: CacheHit | None = Field(
+        default=None, description="Set only when the answer was served from the cache."
+    )
 
 
 class DocumentInfo(_Model):
@@ -321,6 +481,10 @@ class DocumentInfo(_Model):
     chunk_count: int
     size_bytes: int
     indexed_at_unix: int
+    tenant: str = Field(description="Owner; document ids are unique within a tenant.")
+    access_labels: list[str] = Field(description="Who may see it; empty: the whole tenant.")
+    tags: list[str]
+    document_date_unix: int = Field(description="Date of the document; 0 when unknown.")
 
 
 class IngestResult(_Model):
@@ -387,11 +551,16 @@ PROTO_MODELS: dict[type[BaseModel], type[Message]] = {
     Grounding: common_pb2.Grounding,
     AskDebug: query_pb2.AskDebug,
     AskResponse: query_pb2.AskResponse,
+    CacheHit: query_pb2.CacheHit,
     DocumentInfo: common_pb2.DocumentInfo,
     IngestResult: ingestion_pb2.IngestResult,
     DocumentList: retrieval_pb2.ListDocumentsResponse,
 }
-"""Each HTTP model and the message it mirrors field for field."""
+"""Each HTTP model and the message it mirrors field for field (except IDENTITY_FIELDS)."""
+
+IDENTITY_FIELDS: dict[type[BaseModel], frozenset[str]] = {AskBody: frozenset({"caller"})}
+"""Message fields an HTTP model leaves out because the gateway fills them from the
+API key: a client can never choose whom a request acts for."""
 
 
 def from_proto(message: Message, model: type[ModelT]) -> ModelT:
@@ -406,7 +575,8 @@ def from_proto(message: Message, model: type[ModelT]) -> ModelT:
 def _filter_of(body: AskBody) -> common_pb2.MetadataFilter | None:
     if body.filter is None:
         return None
-    return common_pb2.MetadataFilter(**body.filter.model_dump())
+    # Unset date bounds stay unset (proto3 optional), not 0.
+    return common_pb2.MetadataFilter(**body.filter.model_dump(exclude_none=True))
 
 
 # --------------------------------------------------------------------------- errors
@@ -436,14 +606,6 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        field = ".".join(str(part) for part in error.get("loc", ()))
-        parts.append(f"{field}: {error.get('msg', 'invalid')}" if field else error.get("msg", ""))
-    return "; ".join(parts) or "invalid request"
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     async def on_gateway_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
@@ -456,7 +618,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        return error_response(422, "INVALID_ARGUMENT", _validation_message(exc))
+        return error_response(422, "INVALID_ARGUMENT", _problems(exc.errors()))
 
     async def on_http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -502,48 +664,85 @@ def _errors(*extra: int) -> dict[int | str, dict[str, Any]]:
 # --------------------------------------------------------------------------- auth
 
 
-def _presented_keys(headers: Headers) -> list[str]:
-    keys = []
+def _presented_keys(headers: Headers) -> set[str]:
+    keys = set()
     scheme, _, credentials = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
-        keys.append(credentials.strip())
+        keys.add(credentials.strip())
     if api_key := headers.get("x-api-key", "").strip():
-        keys.append(api_key)
+        keys.add(api_key)
     return keys
 
 
-def key_matches(presented: str, configured: Sequence[str]) -> bool:
-    """Whether `presented` is one of `configured`, in time independent of where they differ."""
-    matched = False
-    for key in configured:
-        matched |= hmac.compare_digest(presented.encode(), key.encode())
-    return matched
+def caller_of_key(presented: str, grants: Mapping[str, Caller]) -> Caller | None:
+    """The caller `presented` acts as, or None for an unknown key; every configured
+    key is compared, in time independent of where they differ."""
+    found = None
+    for key, caller in grants.items():
+        if hmac.compare_digest(presented.encode(), key.encode()):
+            found = caller
+    return found
 
 
 class ApiKeyMiddleware:
-    """Rejects /v1 requests without a valid API key before their body is read.
+    """Decides whom each /v1 request acts for, before its body is read.
+
+    With keys configured, a request without a valid key is refused (401) and any
+    other acts for its key's caller; without keys, every request acts for
+    `default`. The caller is left in the request state (`caller_of_request`
+    reads it), so routes never look at client-supplied identity.
 
     A middleware rather than a FastAPI dependency because dependencies run after
     the body has been parsed: an unauthenticated client could otherwise make the
     gateway receive and spool a whole multipart upload before being refused.
     """
 
-    def __init__(self, app: ASGIApp, keys: Sequence[str], prefix: str = "/v1/") -> None:
+    def __init__(
+        self, app: ASGIApp, grants: Mapping[str, Caller], default: Caller, prefix: str = "/v1/"
+    ) -> None:
         self.app = app
-        self.keys = list(keys)
+        self.grants = dict(grants)
+        self.default = default
         self.prefix = prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.keys and scope["path"].startswith(self.prefix):
-            presented = _presented_keys(Headers(scope=scope))
-            if not any(key_matches(key, self.keys) for key in presented):
-                message = "missing API key" if not presented else "invalid API key"
+        if scope["type"] == "http" and scope["path"].startswith(self.prefix):
+            caller, refusal = self._identify(Headers(scope=scope))
+            if caller is None:
                 response = error_response(
-                    401, "UNAUTHENTICATED", message, headers={"WWW-Authenticate": "Bearer"}
+                    401, "UNAUTHENTICATED", refusal, headers={"WWW-Authenticate": "Bearer"}
                 )
                 await response(scope, receive, send)
                 return
+            scope.setdefault("state", {})[_CALLER_STATE] = caller
         await self.app(scope, receive, send)
+
+    def _identify(self, headers: Headers) -> tuple[Caller | None, str]:
+        """(caller, "") or (None, why the request is refused)."""
+        if not self.grants:
+            return self.default, ""
+        presented = _presented_keys(headers)
+        if not presented:
+            return None, "missing API key"
+        if len(presented) > 1:
+            return None, "Authorization and X-API-Key carry different keys; send one"
+        caller = caller_of_key(presented.pop(), self.grants)
+        return (caller, "") if caller is not None else (None, "invalid API key")
+
+
+_CALLER_STATE = "ragplatform_caller"
+
+
+def caller_of_request(request: Request) -> common_pb2.Caller:
+    """Whom the request acts for, as ApiKeyMiddleware decided (a route dependency)."""
+    caller: Caller | None = getattr(request.state, _CALLER_STATE, None)
+    if caller is None:  # a /v1 route outside the middleware: a wiring bug, never a default
+        raise GatewayError(500, "INTERNAL", "the request has no caller")
+    return to_proto(caller, common_pb2.Caller)
+
+
+CallerDep = Annotated[common_pb2.Caller, Depends(caller_of_request)]
+"""The caller of a /v1 route: from the API key, never from the request."""
 
 
 # Declared on the /v1 routes so that /openapi.json and /docs describe both ways to
@@ -600,8 +799,8 @@ _SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 
 def _query_routes(router: APIRouter, clients: PlatformClients) -> None:
-    async def stream_answer(body: AskBody) -> StreamingResponse:
-        request = query_pb2.AskStreamRequest(**body.request_fields())
+    async def stream_answer(body: AskBody, caller: common_pb2.Caller) -> StreamingResponse:
+        request = query_pb2.AskStreamRequest(**body.request_fields(caller))
         call = clients.query.AskStream(request)
         events = call.__aiter__()
         # Wait for the first event so that an error before any output (bad
@@ -627,14 +826,16 @@ def _query_routes(router: APIRouter, clients: PlatformClients) -> None:
     )
     async def ask(
         body: AskBody,
+        caller: CallerDep,
         stream: Annotated[
             bool, Query(description="Answer as Server-Sent Events (same as /v1/ask/stream).")
         ] = False,
     ) -> AskResponse | StreamingResponse:
-        """QueryService.Ask: embed, retrieve, generate and verify citations."""
+        """QueryService.Ask: embed, retrieve, generate and verify citations, from the
+        documents of the key's tenant that its access labels may see."""
         if stream:
-            return await stream_answer(body)
-        request = query_pb2.AskRequest(**body.request_fields())
+            return await stream_answer(body, caller)
+        request = query_pb2.AskRequest(**body.request_fields(caller))
         reply: query_pb2.AskResponse = await clients.query.Ask(request)
         return from_proto(reply, AskResponse)
 
@@ -644,9 +845,9 @@ def _query_routes(router: APIRouter, clients: PlatformClients) -> None:
         summary="Answer a question as Server-Sent Events",
         responses={**_errors(429), **_SSE_RESPONSE},
     )
-    async def ask_stream(body: AskBody) -> StreamingResponse:
+    async def ask_stream(body: AskBody, caller: CallerDep) -> StreamingResponse:
         """QueryService.AskStream: answer deltas as they are written, then the answer."""
-        return await stream_answer(body)
+        return await stream_answer(body, caller)
 
 
 async def _upload_messages(
@@ -657,7 +858,27 @@ async def _upload_messages(
         yield ingestion_pb2.UploadDocumentRequest(data=chunk)
 
 
+def visible_to(document: common_pb2.DocumentInfo, caller: common_pb2.Caller) -> bool:
+    """Whether `caller` may see `document`: the rule the engine applies to chunks
+    (no labels: the whole tenant; else a caller holding one of them).
+
+    The contract's document calls take a tenant only, so the gateway applies it
+    to document summaries itself: a key never learns the title of, or deletes, a
+    document whose text it could not retrieve.
+    """
+    labels = document.access_labels
+    return not labels or not set(labels).isdisjoint(caller.access_labels)
+
+
 def _document_routes(router: APIRouter, clients: PlatformClients) -> None:
+    async def visible_document(document_id: str, caller: common_pb2.Caller) -> DocumentInfo:
+        """GetDocument in the caller's tenant; NOT_FOUND when its labels hide it."""
+        request = retrieval_pb2.GetDocumentRequest(document_id=document_id, tenant=caller.tenant)
+        reply: retrieval_pb2.GetDocumentResponse = await clients.retrieval.GetDocument(request)
+        if not visible_to(reply.document, caller):
+            raise GatewayError(404, "NOT_FOUND", f"document {document_id!r} not found")
+        return from_proto(reply.document, DocumentInfo)
+
     @router.post(
         "/documents",
         response_model=IngestResult,
@@ -670,6 +891,7 @@ def _document_routes(router: APIRouter, clients: PlatformClients) -> None:
     )
     async def upload_document(
         response: Response,
+        caller: CallerDep,
         file: Annotated[UploadFile, File(description="The document's bytes.")],
         document_id: Annotated[
             str, Form(description="Id to store it under; derived from the file name if empty.")
@@ -679,8 +901,27 @@ def _document_routes(router: APIRouter, clients: PlatformClients) -> None:
             str,
             Form(description="Declared media type; must agree with the content when set."),
         ] = "",
+        access_labels: Annotated[
+            list[str] | None,
+            Form(
+                description="Repeatable: only keys holding one of these labels see the "
+                "document; none: every key of the tenant."
+            ),
+        ] = None,
+        tags: Annotated[
+            list[str] | None, Form(description="Repeatable: labels for filter.tags.")
+        ] = None,
+        document_date_unix: Annotated[
+            int,
+            Form(
+                ge=0,
+                description="Date of the document (Unix seconds) for filter date "
+                "ranges; 0: the upload's time.",
+            ),
+        ] = 0,
     ) -> IngestResult:
-        """IngestionService.UploadDocument: 201 when created, 200 when updated or unchanged.
+        """IngestionService.UploadDocument into the key's tenant: 201 when created,
+        200 when updated or unchanged.
 
         The part's own Content-Type is not forwarded: HTTP clients fill it with
         guesses (often application/octet-stream) that the service would reject as
@@ -691,6 +932,10 @@ def _document_routes(router: APIRouter, clients: PlatformClients) -> None:
             media_type=media_type,
             document_id=document_id,
             title=title,
+            tenant=caller.tenant,
+            access_labels=access_labels or [],
+            tags=tags or [],
+            document_date_unix=document_date_unix,
         )
         try:
             reply: ingestion_pb2.UploadDocumentResponse = await clients.ingestion.UploadDocument(
@@ -712,14 +957,25 @@ def _document_routes(router: APIRouter, clients: PlatformClients) -> None:
 
     @router.get("/documents", response_model=DocumentList, summary="List documents")
     async def list_documents(
+        caller: CallerDep,
         page_size: Annotated[
             int, Query(ge=0, le=UINT32_MAX, description="Documents per page; 0 = server default.")
         ] = 0,
         page_token: Annotated[str, Query(description="next_page_token of the previous page.")] = "",
     ) -> DocumentList:
-        """RetrievalService.ListDocuments, ordered by document id."""
-        request = retrieval_pb2.ListDocumentsRequest(page_size=page_size, page_token=page_token)
+        """RetrievalService.ListDocuments of the key's tenant, ordered by document id.
+
+        Documents the key's access labels hide are left out, so a page may hold
+        fewer than page_size documents while more follow: page until
+        next_page_token is empty.
+        """
+        request = retrieval_pb2.ListDocumentsRequest(
+            page_size=page_size, page_token=page_token, tenant=caller.tenant
+        )
         reply: retrieval_pb2.ListDocumentsResponse = await clients.retrieval.ListDocuments(request)
+        visible = [d for d in reply.documents if visible_to(d, caller)]
+        del reply.documents[:]
+        reply.documents.extend(visible)
         return from_proto(reply, DocumentList)
 
     @router.get(
@@ -728,11 +984,9 @@ def _document_routes(router: APIRouter, clients: PlatformClients) -> None:
         summary="Get a document",
         responses=_errors(404),
     )
-    async def get_document(document_id: str) -> DocumentInfo:
-        """RetrievalService.GetDocument."""
-        request = retrieval_pb2.GetDocumentRequest(document_id=document_id)
-        reply: retrieval_pb2.GetDocumentResponse = await clients.retrieval.GetDocument(request)
-        return from_proto(reply.document, DocumentInfo)
+    async def get_document(document_id: str, caller: CallerDep) -> DocumentInfo:
+        """RetrievalService.GetDocument in the key's tenant (404 for another tenant's)."""
+        return await visible_document(document_id, caller)
 
     @router.delete(
         "/documents/{document_id:path}",
@@ -740,9 +994,11 @@ def _document_routes(router: APIRouter, clients: PlatformClients) -> None:
         summary="Delete a document",
         responses=_errors(404),
     )
-    async def delete_document(document_id: str) -> DeleteResult:
-        """IngestionService.DeleteDocument: removes the document and all its chunks."""
-        request = ingestion_pb2.DeleteDocumentRequest(document_id=document_id)
+    async def delete_document(document_id: str, caller: CallerDep) -> DeleteResult:
+        """IngestionService.DeleteDocument in the key's tenant: removes the document
+        and all its chunks (404 for another tenant's, or one its labels hide)."""
+        await visible_document(document_id, caller)
+        request = ingestion_pb2.DeleteDocumentRequest(document_id=document_id, tenant=caller.tenant)
         reply: ingestion_pb2.DeleteDocumentResponse = await clients.ingestion.DeleteDocument(
             request
         )
@@ -792,21 +1048,22 @@ def _health_routes(app: FastAPI, clients: PlatformClients) -> None:
 # --------------------------------------------------------------------------- app
 
 
-def create_app(settings: PlatformSettings, clients: PlatformClients | None = None) -> FastAPI:
+def create_app(settings: GatewaySettings, clients: PlatformClients | None = None) -> FastAPI:
     """The gateway application.
 
     `clients` defaults to new PlatformClients, closed when the app shuts down;
-    clients passed in stay the caller's to close. API keys come from
-    `settings.gateway_api_keys` when `settings` is a GatewaySettings; with none,
-    authentication is off and a warning says so.
+    clients passed in stay the caller's to close. API keys and the default tenant
+    come from `settings`; with no keys, authentication is off (every call acts
+    for the default tenant) and a warning says so.
     """
     owned = clients is None
     platform = clients if clients is not None else PlatformClients(settings)
-    keys = settings.api_keys() if isinstance(settings, GatewaySettings) else []
-    if not keys:
+    grants = settings.api_keys()
+    if not grants:
         log.warning(
-            "gateway authentication disabled: RAG_GATEWAY_API_KEYS is empty, "
-            "every client may call /v1"
+            "gateway authentication disabled: RAG_GATEWAY_API_KEYS is empty, every client "
+            "may call /v1 as tenant %r",
+            settings.gateway_default_tenant,
         )
 
     @asynccontextmanager
@@ -822,7 +1079,9 @@ def create_app(settings: PlatformSettings, clients: PlatformClients | None = Non
             "HTTP/JSON access to the RAG platform: ask grounded questions, upload, list "
             "and delete documents. Each endpoint maps to one call of the `ragplatform.v1` "
             "gRPC contract. Authenticate with `Authorization: Bearer <key>` or "
-            "`X-API-Key: <key>` when the gateway has keys configured. Errors are "
+            "`X-API-Key: <key>` when the gateway has keys configured; every call acts for "
+            "the tenant and access labels of its key, which no request field can change. "
+            "Errors are "
             '`{"error": {"code": "<gRPC code>", "message": "..."}}`.'
         ),
         lifespan=lifespan,
@@ -841,7 +1100,7 @@ def create_app(settings: PlatformSettings, clients: PlatformClients | None = Non
     router.include_router(documents_router)
     app.include_router(router)
     _health_routes(app, platform)
-    app.add_middleware(ApiKeyMiddleware, keys=keys)
+    app.add_middleware(ApiKeyMiddleware, grants=grants, default=settings.default_caller())
     # Outermost, so that refused (401) requests are counted and traced too.
     app.add_middleware(
         HttpTelemetryMiddleware, openapi=app.openapi, metrics=settings.metrics_enabled
@@ -851,17 +1110,23 @@ def create_app(settings: PlatformSettings, clients: PlatformClients | None = Non
 
 __all__ = [
     "GRPC_TO_HTTP",
+    "IDENTITY_FIELDS",
     "PROTO_MODELS",
     "ApiKeyMiddleware",
     "AskBody",
     "AskResponse",
+    "CacheHit",
     "DocumentInfo",
     "DocumentList",
     "ErrorResponse",
     "GatewayError",
     "GatewaySettings",
     "IngestResult",
+    "caller_of_key",
+    "caller_of_request",
     "create_app",
     "from_proto",
     "http_status_for",
+    "parse_api_keys",
+    "visible_to",
 ]

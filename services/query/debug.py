@@ -10,7 +10,10 @@ id or trace id, and ranks a document against a question.
 
 The records hold questions, chunk text and prompts: debug data. They live only
 in the query process's memory, are never logged, and the service is not exposed
-by the REST gateway; set RAG_QUERY_DEBUG_RECORDS=0 to keep none.
+by the REST gateway; set RAG_QUERY_DEBUG_RECORDS=0 to keep none. Each record
+keeps its request whole, the caller (tenant, access labels) included, and
+CheckDocument looks at the index as that caller would: a document of another
+tenant, or one its labels hide, is "not indexed" for it.
 """
 
 import asyncio
@@ -30,7 +33,9 @@ from ragplatform.v1 import (
     retrieval_pb2,
 )
 from services.common.errors import InvalidInputError, NotFoundError
+from services.common.tenancy import Caller, validate_caller
 from services.runtime.clients import PlatformClients
+from services.runtime.convert import from_proto
 from services.runtime.errors import DownstreamError, downstream
 
 DEFAULT_RANK_DEPTH = 100
@@ -126,6 +131,8 @@ class RequestDebugServicer(debug_pb2_grpc.RequestDebugServiceServicer):
     async def CheckDocument(
         self, request: debug_pb2.CheckDocumentRequest, context: aio.ServicerContext[Any, Any]
     ) -> debug_pb2.CheckDocumentResponse:
+        caller = request.caller
+        validate_caller(from_proto(caller, Caller))
         question = request.question.strip()
         if not question:
             raise InvalidInputError("question is empty")
@@ -133,15 +140,18 @@ class RequestDebugServicer(debug_pb2_grpc.RequestDebugServiceServicer):
             raise InvalidInputError("document_id is empty")
         depth = min(request.depth or DEFAULT_RANK_DEPTH, MAX_RANK_DEPTH)
         settings = self._clients.settings
+        not_indexed = debug_pb2.CheckDocumentResponse(indexed=False, depth=depth)
         try:
             with downstream("retrieval", settings.retrieval_addr):
                 found = await self._clients.retrieval.GetDocument(
-                    retrieval_pb2.GetDocumentRequest(document_id=request.document_id)
+                    retrieval_pb2.GetDocumentRequest(
+                        document_id=request.document_id, tenant=caller.tenant
+                    )
                 )
         except DownstreamError as error:
             if error.code_name != "NOT_FOUND":
                 raise
-            return debug_pb2.CheckDocumentResponse(indexed=False, depth=depth)
+            return not_indexed
         with downstream("embedding", settings.embedding_addr):
             embedded = await self._clients.embedding.EmbedQueries(
                 embedding_pb2.EmbedQueriesRequest(texts=[question])
@@ -152,13 +162,26 @@ class RequestDebugServicer(debug_pb2_grpc.RequestDebugServiceServicer):
             best, ranked = await asyncio.gather(
                 self._clients.retrieval.Search(
                     retrieval_pb2.SearchRequest(
-                        vector=vector, query_text=question, top_k=1, filter=only_document
+                        vector=vector,
+                        query_text=question,
+                        top_k=1,
+                        filter=only_document,
+                        caller=caller,
+                        # Dense always finds a chunk the caller may see, whatever the
+                        # words; a keyword default could miss one and mislead below.
+                        mode=common_pb2.RETRIEVAL_MODE_DENSE,
                     )
                 ),
                 self._clients.retrieval.Search(
-                    retrieval_pb2.SearchRequest(vector=vector, query_text=question, top_k=depth)
+                    retrieval_pb2.SearchRequest(
+                        vector=vector, query_text=question, top_k=depth, caller=caller
+                    )
                 ),
             )
+        if not best.results:
+            # Every indexed document has a chunk, so none found means the caller's
+            # access labels hide it: the engine's own rule decides, not a copy here.
+            return not_indexed
         rank = next(
             (
                 position
@@ -170,6 +193,5 @@ class RequestDebugServicer(debug_pb2_grpc.RequestDebugServiceServicer):
         response = debug_pb2.CheckDocumentResponse(
             indexed=True, document=found.document, rank=rank, depth=depth
         )
-        if best.results:
-            response.best_chunk.CopyFrom(best.results[0])
+        response.best_chunk.CopyFrom(best.results[0])
         return response

@@ -1,6 +1,5 @@
 """The core RAG path with every service a real process talking gRPC on loopback."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,8 +17,9 @@ from ragplatform.v1 import (
     retrieval_pb2,
 )
 from services.cli.supervisor import Platform
+from services.common.tenancy import DEFAULT_TENANT
 from services.runtime.settings import SERVICE_NAMES
-from tests.integration.conftest import MAX_DOCUMENT_BYTES, SAMPLES, Stubs
+from tests.integration.conftest import MAX_DOCUMENT_BYTES, SAMPLES, Stubs, ask, ingest, upload
 
 pytestmark = pytest.mark.integration
 
@@ -38,35 +38,22 @@ EXPECTED_SOURCES = {
 UNANSWERABLE = "Which programming language is the Acme Cloud billing service written in?"
 
 
-def upload(
-    stubs: Stubs, filename: str, data: bytes, document_id: str = "", media_type: str = ""
-) -> ingestion_pb2.IngestResult:
-    def messages() -> Iterator[ingestion_pb2.UploadDocumentRequest]:
-        yield ingestion_pb2.UploadDocumentRequest(
-            header=ingestion_pb2.DocumentHeader(
-                filename=filename, document_id=document_id, media_type=media_type
-            )
-        )
-        for start in range(0, len(data), 64 * 1024):
-            yield ingestion_pb2.UploadDocumentRequest(data=data[start : start + 64 * 1024])
-
-    return stubs.ingestion.UploadDocument(messages(), timeout=60).result
+CALLER = common_pb2.Caller(tenant=DEFAULT_TENANT)
 
 
-def ingest(stubs: Stubs, *paths: Path) -> list[ingestion_pb2.IngestResult]:
-    events = list(
-        stubs.ingestion.IngestUris(
-            ingestion_pb2.IngestUrisRequest(uris=[p.as_uri() for p in paths]), timeout=300
-        )
+def list_documents(stubs: Stubs) -> list[common_pb2.DocumentInfo]:
+    reply = stubs.retrieval.ListDocuments(
+        retrieval_pb2.ListDocumentsRequest(page_size=1000, tenant=DEFAULT_TENANT), timeout=10
     )
-    assert events[0].HasField("plan")
-    results = [e.result for e in events[1:]]
-    assert len(results) == events[0].plan.document_count
-    return results
+    return list(reply.documents)
 
 
-def ask(stubs: Stubs, question: str, **kwargs: object) -> query_pb2.AskResponse:
-    return stubs.query.Ask(query_pb2.AskRequest(question=question, **kwargs), timeout=60)
+def delete(stubs: Stubs, document_id: str) -> ingestion_pb2.DeleteDocumentResponse:
+    request = ingestion_pb2.DeleteDocumentRequest(document_id=document_id, tenant=DEFAULT_TENANT)
+    reply: ingestion_pb2.DeleteDocumentResponse = stubs.ingestion.DeleteDocument(
+        request, timeout=10
+    )
+    return reply
 
 
 def stats(stubs: Stubs) -> retrieval_pb2.GetStatsResponse:
@@ -115,9 +102,12 @@ def test_corpus_is_indexed_with_chunks(
     stubs: Stubs, corpus: list[ingestion_pb2.IngestResult]
 ) -> None:
     assert len(corpus) == len(list(SAMPLES.iterdir())) + 1
-    listed = stubs.retrieval.ListDocuments(retrieval_pb2.ListDocumentsRequest(), timeout=10)
-    listed_ids = {d.document_id for d in listed.documents}
+    listed = list_documents(stubs)
+    listed_ids = {d.document_id for d in listed}
     assert {r.document.document_id for r in corpus} <= listed_ids
+    assert {d.tenant for d in listed} == {DEFAULT_TENANT}
+    assert all(r.document.tenant == DEFAULT_TENANT for r in corpus)
+    assert all(r.document.document_date_unix > 0 for r in corpus), "dated by modification time"
     assert all(r.document.chunk_count >= 1 for r in corpus)
     assert stats(stubs).chunk_count >= sum(r.document.chunk_count for r in corpus)
 
@@ -171,7 +161,8 @@ def test_stream_deltas_add_up_to_the_final_answer(
     stubs: Stubs, corpus: list[ingestion_pb2.IngestResult]
 ) -> None:
     question = next(iter(EXPECTED_SOURCES))
-    events = list(stubs.query.AskStream(query_pb2.AskStreamRequest(question=question), timeout=60))
+    request = query_pb2.AskStreamRequest(question=question, caller=CALLER)
+    events = list(stubs.query.AskStream(request, timeout=60))
     assert events[-1].HasField("final")
     assert all(e.HasField("delta") for e in events[:-1])
     assert "".join(e.delta for e in events[:-1]).strip() == events[-1].final.answer
@@ -207,16 +198,12 @@ def test_update_replaces_and_delete_removes(stubs: Stubs) -> None:
     assert all("12 euros" not in r.chunk.text for r in answer.debug.retrieved)
     assert not first_chunks & {r.chunk.chunk_id for r in answer.debug.retrieved}
 
-    removed = stubs.ingestion.DeleteDocument(
-        ingestion_pb2.DeleteDocumentRequest(document_id="parking-policy"), timeout=10
-    )
+    removed = delete(stubs, "parking-policy")
     assert removed.chunks_deleted == updated.document.chunk_count
     after = ask(stubs, question, debug=True)
     assert all(r.chunk.document_id != "parking-policy" for r in after.debug.retrieved)
     with pytest.raises(grpc.RpcError) as caught:
-        stubs.ingestion.DeleteDocument(
-            ingestion_pb2.DeleteDocumentRequest(document_id="parking-policy"), timeout=10
-        )
+        delete(stubs, "parking-policy")
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert "parking-policy" in caught.value.details()
 
@@ -270,7 +257,7 @@ def test_bad_questions_are_invalid_argument(
     stubs: Stubs, request_fields: dict[str, object], fragment: str
 ) -> None:
     with pytest.raises(grpc.RpcError) as caught:
-        stubs.query.Ask(query_pb2.AskRequest(**request_fields), timeout=10)  # type: ignore[arg-type]
+        stubs.query.Ask(query_pb2.AskRequest(caller=CALLER, **request_fields), timeout=10)  # type: ignore[arg-type]
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert fragment in caught.value.details()
 
@@ -278,7 +265,8 @@ def test_bad_questions_are_invalid_argument(
 def test_unknown_document_is_not_found(stubs: Stubs) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         stubs.retrieval.GetDocument(
-            retrieval_pb2.GetDocumentRequest(document_id="no-such-doc"), timeout=10
+            retrieval_pb2.GetDocumentRequest(document_id="no-such-doc", tenant=DEFAULT_TENANT),
+            timeout=10,
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
@@ -297,10 +285,7 @@ def test_batch_reports_each_failure_and_ingests_the_rest(stubs: Stubs, tmp_path:
         assert by_name[name].error_code == "INVALID_ARGUMENT"
         assert name in by_name[name].message
     assert by_name["missing.md"].error_code == "NOT_FOUND"
-    listed = stubs.retrieval.ListDocuments(
-        retrieval_pb2.ListDocumentsRequest(page_size=1000), timeout=10
-    )
-    sources = {d.source_uri.rsplit("/", 1)[1] for d in listed.documents}
+    sources = {d.source_uri.rsplit("/", 1)[1] for d in list_documents(stubs)}
     assert "good.md" in sources
     assert not {"empty.txt", "broken.pdf", "missing.md"} & sources
     answer = ask(stubs, "How does a honeybee colony overwinter?")

@@ -7,15 +7,13 @@ tests see exactly what an external app or an operator would.
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from services.cli.supervisor import Platform, gateway_url
-from tests.integration.conftest import TEST_ENV
+from tests.integration.conftest import TEST_ENV, ragctl
 
 pytestmark = pytest.mark.integration
 
@@ -23,17 +21,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def http(platform: Platform) -> httpx.Client:
     return httpx.Client(base_url=gateway_url(platform.settings), timeout=60)
-
-
-def ragctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli.ragctl", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **TEST_ENV},
-        check=False,
-    )
 
 
 def test_rest_upload_ask_list_delete(http: httpx.Client) -> None:
@@ -45,6 +32,7 @@ def test_rest_upload_ask_list_delete(http: httpx.Client) -> None:
     )
     assert created.status_code == 201, created.text
     assert created.json()["status"] == "STATUS_CREATED"
+    assert created.json()["document"]["tenant"] == "default", "no API keys: the default tenant"
 
     again = http.post("/v1/documents", files={"file": ("ferries.md", body)},
                       data={"document_id": "rest-ferries"})  # fmt: skip

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from ragplatform.v1 import retrieval_pb2
+from services.cli.evaluate import EVAL_TENANT
 from services.cli.ragctl import main
 from services.cli.supervisor import Platform
 from tests.integration.conftest import TEST_ENV, Stubs
@@ -67,6 +68,7 @@ def platform_env(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
     """ragctl reads addresses from RAG_* variables: point them at the test platform."""
     for key, value in TEST_ENV.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv("RAG_TENANT", raising=False)
 
 
 def test_eval_router_reports_accuracy_confusion_and_strong_share(
@@ -107,6 +109,7 @@ def test_eval_answers_and_arms_on_the_platform(
     write_jsonl(dataset / "passages.jsonl", PASSAGES)
     write_jsonl(dataset / "qa.jsonl", QUESTIONS)
     report = run_json(capsys, "eval", "answers", str(dataset), "--json", "--cleanup")
+    assert report["tenant"] == EVAL_TENANT
     assert report["ingested"] == {"STATUS_CREATED": 3}
     assert (report["questions"], report["answerable"], report["unanswerable"]) == (3, 2, 1)
     assert report["retrieval_recall_at_3"] == 1.0
@@ -117,7 +120,9 @@ def test_eval_answers_and_arms_on_the_platform(
     assert report["backends"] == {"extractive": 3}
     assert (report["input_tokens"], report["cost_usd"]) == (0, 0.0)
     assert 0 < report["latency_p50_seconds"] <= report["latency_p95_seconds"]
-    listed = stubs.retrieval.ListDocuments(retrieval_pb2.ListDocumentsRequest(), timeout=10)
+    listed = stubs.retrieval.ListDocuments(
+        retrieval_pb2.ListDocumentsRequest(tenant=EVAL_TENANT), timeout=10
+    )
     assert not [d for d in listed.documents if d.document_id.startswith("eval-tinyqa:")]
 
     arms = run_json(capsys, "eval", "arms", "--json")

@@ -15,8 +15,10 @@ from ragplatform.v1 import (
     query_pb2,
     retrieval_pb2,
 )
+from services.cli.evaluate import EVAL_TENANT
 from services.cli.ragctl import main
 from services.cli.supervisor import Platform
+from services.common.tenancy import DEFAULT_TENANT
 from tests.integration.conftest import TEST_ENV, Stubs
 
 pytestmark = pytest.mark.integration
@@ -53,6 +55,7 @@ def cache(platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     """Points ragctl at the test platform; returns the corpus cache folder."""
     for key, value in TEST_ENV.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv("RAG_TENANT", raising=False)
     return tmp_path / "cache"
 
 
@@ -73,7 +76,7 @@ def test_eval_retrieval_ingests_and_reports_every_mode(
     argv = ["eval", "retrieval", str(dataset), "--split", "test", "--cache-dir", str(cache)]
     assert main([*argv, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert (report["queries"], report["corpus"]) == (3, 4)
+    assert (report["queries"], report["corpus"], report["tenant"]) == (3, 4, EVAL_TENANT)
     assert report["ingested"] == {"STATUS_CREATED": 4}
     modes = report["modes"]
     assert set(modes) == {"dense", "keyword", "hybrid"}
@@ -91,14 +94,19 @@ def test_eval_retrieval_ingests_and_reports_every_mode(
     assert again["ingested"] == {"STATUS_UNCHANGED": 4}
     assert again["modes"]["keyword"]["all"] == modes["keyword"]["all"]
 
-    # The modes through Search directly: a filter holds in every leg.
+    # The modes through Search directly, as the eval tenant: a filter holds in every leg.
+    eval_caller = common_pb2.Caller(tenant=EVAL_TENANT)
     question = "What does QX-7741 mean?"
     vector = embed.EmbedQueries(embedding_pb2.EmbedQueriesRequest(texts=[question]), timeout=30)
     fuser_uri = (cache.resolve() / "fuser.txt").as_uri()
     for mode in (common_pb2.RETRIEVAL_MODE_KEYWORD, common_pb2.RETRIEVAL_MODE_HYBRID):
         found = stubs.retrieval.Search(
             retrieval_pb2.SearchRequest(
-                vector=vector.vectors[0], top_k=2, query_text=question, mode=mode
+                vector=vector.vectors[0],
+                top_k=2,
+                query_text=question,
+                mode=mode,
+                caller=eval_caller,
             ),
             timeout=10,
         )
@@ -107,11 +115,29 @@ def test_eval_retrieval_ingests_and_reports_every_mode(
         only_other = common_pb2.MetadataFilter(source_uris=[(cache / "bread.txt").as_uri()])
         filtered = stubs.retrieval.Search(
             retrieval_pb2.SearchRequest(
-                vector=vector.vectors[0], top_k=3, query_text=question, mode=mode, filter=only_other
+                vector=vector.vectors[0],
+                top_k=3,
+                query_text=question,
+                mode=mode,
+                filter=only_other,
+                caller=eval_caller,
             ),
             timeout=10,
         )
         assert {r.chunk.source_uri for r in filtered.results} <= {only_other.source_uris[0]}
+        elsewhere = stubs.retrieval.Search(
+            retrieval_pb2.SearchRequest(
+                vector=vector.vectors[0],
+                top_k=100,
+                query_text=question,
+                mode=mode,
+                caller=common_pb2.Caller(tenant=DEFAULT_TENANT),
+            ),
+            timeout=10,
+        )
+        assert fuser_uri not in {r.chunk.source_uri for r in elsewhere.results}, (
+            "the eval corpus stays in its tenant"
+        )
 
 
 @pytest.mark.parametrize(
@@ -127,24 +153,32 @@ def test_bad_search_options_are_invalid_argument(
     stubs: Stubs, fields: dict[str, Any], message: str
 ) -> None:
     vector = embedding_pb2.Vector(values=[1.0] + [0.0] * 383)
+    caller = common_pb2.Caller(tenant=DEFAULT_TENANT)
     with pytest.raises(grpc.RpcError) as caught:
         stubs.retrieval.Search(
-            retrieval_pb2.SearchRequest(vector=vector, top_k=3, **fields), timeout=10
+            retrieval_pb2.SearchRequest(vector=vector, top_k=3, caller=caller, **fields),
+            timeout=10,
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in (caught.value.details() or "")
 
 
 def test_ask_accepts_a_retrieval_mode_and_mmr(stubs: Stubs) -> None:
+    caller = common_pb2.Caller(tenant=DEFAULT_TENANT)
     for mode in (common_pb2.RETRIEVAL_MODE_DENSE, common_pb2.RETRIEVAL_MODE_HYBRID):
         reply = stubs.query.Ask(
             query_pb2.AskRequest(
-                question="What is the meaning of life?", retrieval_mode=mode, mmr_lambda=0.5
+                question="What is the meaning of life?",
+                retrieval_mode=mode,
+                mmr_lambda=0.5,
+                caller=caller,
             ),
             timeout=30,
         )
         assert reply.request_id
     with pytest.raises(grpc.RpcError) as caught:
-        stubs.query.Ask(query_pb2.AskRequest(question="hello", mmr_lambda=-1.0), timeout=30)
+        stubs.query.Ask(
+            query_pb2.AskRequest(question="hello", mmr_lambda=-1.0, caller=caller), timeout=30
+        )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "mmr_lambda" in (caught.value.details() or "")

@@ -14,9 +14,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ragplatform.v1 import ingestion_pb2, ingestion_pb2_grpc
+from ragplatform.v1 import common_pb2, ingestion_pb2, ingestion_pb2_grpc
 from scripts.otlp_sink import SpanSink
 from services.cli.supervisor import ALL, Platform
+from services.common.tenancy import DEFAULT_TENANT
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "samples" / "corpus"
@@ -46,6 +47,11 @@ FAILING_FIRST_BACKEND = {
 """Generation as in production, with its first backend down: answers still come
 (from the extractive fallback), and fallbacks, backend errors, the circuit
 breaker and A/B arms really happen, so their metrics are tested on real events."""
+
+
+CALLER = common_pb2.Caller(tenant=DEFAULT_TENANT)
+"""Whom the tests' gRPC calls act for: the tenant the gateway without API keys uses,
+so that documents ingested over gRPC answer questions asked over HTTP."""
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +84,8 @@ def ingested(observed_platform: Platform) -> Platform:
     """The platform with samples/corpus indexed (unchanged documents are skipped)."""
     with grpc.insecure_channel(observed_platform.settings.ingestion_addr) as channel:
         events = ingestion_pb2_grpc.IngestionServiceStub(channel).IngestUris(
-            ingestion_pb2.IngestUrisRequest(uris=[str(SAMPLES)]), timeout=300
+            ingestion_pb2.IngestUrisRequest(uris=[str(SAMPLES)], tenant=CALLER.tenant),
+            timeout=300,
         )
         results = [event.result for event in events if event.HasField("result")]
     assert results and all(r.status != ingestion_pb2.IngestResult.STATUS_FAILED for r in results)

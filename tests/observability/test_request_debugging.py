@@ -10,7 +10,7 @@ import pytest
 from ragplatform.v1 import debug_pb2, debug_pb2_grpc, query_pb2, query_pb2_grpc
 from services.cli import ragctl
 from services.cli.supervisor import Platform
-from tests.observability.conftest import PORTS
+from tests.observability.conftest import CALLER, PORTS
 
 QUESTION = "How many days of paid annual leave do full-time employees get?"
 
@@ -21,7 +21,9 @@ def answer(ingested: Platform, monkeypatch: pytest.MonkeyPatch) -> query_pb2.Ask
         monkeypatch.setenv(key, value)
     with grpc.insecure_channel(ingested.settings.query_addr) as channel:
         reply: query_pb2.AskResponse = query_pb2_grpc.QueryServiceStub(channel).Ask(
-            query_pb2.AskRequest(question=QUESTION), timeout=60
+            # A fresh answer each time: a cached one has no retrieval for the record.
+            query_pb2.AskRequest(question=QUESTION, caller=CALLER, bypass_cache=True),
+            timeout=60,
         )
     assert not reply.HasField("debug"), "the caller did not ask for the debug view"
     return reply
@@ -37,6 +39,7 @@ def test_debug_by_request_id_shows_the_checklist(
     assert "5. grounding" in out and "findings" in out
     assert QUESTION in out
     assert "leave-policy.md" in out
+    assert f"tenant: {CALLER.tenant}" in out, "the record keeps whom the request acted for"
 
 
 def test_debug_by_trace_id_as_json(

@@ -288,7 +288,9 @@ def test_cache_lookups() -> None:
 
 
 class FakeIngestion:
-    async def ingest_uris(self, uris: Any) -> AsyncIterator[ingestion_pb2.IngestUrisResponse]:
+    async def ingest_uris(
+        self, uris: Any, access: Any
+    ) -> AsyncIterator[ingestion_pb2.IngestUrisResponse]:
         yield ingestion_pb2.IngestUrisResponse(plan=ingestion_pb2.IngestPlan(document_count=3))
         yield ingestion_pb2.IngestUrisResponse(
             result=ingestion_pb2.IngestResult(
@@ -311,7 +313,8 @@ async def test_ingestion_counts_outcomes_and_backlog_returns_to_zero() -> None:
     failures = sample("rag_ingestion_failures_total", code="INVALID_ARGUMENT")
     backlog = []
     with pytest.raises(InvalidInputError):
-        async for _ in servicer.IngestUris(ingestion_pb2.IngestUrisRequest(uris=["x"]), None):  # type: ignore[arg-type]
+        request = ingestion_pb2.IngestUrisRequest(uris=["x"], tenant="default")
+        async for _ in servicer.IngestUris(request, None):  # type: ignore[arg-type]
             backlog.append(sample("rag_ingestion_backlog_documents"))
     assert backlog == [3, 2, 1]
     assert sample("rag_ingestion_backlog_documents") == 0
@@ -346,7 +349,8 @@ async def test_query_records_debug_view_but_returns_it_only_when_asked() -> None
     requests = RequestLog(capacity=10, ttl_seconds=60)
     servicer = QueryServicer(pipeline, requests)  # type: ignore[arg-type]
     stage_count = sample("rag_stage_duration_seconds_count", stage="embed")
-    plain = await servicer.Ask(query_pb2.AskRequest(question="q"), None)  # type: ignore[arg-type]
+    acme = common_pb2.Caller(tenant="acme", access_labels=["hr"])
+    plain = await servicer.Ask(query_pb2.AskRequest(question="q", caller=acme), None)  # type: ignore[arg-type]
     asked = await servicer.Ask(query_pb2.AskRequest(question="q", debug=True), None)  # type: ignore[arg-type]
     with pytest.raises(NotFoundError):
         await servicer.Ask(query_pb2.AskRequest(question="fail"), None)  # type: ignore[arg-type]
@@ -355,6 +359,7 @@ async def test_query_records_debug_view_but_returns_it_only_when_asked() -> None
     record = requests.find(request_id=plain.request_id)
     assert record is not None and record.response.debug.prompt == "PROMPT"
     assert record.request.question == "q"
+    assert record.request.caller == acme, "the record keeps whom the request acted for"
     assert sample("rag_stage_duration_seconds_count", stage="embed") == stage_count + 2
     assert len(requests) == 2  # the failure has neither request id nor trace id (tracing off)
 

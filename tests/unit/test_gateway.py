@@ -3,7 +3,8 @@
 The servers run small deterministic *fakes* of QueryService, IngestionService and
 RetrievalService written here: they exist only to check what the gateway sends
 and how it renders what comes back (JSON shapes, status codes, SSE, multipart
-streaming, auth), not the services' behaviour, which their own tests cover.
+streaming, auth and the tenant each key acts for), not the services' behaviour,
+which their own tests cover (tenant isolation end to end: tests/integration).
 """
 
 import hashlib
@@ -19,6 +20,7 @@ import pytest
 import pytest_asyncio
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from pydantic import ValidationError
 
 from ragplatform.v1 import (
     common_pb2,
@@ -29,13 +31,16 @@ from ragplatform.v1 import (
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
+from services.common.tenancy import Caller
 from services.gateway.app import (
     GRPC_TO_HTTP,
+    IDENTITY_FIELDS,
     PROTO_MODELS,
     UPLOAD_CHUNK_BYTES,
     GatewaySettings,
     create_app,
     http_status_for,
+    parse_api_keys,
 )
 from services.runtime.clients import PlatformClients
 
@@ -75,7 +80,8 @@ def _fake_answer(question: str) -> query_pb2.AskResponse:
 
 
 class FakeQuery(query_pb2_grpc.QueryServiceServicer):
-    """Fake QueryService: answers `Answer to <question> [1].`; `error:CODE` fails."""
+    """Fake QueryService: answers `Answer to <question> [1].`; `error:CODE` fails;
+    the question `cached` comes back as a semantic cache hit."""
 
     def __init__(self) -> None:
         self.requests: list[Any] = []
@@ -84,6 +90,15 @@ class FakeQuery(query_pb2_grpc.QueryServiceServicer):
         self.requests.append(request)
         await _abort_if_asked(request.question, context)
         reply = _fake_answer(request.question)
+        if request.question == "cached":
+            reply.cache.CopyFrom(
+                query_pb2.CacheHit(
+                    kind=query_pb2.CacheHit.KIND_SEMANTIC,
+                    age_seconds=12.5,
+                    similarity=0.96875,
+                    cached_question="cached?",
+                )
+            )
         if request.debug:
             reply.debug.prompt = "fake prompt"
             reply.debug.retrieved.add(chunk=common_pb2.Chunk(chunk_id="c1", text="t"), score=0.5)
@@ -110,10 +125,12 @@ class Upload:
 
 class FakeIngestion(ingestion_pb2_grpc.IngestionServiceServicer):
     """Fake IngestionService: records uploads; a second upload of an id is UPDATED,
-    file `failed.txt` returns a FAILED result, a filename `error:CODE` aborts."""
+    file `failed.txt` returns a FAILED result, a filename `error:CODE` aborts.
+    Deletes are recorded; only (tenant, id) pairs FakeRetrieval holds exist."""
 
     def __init__(self) -> None:
         self.uploads: list[Upload] = []
+        self.deleted: list[tuple[str, str]] = []
 
     async def UploadDocument(
         self, request_iterator: Any, context: Any
@@ -151,6 +168,10 @@ class FakeIngestion(ingestion_pb2_grpc.IngestionServiceServicer):
             chunk_count=2,
             size_bytes=sum(upload.chunk_sizes),
             indexed_at_unix=1_700_000_000,
+            tenant=upload.header.tenant,
+            access_labels=upload.header.access_labels,
+            tags=upload.header.tags,
+            document_date_unix=upload.header.document_date_unix,
         )
         result = ingestion_pb2.IngestResult(
             status=status, document=info, source_uri=info.source_uri
@@ -160,12 +181,20 @@ class FakeIngestion(ingestion_pb2_grpc.IngestionServiceServicer):
     async def DeleteDocument(
         self, request: ingestion_pb2.DeleteDocumentRequest, context: Any
     ) -> ingestion_pb2.DeleteDocumentResponse:
-        if request.document_id != "doc-1":
+        if request.document_id not in DOCUMENTS.get(request.tenant, ()):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no document {request.document_id!r}")
+        self.deleted.append((request.tenant, request.document_id))
         return ingestion_pb2.DeleteDocumentResponse(chunks_deleted=4)
 
 
-def _fake_info(document_id: str) -> common_pb2.DocumentInfo:
+DOCUMENTS: dict[str, dict[str, list[str]]] = {
+    "default": {"doc-1": [], "doc-2": [], "doc-3": []},
+    "acme": {"acme-public": [], "acme-salaries": ["hr"]},
+}
+"""What FakeRetrieval holds: tenant -> document id -> access labels."""
+
+
+def _fake_info(tenant: str, document_id: str) -> common_pb2.DocumentInfo:
     return common_pb2.DocumentInfo(
         document_id=document_id,
         title=f"Title {document_id}",
@@ -175,32 +204,44 @@ def _fake_info(document_id: str) -> common_pb2.DocumentInfo:
         chunk_count=3,
         size_bytes=2**40,  # a uint64 beyond 32 bits: JSON must still carry a number
         indexed_at_unix=1_700_000_000,
+        tenant=tenant,
+        access_labels=DOCUMENTS[tenant][document_id],
+        tags=["handbook"],
+        document_date_unix=2**33,  # an int64: JSON carries it as a string, the model a number
     )
 
 
 class FakeRetrieval(retrieval_pb2_grpc.RetrievalServiceServicer):
-    """Fake RetrievalService holding documents doc-1..doc-3, paged by page_size."""
+    """Fake RetrievalService holding DOCUMENTS, paged by page_size; `default` has
+    doc-1..doc-3, `acme` a public and an HR document.
+    Every request is recorded, to check the tenant the gateway sent."""
 
-    ids = ("doc-1", "doc-2", "doc-3")
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
 
     async def ListDocuments(
         self, request: retrieval_pb2.ListDocumentsRequest, context: Any
     ) -> retrieval_pb2.ListDocumentsResponse:
+        self.requests.append(request)
         await _abort_if_asked(request.page_token, context)
+        ids = list(DOCUMENTS.get(request.tenant, {}))
         start = int(request.page_token or 0)
         size = request.page_size or 100
-        page = self.ids[start : start + size]
-        token = str(start + size) if start + size < len(self.ids) else ""
+        page = ids[start : start + size]
+        token = str(start + size) if start + size < len(ids) else ""
         return retrieval_pb2.ListDocumentsResponse(
-            documents=[_fake_info(i) for i in page], next_page_token=token
+            documents=[_fake_info(request.tenant, i) for i in page], next_page_token=token
         )
 
     async def GetDocument(
         self, request: retrieval_pb2.GetDocumentRequest, context: Any
     ) -> retrieval_pb2.GetDocumentResponse:
-        if request.document_id not in self.ids:
+        self.requests.append(request)
+        if request.document_id not in DOCUMENTS.get(request.tenant, {}):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no document {request.document_id!r}")
-        return retrieval_pb2.GetDocumentResponse(document=_fake_info(request.document_id))
+        return retrieval_pb2.GetDocumentResponse(
+            document=_fake_info(request.tenant, request.document_id)
+        )
 
 
 @dataclass
@@ -298,11 +339,43 @@ async def test_ask_returns_answer_json_with_proto_field_names(
     assert data["timings"] == [{"stage": "retrieve", "seconds": 0.25}]
     assert data["debug"] is None
     assert data["request_id"] == "req-1"
+    assert data["cache"] is None
     sent = fakes.query.requests[-1]
-    assert (sent.question, sent.top_k, sent.debug) == ("what?", 5, False)
+    assert (sent.question, sent.top_k, sent.debug, sent.bypass_cache) == ("what?", 5, False, False)
     assert list(sent.filter.document_ids) == ["doc-1"]
     assert list(sent.filter.media_types) == ["text/markdown"]
     assert list(sent.filter.source_uris) == []
+    assert not sent.filter.HasField("date_from_unix"), "an unset bound stays unset, not 0"
+    assert not sent.filter.HasField("date_to_unix")
+    assert sent.caller == common_pb2.Caller(tenant="default"), "no keys: the default tenant"
+
+
+async def test_ask_forwards_tags_dates_and_bypass_cache(
+    client: httpx.AsyncClient, fakes: Fakes
+) -> None:
+    body = {
+        "question": "what?",
+        "bypass_cache": True,
+        "filter": {"tags": ["policy", "hr"], "date_from_unix": 0, "date_to_unix": 1_700_000_000},
+    }
+    response = await client.post("/v1/ask", json=body)
+    assert response.status_code == 200, response.text
+    sent = fakes.query.requests[-1]
+    assert sent.bypass_cache is True
+    assert list(sent.filter.tags) == ["policy", "hr"]
+    assert sent.filter.HasField("date_from_unix") and sent.filter.date_from_unix == 0
+    assert sent.filter.date_to_unix == 1_700_000_000
+
+
+async def test_ask_renders_a_cache_hit(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/ask", json={"question": "cached"})
+    assert response.status_code == 200
+    assert response.json()["cache"] == {
+        "kind": "KIND_SEMANTIC",
+        "age_seconds": 12.5,
+        "similarity": 0.96875,
+        "cached_question": "cached?",
+    }
 
 
 async def test_ask_debug_includes_debug_view(client: httpx.AsyncClient) -> None:
@@ -398,6 +471,10 @@ async def test_unreachable_service_is_503(make_client: Any) -> None:
         ({"question": "q", "top_k": "many"}, "body.top_k"),
         ({"question": "q", "filter": {"document_ids": "doc-1"}}, "body.filter.document_ids"),
         ({"question": "q", "topk": 3}, "body.topk"),
+        ({"question": "q", "filter": {"tenant": "acme"}}, "body.filter.tenant"),
+        ({"question": "q", "filter": {"date_from": 5}}, "body.filter.date_from"),
+        ({"question": "q", "filter": {"date_to_unix": "soon"}}, "body.filter.date_to_unix"),
+        ({"question": "q", "caller": {"tenant": "acme"}}, "body.caller"),
     ],
 )
 async def test_validation_errors_use_the_error_shape_naming_the_field(
@@ -472,6 +549,7 @@ async def test_upload_streams_header_and_bytes_intact(
     assert result["status"] == "STATUS_CREATED"
     assert result["document"]["size_bytes"] == len(payload)
     assert result["document"]["indexed_at_unix"] == 1_700_000_000
+    assert result["document"]["tenant"] == upload.header.tenant == "default"
 
     again = await client.post(
         "/v1/documents",
@@ -480,6 +558,35 @@ async def test_upload_streams_header_and_bytes_intact(
     )
     assert again.status_code == 200
     assert again.json()["status"] == "STATUS_UPDATED"
+
+
+async def test_upload_forwards_labels_tags_and_date(
+    client: httpx.AsyncClient, fakes: Fakes
+) -> None:
+    response = await client.post(
+        "/v1/documents",
+        files={"file": ("pay.txt", b"salaries")},
+        data={
+            "access_labels": ["hr", "finance"],
+            "tags": ["payroll"],
+            "document_date_unix": "1700000000",
+        },
+    )
+    assert response.status_code == 201, response.text
+    header = fakes.ingestion.uploads[-1].header
+    assert (list(header.access_labels), list(header.tags)) == (["hr", "finance"], ["payroll"])
+    assert header.document_date_unix == 1_700_000_000
+    document = response.json()["document"]
+    assert document["access_labels"] == ["hr", "finance"]
+    assert document["tags"] == ["payroll"]
+    assert document["document_date_unix"] == 1_700_000_000
+    response = await client.post(
+        "/v1/documents",
+        files={"file": ("x.txt", b"x")},
+        data={"document_date_unix": "-5"},
+    )
+    assert response.status_code == 422
+    assert "body.document_date_unix" in response.json()["error"]["message"]
 
 
 async def test_upload_does_not_forward_the_parts_guessed_content_type(
@@ -517,6 +624,8 @@ async def test_list_documents_pages(client: httpx.AsyncClient) -> None:
     first = response.json()
     assert [d["document_id"] for d in first["documents"]] == ["doc-1", "doc-2"]
     assert first["documents"][0]["size_bytes"] == 2**40
+    assert first["documents"][0]["document_date_unix"] == 2**33
+    assert first["documents"][0]["tags"] == ["handbook"]
     assert first["next_page_token"] == "2"
     response = await client.get("/v1/documents", params={"page_size": 2, "page_token": "2"})
     second = response.json()
@@ -533,10 +642,11 @@ async def test_get_document_and_not_found(client: httpx.AsyncClient) -> None:
     assert response.json() == {"error": {"code": "NOT_FOUND", "message": "no document 'nope'"}}
 
 
-async def test_delete_document_and_not_found(client: httpx.AsyncClient) -> None:
+async def test_delete_document_and_not_found(client: httpx.AsyncClient, fakes: Fakes) -> None:
     response = await client.delete("/v1/documents/doc-1")
     assert response.status_code == 200
     assert response.json() == {"document_id": "doc-1", "chunks_deleted": 4}
+    assert fakes.ingestion.deleted[-1] == ("default", "doc-1")
     response = await client.delete("/v1/documents/unknown")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "NOT_FOUND"
@@ -569,9 +679,21 @@ async def test_readyz_503_names_services_not_serving(make_client: Any) -> None:
 # --------------------------------------------------------------------------- auth
 
 
+KEYS = {
+    "key-one": {"tenant": "acme"},
+    "key-two": {"tenant": "globex", "access_labels": ["hr"]},
+    "key-hr": {"tenant": "acme", "access_labels": ["hr", "it"]},
+}
+"""Two tenants; acme has a key without and a key with the `hr` label."""
+
+
+def _key(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {name}"}
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def secured(make_client: Any) -> httpx.AsyncClient:
-    result: httpx.AsyncClient = await make_client(gateway_api_keys="key-one, key-two")
+    result: httpx.AsyncClient = await make_client(gateway_api_keys=json.dumps(KEYS))
     return result
 
 
@@ -588,12 +710,148 @@ async def test_auth_rejects_missing_and_wrong_keys(secured: httpx.AsyncClient) -
 
 
 async def test_auth_accepts_bearer_and_x_api_key(secured: httpx.AsyncClient) -> None:
-    response = await secured.post(
-        "/v1/ask", json={"question": "q"}, headers={"Authorization": "Bearer key-one"}
-    )
+    response = await secured.post("/v1/ask", json={"question": "q"}, headers=_key("key-one"))
     assert response.status_code == 200
     response = await secured.get("/v1/documents", headers={"X-API-Key": "key-two"})
     assert response.status_code == 200
+    both = {**_key("key-one"), "X-API-Key": "key-one"}
+    assert (await secured.get("/v1/documents", headers=both)).status_code == 200
+
+
+async def test_auth_refuses_two_different_keys(secured: httpx.AsyncClient) -> None:
+    response = await secured.get(
+        "/v1/documents", headers={**_key("key-one"), "X-API-Key": "key-two"}
+    )
+    assert response.status_code == 401
+    assert "different keys" in response.json()["error"]["message"]
+
+
+async def test_every_route_acts_for_the_keys_tenant(
+    secured: httpx.AsyncClient, fakes: Fakes
+) -> None:
+    acme, globex = _key("key-one"), _key("key-two")
+    assert (await secured.post("/v1/ask", json={"question": "q"}, headers=acme)).status_code == 200
+    assert fakes.query.requests[-1].caller == common_pb2.Caller(tenant="acme")
+    streamed = await secured.post("/v1/ask/stream", json={"question": "q"}, headers=globex)
+    assert streamed.status_code == 200
+    assert fakes.query.requests[-1].caller == common_pb2.Caller(
+        tenant="globex", access_labels=["hr"]
+    )
+    await secured.post("/v1/ask?stream=true", json={"question": "q"}, headers=acme)
+    assert fakes.query.requests[-1].caller.tenant == "acme"
+
+    uploaded = await secured.post("/v1/documents", files={"file": ("a.txt", b"a")}, headers=globex)
+    assert uploaded.status_code == 201
+    assert fakes.ingestion.uploads[-1].header.tenant == "globex"
+    assert uploaded.json()["document"]["tenant"] == "globex"
+
+    listed = await secured.get("/v1/documents", headers=acme)
+    assert {d["document_id"] for d in listed.json()["documents"]} == {"acme-public"}
+    assert fakes.retrieval.requests[-1].tenant == "acme"
+    assert (await secured.get("/v1/documents/acme-public", headers=acme)).status_code == 200
+    assert fakes.retrieval.requests[-1].tenant == "acme"
+    other = await secured.get("/v1/documents/doc-1", headers=acme)  # the default tenant's
+    assert other.status_code == 404
+    assert fakes.retrieval.requests[-1].tenant == "acme"
+    assert (await secured.delete("/v1/documents/doc-1", headers=acme)).status_code == 404
+    assert (await secured.delete("/v1/documents/acme-public", headers=acme)).status_code == 200
+    assert fakes.ingestion.deleted[-1] == ("acme", "acme-public")
+
+
+async def test_no_request_field_can_choose_the_tenant(
+    secured: httpx.AsyncClient, fakes: Fakes
+) -> None:
+    response = await secured.post(
+        "/v1/ask",
+        json={"question": "q", "caller": {"tenant": "globex"}},
+        headers={**_key("key-one"), "X-Tenant": "globex"},
+    )
+    assert response.status_code == 422
+    assert "body.caller" in response.json()["error"]["message"]
+    response = await secured.post(
+        "/v1/documents",
+        files={"file": ("spoof.txt", b"a")},
+        data={"tenant": "globex"},  # not a form field of the route: ignored
+        headers={**_key("key-one"), "X-Tenant": "globex"},
+    )
+    assert response.status_code == 201
+    assert fakes.ingestion.uploads[-1].header.tenant == "acme"
+    listed = await secured.get(
+        "/v1/documents", params={"tenant": "globex"}, headers={**_key("key-one")}
+    )
+    assert fakes.retrieval.requests[-1].tenant == "acme"
+    assert listed.status_code == 200
+
+
+async def test_access_labels_hide_documents(secured: httpx.AsyncClient, fakes: Fakes) -> None:
+    plain, hr = _key("key-one"), _key("key-hr")
+    listed = await secured.get("/v1/documents", headers=plain)
+    assert "acme-salaries" not in {d["document_id"] for d in listed.json()["documents"]}
+    hidden = await secured.get("/v1/documents/acme-salaries", headers=plain)
+    assert hidden.status_code == 404
+    assert hidden.json()["error"]["code"] == "NOT_FOUND"
+    before = list(fakes.ingestion.deleted)
+    assert (await secured.delete("/v1/documents/acme-salaries", headers=plain)).status_code == 404
+    assert fakes.ingestion.deleted == before, "a hidden document is never deleted"
+
+    listed = await secured.get("/v1/documents", headers=hr)
+    assert "acme-salaries" in {d["document_id"] for d in listed.json()["documents"]}
+    shown = await secured.get("/v1/documents/acme-salaries", headers=hr)
+    assert shown.status_code == 200
+    assert shown.json()["access_labels"] == ["hr"]
+
+
+async def test_default_tenant_is_configurable(make_client: Any, fakes: Fakes) -> None:
+    solo = await make_client(gateway_default_tenant="solo")
+    assert (await solo.post("/v1/ask", json={"question": "q"})).status_code == 200
+    assert fakes.query.requests[-1].caller == common_pb2.Caller(tenant="solo")
+    with pytest.raises(ValidationError, match="tenant 'two words' is invalid"):
+        _settings(fakes, gateway_default_tenant="two words")
+
+
+async def test_api_keys_format() -> None:
+    assert parse_api_keys("") == parse_api_keys("  ") == {}
+    assert parse_api_keys(json.dumps(KEYS)) == {
+        "key-one": Caller("acme"),
+        "key-two": Caller("globex", ("hr",)),
+        "key-hr": Caller("acme", ("hr", "it")),
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("s3cret-a,s3cret-b", "is not JSON"),
+        ('["s3cret-a"]', "must be a non-empty JSON object"),
+        ("{}", "must be a non-empty JSON object"),
+        ('{"s3cret-a": "acme"}', "entry 1: Input should be a valid dictionary"),
+        ('{"s3cret-a": {"tenant": "acme"}, "s3cret-b": {}}', "entry 2: tenant: Field required"),
+        ('{"s3cret-a": {"tenant": "a b"}}', "entry 1: tenant 'a b' is invalid"),
+        ('{"s3cret-a": {"tenant": ""}}', "entry 1: tenant is missing"),
+        ('{"s3cret-a": {"tenant": "acme", "role": "x"}}', "entry 1: role: Extra inputs"),
+        ('{"s3cret-a": {"tenant": "acme", "access_labels": "hr"}}', "entry 1: access_labels"),
+        ('{"s3cret-a": {"tenant": "acme", "access_labels": [" hr"]}}', "access label ' hr'"),
+        ('{" s3cret-a": {"tenant": "acme"}}', "entry 1: the key is empty or starts or ends"),
+    ],
+)
+async def test_malformed_api_keys_fail_at_startup_without_echoing_keys(
+    value: str, problem: str, fakes: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValueError, match="RAG_GATEWAY_API_KEYS") as direct:
+        parse_api_keys(value)
+    assert problem in str(direct.value)
+    monkeypatch.setenv("RAG_GATEWAY_API_KEYS", value)
+    with pytest.raises(ValidationError) as caught:
+        GatewaySettings()
+    assert problem in str(caught.value)
+    assert "s3cret" not in str(caught.value) + str(direct.value), "keys are secrets"
+
+
+async def test_api_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_GATEWAY_API_KEYS", json.dumps(KEYS))
+    settings = GatewaySettings()
+    assert settings.api_keys()["key-two"] == Caller("globex", ("hr",))
+    assert "key-two" not in repr(settings), "the value is a secret"
 
 
 async def test_auth_refuses_upload_before_reading_it(
@@ -618,7 +876,7 @@ async def test_no_keys_logs_a_warning(fakes: Fakes, caplog: pytest.LogCaptureFix
     assert "authentication disabled" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="services.gateway.app"):
-        keyed = _settings(fakes, gateway_api_keys="k")
+        keyed = _settings(fakes, gateway_api_keys='{"k": {"tenant": "acme"}}')
         create_app(keyed, PlatformClients(keyed))
     assert "authentication disabled" not in caplog.text
 
@@ -655,5 +913,5 @@ async def test_openapi_describes_bodies_errors_and_auth(client: httpx.AsyncClien
 
 async def test_http_models_mirror_the_contract_field_for_field() -> None:
     for model, message in PROTO_MODELS.items():
-        proto_fields = set(message.DESCRIPTOR.fields_by_name)
+        proto_fields = set(message.DESCRIPTOR.fields_by_name) - IDENTITY_FIELDS.get(model, set())
         assert set(model.model_fields) == proto_fields, model.__name__

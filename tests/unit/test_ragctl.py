@@ -60,6 +60,58 @@ def test_timeout_is_accepted_before_or_after_the_command() -> None:
     assert parse("ask", "q").timeout is None
 
 
+def test_tenant_is_accepted_before_or_after_the_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RAG_TENANT", raising=False)
+    assert parse("--tenant", "acme", "ask", "q").tenant == "acme"
+    assert parse("docs", "delete", "d", "--tenant", "acme").tenant == "acme"
+    assert parse("ask", "q").tenant is None, "resolved by main: --tenant, RAG_TENANT, default"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "tenant"),
+    [
+        (["ask", "q"], None, "default"),
+        (["ask", "q"], "acme", "acme"),
+        (["--tenant", "globex", "ask", "q"], "acme", "globex"),
+        (["ingest", "x"], None, "default"),
+        (["docs", "list"], None, "default"),
+        (["eval", "answers", "d"], None, "eval"),
+        (["eval", "retrieval", "d"], None, "eval"),
+        (["eval", "answers", "d"], "acme", "acme"),
+        (["eval", "retrieval", "d", "--tenant", "t1"], "acme", "t1"),
+        (["status"], "acme", None),
+        (["eval", "router", "f"], "acme", None),
+    ],
+)
+def test_resolve_tenant(
+    argv: list[str], env: str | None, tenant: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if env is None:
+        monkeypatch.delenv("RAG_TENANT", raising=False)
+    else:
+        monkeypatch.setenv("RAG_TENANT", env)
+    args = parse(*argv)
+    if not hasattr(args, "tenant"):
+        args.tenant = None
+    ragctl.resolve_tenant(args)
+    assert args.tenant == tenant
+
+
+def test_filters_and_labels_options() -> None:
+    ingest = parse("ingest", "a", "--tag", "policy", "--tag", "hr", "--access-label", "hr")
+    assert (ingest.tags, ingest.access_labels) == (["policy", "hr"], ["hr"])
+    assert (parse("ingest", "a").tags, parse("ingest", "a").access_labels) == ([], [])
+    ask = parse("ask", "q", "--tag", "t", "--since", "2024-05-01", "--until", "2024-05-31")
+    assert ask.tags == ["t"]
+    assert ask.since == 1_714_521_600  # 2024-05-01T00:00:00Z
+    assert ask.until == 1_717_199_999  # 2024-05-31T23:59:59Z: the whole last day
+    assert parse("ask", "q", "--since", "1700000000").since == 1_700_000_000
+    plain = parse("ask", "q")
+    assert (plain.since, plain.until, plain.tags, plain.access_labels) == (None, None, [], [])
+
+
 def test_ask_options() -> None:
     args = parse("ask", "what is rag?", "--top-k", "7", "--json", "--debug", "--stream")
     assert args.handler is ragctl.cmd_ask
@@ -99,6 +151,10 @@ def test_commands_and_their_defaults() -> None:
         ["docs"],
         ["docs", "delete"],
         ["status", "--verbose"],
+        ["--tenant", "two words", "ask", "q"],
+        ["ask", "q", "--tenant", ""],
+        ["ask", "q", "--since", "yesterday"],
+        ["ingest", "a", "--tag", " padded"],
     ],
 )
 def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -329,8 +385,10 @@ class FakeIngestion(ingestion_pb2_grpc.IngestionServiceServicer):
 
     def __init__(self) -> None:
         self.uris: list[str] = []
+        self.requests: list[Any] = []
 
     def IngestUris(self, request: Any, context: Any) -> Iterator[ingestion_pb2.IngestUrisResponse]:
+        self.requests.append(request)
         self.uris = list(request.uris)
         yield ingestion_pb2.IngestUrisResponse(
             plan=ingestion_pb2.IngestPlan(document_count=len(request.uris))
@@ -352,6 +410,7 @@ class FakeIngestion(ingestion_pb2_grpc.IngestionServiceServicer):
             yield ingestion_pb2.IngestUrisResponse(result=result)
 
     def DeleteDocument(self, request: Any, context: Any) -> ingestion_pb2.DeleteDocumentResponse:
+        self.requests.append(request)
         if request.document_id != "doc-1":
             context.abort(grpc.StatusCode.NOT_FOUND, f"document {request.document_id!r} not found")
         return ingestion_pb2.DeleteDocumentResponse(chunks_deleted=3)
@@ -360,7 +419,11 @@ class FakeIngestion(ingestion_pb2_grpc.IngestionServiceServicer):
 class FakeRetrieval(retrieval_pb2_grpc.RetrievalServiceServicer):
     """Fake RetrievalService: 1 500 documents, so listing needs two pages."""
 
+    def __init__(self) -> None:
+        self.tenants: list[str] = []
+
     def ListDocuments(self, request: Any, context: Any) -> retrieval_pb2.ListDocumentsResponse:
+        self.tenants.append(request.tenant)
         start = int(request.page_token or 0)
         ids = [f"doc-{i:04d}" for i in range(1500)][start : start + request.page_size]
         end = start + request.page_size
@@ -408,6 +471,7 @@ def fakes(fake_server: tuple[Fakes, str], monkeypatch: pytest.MonkeyPatch) -> Fa
     for name in ("query", "ingestion", "retrieval"):
         monkeypatch.setenv(f"RAG_{name.upper()}_ADDR", address)
     monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("RAG_TENANT", raising=False)
     return found
 
 
@@ -425,7 +489,25 @@ def test_ask_prints_answer_sources_and_timings(
     assert out.startswith("Paris is the capital of France [1].\n")
     assert "[1] Paris — file:///corpus/paris.pdf · p. 3 · § Geography · score 0.812" in out
     assert "embed 12 ms" in out
-    assert (fakes.query.requests[-1].question, fakes.query.requests[-1].top_k) == ("capital?", 4)
+    sent = fakes.query.requests[-1]
+    assert (sent.question, sent.top_k) == ("capital?", 4)
+    assert sent.caller == common_pb2.Caller(tenant="default")
+    assert sent.filter == common_pb2.MetadataFilter(), "no filter option: no restriction"
+
+
+def test_ask_sends_tenant_labels_and_filters(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAG_TENANT", "acme")
+    argv = ["ask", "q", "--access-label", "hr", "--tag", "policy", "--until", "2024-01-01"]
+    assert run(capsys, *argv)[0] == 0
+    sent = fakes.query.requests[-1]
+    assert sent.caller == common_pb2.Caller(tenant="acme", access_labels=["hr"])
+    assert list(sent.filter.tags) == ["policy"]
+    assert not sent.filter.HasField("date_from_unix")
+    assert sent.filter.date_to_unix == 1_704_153_599
+    assert run(capsys, "--tenant", "globex", "ask", "q", "--stream")[0] == 0
+    assert fakes.query.requests[-1].caller.tenant == "globex"
 
 
 def test_ask_json_prints_the_ask_response(fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> None:
@@ -483,6 +565,17 @@ def test_ingest_sends_absolute_uris_and_summarises(
     assert code == 0
     assert fakes.ingestion.uris == [(tmp_path / "a.md").as_uri(), (tmp_path / "sub/b.md").as_uri()]
     assert "2 documents: 2 created, 0 updated, 0 unchanged, 0 failed" in out
+    sent = fakes.ingestion.requests[-1]
+    assert (sent.tenant, list(sent.tags), list(sent.access_labels)) == ("default", [], [])
+
+
+def test_ingest_sends_tenant_tags_and_access_labels(
+    fakes: Fakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["ingest", "/d/a.md", "--tenant", "acme", "--tag", "policy", "--access-label", "hr"]
+    assert run(capsys, *argv)[0] == 0
+    sent = fakes.ingestion.requests[-1]
+    assert (sent.tenant, list(sent.tags), list(sent.access_labels)) == ("acme", ["policy"], ["hr"])
 
 
 def test_ingest_failure_is_printed_and_exit_1(
@@ -512,11 +605,16 @@ def test_docs_list_follows_pages(fakes: Fakes, capsys: pytest.CaptureFixture[str
     assert documents[-1]["document_id"] == "doc-1499"
     code, out, _ = run(capsys, "docs", "list")
     assert "doc-1499" in out and "8.0 GiB" in out
+    assert set(fakes.retrieval.tenants) == {"default"}
+    run(capsys, "--tenant", "acme", "docs", "list", "--json")
+    assert fakes.retrieval.tenants[-1] == "acme"
 
 
 def test_docs_delete(fakes: Fakes, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "docs", "delete", "doc-1")
+    code, out, _ = run(capsys, "docs", "delete", "doc-1", "--tenant", "acme")
     assert (code, out) == (0, "deleted doc-1 (3 chunks)\n")
+    sent = fakes.ingestion.requests[-1]
+    assert (sent.document_id, sent.tenant) == ("doc-1", "acme")
 
 
 def test_status_json_and_exit_code(
