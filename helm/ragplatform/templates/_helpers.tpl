@@ -190,6 +190,9 @@ true
 {{- if eq $v.backends.retrieval.backend "qdrant" }}
 {{- $_ := set $env "RAG_QDRANT_URL" (include "ragplatform.qdrantUrl" $root) -}}
 {{- $_ := set $env "RAG_QDRANT_COLLECTION" $v.backends.retrieval.collection -}}
+{{- if $v.qdrant.enabled }}
+{{- $_ := set $env "RAG_QDRANT_REPLICATION_FACTOR" (toString $v.qdrant.replicas) -}}
+{{- end }}
 {{- end }}
 {{- if eq $v.backends.retrieval.backend "vertex" }}
 {{- $_ := set $env "RAG_VECTOR_SEARCH_INDEX_ENDPOINT" $v.backends.retrieval.vertex.indexEndpoint -}}

@@ -1,0 +1,1074 @@
+"""`VectorStore` on a Qdrant server, through the synchronous `qdrant-client`.
+
+The production backend: every retrieval replica talks to one Qdrant cluster,
+so nothing here may rely on a process-local lock. Same interface, validation,
+errors and ranking as the embedded engine (`edge.py`); the differences are
+how a replacement stays atomic for readers, and what needs a server.
+
+Layout, in two collections:
+
+* `<collection>`: a point per chunk *version*. Named dense vector "dense"
+  (cosine), named sparse vector "bm25" whose term weights are computed here
+  with the embedded engine's own BM25 (`qdrant_edge.Bm25`, same tokenizer,
+  stemmer and k1/b, from the same `keyword_text`), the server applying IDF
+  (`Modifier.IDF`) at query time, exactly as the embedded shard does. Payload =
+  every `StoredChunk` field plus `version` (see below). Payload indexes:
+  keyword on tenant (`is_tenant`, so the server keeps each tenant's points
+  together and builds its HNSW graph per tenant: `m=0, payload_m=16`; every
+  search filters by tenant), access_labels, tags, document_id, media_type,
+  source_uri, chunk_id, version; integer on document_date_unix. Point id =
+  uuid5(tenant/chunk_id/version), so two versions of a chunk coexist while a
+  replacement is under way.
+* `<collection>_documents`: the registry. A point per (tenant, document) whose
+  payload is the `DocumentRecord` plus the concurrency fields below, and a
+  point per tenant holding the tenant's write token. A 1-dimensional
+  placeholder vector is declared and never used, as in the embedded registry.
+
+Tenancy: the search filter is built exactly as the embedded engine builds it
+(tenant, access labels, metadata, dates; see `_search_filter`) and goes to
+every prefetch leg and to the fused query, so a chunk the caller may not see
+never takes a candidate slot.
+
+Atomic replacement across replicas. Qdrant applies each point update
+atomically, but neither a batch nor a filtered update is atomic as a whole,
+and it has no snapshot reads; so flipping a `live` flag on many points, even
+in one batch, lets a concurrent search see some points flipped and others
+not. The design instead makes one registry point per document decide which
+chunk version is live, and makes searches check that nothing they depend on
+changed while they ran (optimistic reads, as in a seqlock):
+
+* Writer (replace or remove), holding the document's *lease* (below):
+  acquire the lease (the record becomes `busy`, its `version` still the old
+  one) -> write a fresh token into the tenant's write-token point -> write the
+  new chunks under a new version -> flip the record's `version` (and record
+  fields) to the new one -> delete the document's chunks of every other
+  version -> release the lease. Removal flips the version to "" (no chunks)
+  and deletes the record at the end.
+* Reader (search): read the tenant's write token, then the tenant's busy
+  records; run the query with each busy document *pinned* to its recorded
+  version (`NOT (document_id = d AND version != v)`); read the busy records
+  again, then the token. If both reads agree, the result is that of a state
+  in which every document shows exactly one complete version; otherwise
+  retry (up to `search_attempts` times, then UNAVAILABLE).
+  Why this suffices: a document busy in both reads with the same record
+  `revision` kept its version throughout, and that version's chunks were all
+  written before it became live and are deleted only after it stops being
+  live, so the pin shows exactly them. A document busy in neither read was
+  either untouched during the query, or a writer acquired it after the
+  first read and finished before the second: that writer changed the token
+  after acquiring and before touching any chunk, i.e. between the first token
+  read (which precedes the first busy read) and the second (which follows the
+  second busy read), so the tokens differ. Any other case differs in the
+  busy sets. Tokens and revisions are random UUIDs, so a value never comes
+  back (no ABA).
+  The price: four small registry reads per search besides the query, and a
+  retry when a replacement in the same tenant begins during the query.
+  Sustained ingestion into a tenant makes some searches retry; a search
+  fails only if all `search_attempts` race a write.
+* Lease (one writer per document): acquiring is a conditional upsert of the
+  record (`update_filter`: unchanged `revision`, or insert when absent),
+  then a read-back; later record writes are `set_payload` filtered on the
+  writer's token, so a writer that lost its lease changes nothing. A second
+  writer waits up to `lock_wait_seconds` for the first to finish
+  (FAILED_PRECONDITION after that). A writer that dies leaves its document
+  busy: searches keep pinning it to the recorded (correct) version, and the
+  next writer takes the lease over once `lease_seconds` have passed since it
+  was taken (wall clocks of the replicas must agree to well within that),
+  deleting the dead writer's chunks. A writer gives up before flipping if
+  half the lease has passed, so a slow writer never flips after a takeover.
+
+Stats are exact at rest; while a replacement runs, `chunk_count` includes
+the chunks being written or deleted.
+
+Requirements and what local mode does not show. Conditional upserts
+(`update_filter`) and RRF with a chosen k need Qdrant >= 1.16; `open` refuses
+older servers (FAILED_PRECONDITION). With replication, registry reads must see
+acknowledged writes: create the collections with write_consistency_factor equal
+to replication_factor, which the store does when it creates them
+(`QdrantTuning.replication_factor`, RAG_QDRANT_REPLICATION_FACTOR). The tests
+run against qdrant-client's local mode (`QdrantClient(":memory:")` or `path=`),
+which implements this client API in Python: sparse vectors with IDF, prefetch +
+RRF fusion, conditional upserts, filtered set_payload and delete. It does not
+build HNSW (searches are exact, the server's are approximate: `hnsw_ef` widens
+them, `exact` makes them exact), ignores payload indexes and `is_tenant`,
+applies one call at a time (the server interleaves points of concurrent
+requests, which the interleaving tests approximate by writing one point per
+call), and has no network, timeouts, authentication or replication.
+
+BM25 statistics (IDF) are collection-wide, as in the embedded shard: the
+document frequencies count every tenant's chunks (and, briefly, a version
+being replaced), so keyword scores depend a little on other tenants' data,
+never their visibility.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final, Self
+from urllib.parse import urlsplit
+
+import grpc
+import httpx
+import numpy as np
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from qdrant_edge import Bm25, Bm25Config
+from qdrant_edge import SparseVector as EdgeSparseVector
+
+from services.common.errors import (
+    DeadlineError,
+    FailedPreconditionError,
+    InvalidInputError,
+    NotFoundError,
+    PlatformError,
+    RateLimitedError,
+    UnavailableError,
+)
+from services.common.tenancy import validate_tenant
+from services.retrieval.fusion import RRF_K
+from services.retrieval.mmr import mmr_order
+from services.retrieval.store import (
+    DENSE_SEARCH,
+    Caller,
+    DocumentRecord,
+    RetrievalMode,
+    SearchFilter,
+    SearchHit,
+    SearchOptions,
+    StoredChunk,
+    StoreStats,
+    candidate_count,
+    chunk_from_payload,
+    chunk_payload,
+    keyword_text,
+    record_from_payload,
+    record_payload,
+    validate_caller,
+    validate_filter,
+    validate_list_limit,
+    validate_replacement,
+    validate_search_options,
+    validate_top_k,
+    validate_vector,
+)
+
+log = logging.getLogger(__name__)
+
+BACKEND: Final = "qdrant"
+DENSE: Final = "dense"
+"""Name of the chunk's dense (embedding) vector, as in the embedded engine."""
+KEYWORD: Final = "bm25"
+"""Name of the chunk's sparse BM25 vector, as in the embedded engine."""
+MIN_SERVER_VERSION: Final = (1, 16)
+"""Conditional upserts and RRF with a chosen k appeared in Qdrant 1.16."""
+DEFAULT_GRPC_PORT: Final = 6334
+
+_BM25: Final = Bm25(Bm25Config())
+"""The embedded engine's BM25 with the same (default) config: English tokenizer,
+stemmer and stopwords, k=1.2, b=0.75, so both backends index identical weights."""
+_PLACEHOLDER: Final = "placeholder"
+"""The registry's declared-but-unused vector, as in the embedded registry."""
+_REGISTRY_SUFFIX: Final = "_documents"
+_DOCUMENT: Final = "document"
+_TOKEN: Final = "token"
+"""Registry point kinds: a document record, a tenant's write token."""
+_NEVER: Final = "-"
+"""A `revision` no record has (revisions are hex): the condition of an insert."""
+
+_CHUNK_NAMESPACE: Final = uuid.UUID("6f1b0c64-2a57-5d0e-b3c9-1e8a4d7f2b90")
+_RECORD_NAMESPACE: Final = uuid.UUID("0b5e9a31-7c42-5f18-9d6e-3a2c8b4f1e07")
+_TOKEN_NAMESPACE: Final = uuid.UUID("d27c4e19-8b3a-5a61-8f0d-5c9e2b7a4d13")
+"""Fixed namespaces of point ids: changing one orphans every stored point."""
+
+_CHUNK_INDEXES: Final[Mapping[str, models.PayloadSchemaType | models.KeywordIndexParams]] = {
+    "tenant": models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
+    "access_labels": models.PayloadSchemaType.KEYWORD,
+    "tags": models.PayloadSchemaType.KEYWORD,
+    "document_id": models.PayloadSchemaType.KEYWORD,
+    "media_type": models.PayloadSchemaType.KEYWORD,
+    "source_uri": models.PayloadSchemaType.KEYWORD,
+    "chunk_id": models.PayloadSchemaType.KEYWORD,
+    "version": models.PayloadSchemaType.KEYWORD,
+    "document_date_unix": models.PayloadSchemaType.INTEGER,
+}
+"""Every chunk field a search, a delete or the ownership check filters on."""
+_REGISTRY_INDEXES: Final[Mapping[str, models.PayloadSchemaType]] = {
+    "tenant": models.PayloadSchemaType.KEYWORD,
+    "kind": models.PayloadSchemaType.KEYWORD,
+    "document_id": models.PayloadSchemaType.KEYWORD,
+    "busy": models.PayloadSchemaType.BOOL,
+    "indexed": models.PayloadSchemaType.BOOL,
+}
+
+_SCROLL_BATCH: Final = 1024
+_ID_BATCH: Final = 1024
+"""Chunk ids per ownership-check request (a MatchAny condition)."""
+
+
+@dataclass(frozen=True)
+class QdrantTuning:
+    """Operational parameters; the defaults suit a server on the same network."""
+
+    hnsw_ef: int = 128
+    """Search width of the dense leg (never below the leg size), as in `HnswSettings.ef`."""
+    exact: bool = False
+    """Scan exactly instead of HNSW (evaluation, or very small corpora)."""
+    upsert_batch: int = 256
+    """Chunk points per upsert request: bounds one request's size (384-d: ~0.5 MiB)."""
+    lease_seconds: float = 60.0
+    """How long a document's writer may hold it before another may take over."""
+    lock_wait_seconds: float = 10.0
+    """How long a writer waits for another writer of the same document."""
+    search_attempts: int = 5
+    """Optimistic search attempts before UNAVAILABLE (see the module docstring)."""
+    replication_factor: int = 1
+    """Copies of each shard when the store creates its collections. Writes wait for
+    every copy (write_consistency_factor = replication_factor), so a registry read
+    right after a replacement sees it whichever replica answers."""
+
+    def __post_init__(self) -> None:
+        for name in ("hnsw_ef", "upsert_batch", "search_attempts", "replication_factor"):
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lease_seconds > 0 or self.lock_wait_seconds < 0:
+            raise InvalidInputError("lease_seconds must be > 0 and lock_wait_seconds >= 0")
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What a search depends on besides the chunks: the tenant's write token and
+    its busy documents as (document_id, live version, record revision)."""
+
+    token: str
+    busy: frozenset[tuple[str, str, str]]
+
+
+@dataclass
+class _Lease:
+    """A writer's hold on one document's record (see the module docstring)."""
+
+    record_id: str
+    token: str
+    tenant: str
+    document_id: str
+    record: dict[str, Any] | None
+    """The record as this writer last knew it (None: there is none)."""
+    version: str | None = None
+    """The chunk version this writer writes, once it has started writing chunks."""
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def live_version(self) -> str:
+        """The chunk version the record names live ("" for none)."""
+        return str((self.record or {}).get("version", ""))
+
+    @property
+    def indexed(self) -> bool:
+        """Whether the record describes a document (for get, list and stats)."""
+        return bool((self.record or {}).get("indexed", False))
+
+
+class QdrantServerStore:
+    """`VectorStore` on a Qdrant server (or qdrant-client's local mode in tests).
+
+    Thread-safe: `QdrantClient` is, and the store keeps no mutable state besides it.
+    """
+
+    def __init__(
+        self, client: QdrantClient, collection: str, dimension: int, tuning: QdrantTuning
+    ) -> None:
+        """Use `connect` or `open`; this only wires an already prepared client."""
+        self._client: QdrantClient | None = client
+        self._chunks = collection
+        self._registry = collection + _REGISTRY_SUFFIX
+        self._dimension = dimension
+        self._tuning = tuning
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        collection: str,
+        dimension: int,
+        *,
+        api_key: str = "",
+        timeout_seconds: float = 10.0,
+        tuning: QdrantTuning | None = None,
+    ) -> Self:
+        """Open the store on the server at `url`, its gRPC endpoint
+        (http[s]://host:6334, as the Helm chart sets RAG_QDRANT_URL)."""
+        client = QdrantClient(
+            url=url,
+            grpc_port=urlsplit(url).port or DEFAULT_GRPC_PORT,
+            prefer_grpc=True,
+            api_key=api_key or None,
+            timeout=max(1, math.ceil(timeout_seconds)),
+            check_compatibility=False,  # `open` checks the version itself, over gRPC
+        )
+        try:
+            return cls.open(client, collection, dimension, tuning=tuning)
+        except BaseException:
+            client.close()
+            raise
+
+    @classmethod
+    def open(
+        cls,
+        client: QdrantClient,
+        collection: str,
+        dimension: int,
+        *,
+        tuning: QdrantTuning | None = None,
+    ) -> Self:
+        """Open the store on `client`, creating its collections on first use.
+
+        The store owns `client` once this returns (`close` closes it); if this
+        raises, the caller still does. Reopening with another dimension raises
+        FailedPreconditionError: the stored vectors came from another embedding
+        model and must be re-indexed into a new collection.
+        """
+        if dimension < 1:
+            raise InvalidInputError(f"dimension must be at least 1, got {dimension}")
+        if not collection:
+            raise InvalidInputError("collection must not be empty")
+        store = cls(client, collection, dimension, tuning or QdrantTuning())
+        store._prepare()
+        return store
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def dimension(self) -> int:
+        """Length every stored and query vector must have."""
+        return self._dimension
+
+    def replace_document(
+        self,
+        document: DocumentRecord,
+        chunks: Sequence[StoredChunk],
+        vectors: Sequence[Sequence[float]],
+    ) -> tuple[int, int]:
+        """Make `chunks` the only chunks of the document; return (upserted, deleted).
+
+        `deleted` counts the previous version's chunks whose ids are not among
+        the new ones, as the embedded store does (it rewrites the others in
+        place). The steps are those of the module docstring; a failure before
+        the flip removes this writer's chunks and leaves the old version live.
+        """
+        rows = validate_replacement(document, chunks, vectors, self._dimension)
+        tenant, document_id = document.tenant, document.document_id
+        new_ids = [chunk.chunk_id for chunk in chunks]
+        self._check_chunk_ownership(tenant, document_id, new_ids)
+        version = uuid.uuid4().hex
+        points = [
+            models.PointStruct(
+                id=_chunk_point_id(tenant, chunk.chunk_id, version),
+                vector=_vectors(row, chunk.title, chunk.text),
+                payload={**chunk_payload(chunk), "version": version},
+            )
+            for chunk, row in zip(chunks, rows, strict=True)
+        ]
+        with self._lease(tenant, document_id) as lease:
+            self._change_token(tenant)
+            lease.version = version
+            with self._engine() as client:
+                for start in range(0, len(points), self._tuning.upsert_batch):
+                    batch = points[start : start + self._tuning.upsert_batch]
+                    client.upsert(self._chunks, batch, wait=True)
+            deleted = 0
+            if lease.live_version:
+                superseded = models.Filter(
+                    must=[
+                        *_document_conditions(tenant, document_id),
+                        _match("version", lease.live_version),
+                    ],
+                    must_not=[_match_any("chunk_id", new_ids)] if new_ids else None,
+                )
+                deleted = self._count(self._chunks, superseded)
+            fields = {**record_payload(document), "version": version, "indexed": True}
+            self._flip(lease, fields)
+        return len(points), deleted
+
+    def search(
+        self,
+        caller: Caller,
+        vector: Sequence[float],
+        top_k: int,
+        filter: SearchFilter,
+        options: SearchOptions = DENSE_SEARCH,
+    ) -> list[SearchHit]:
+        """Return up to `top_k` of the chunks `caller` may see, ranked as
+        `options` says, best first.
+
+        One `query_points` call per attempt: dense or keyword nearest, or both
+        legs of `candidate_count(top_k)` prefetched and fused by RRF (k =
+        `RRF_K`) on the server. The filter (`_search_filter`, plus the pins of
+        busy documents) goes to every leg and to the fused query. Scores are
+        cosines to the query vector whenever there is one; MMR picks `top_k`
+        of `candidate_count(top_k)` candidates, as in the embedded store.
+        """
+        validate_caller(caller)
+        validate_filter(filter)
+        validate_top_k(top_k)
+        validate_search_options(options)
+        query_vector = (
+            validate_vector(vector, self._dimension, "query vector")
+            if vector or options.mode is not RetrievalMode.KEYWORD
+            else None
+        )
+        terms = None
+        if options.mode is not RetrievalMode.DENSE:
+            terms = _sparse(_BM25.embed_query(options.text))
+        dense = query_vector if options.mode is not RetrievalMode.KEYWORD else None
+        mmr = options.mmr_lambda > 0
+        limit = candidate_count(top_k) if mmr else top_k
+        with_vectors = mmr or query_vector is not None
+        base = _search_filter(caller, filter)
+        for attempt in range(self._tuning.search_attempts):
+            if attempt:  # back off, with jitter so that racing searches spread out
+                time.sleep(random.uniform(0, 0.005 * 2**attempt))
+            before = self._snapshot(caller.tenant, token_first=True)
+            points = self._query(
+                dense, terms, candidate_count(top_k), limit, _pinned(base, before), with_vectors
+            )
+            if self._snapshot(caller.tenant, token_first=False) == before:
+                break
+        else:
+            raise UnavailableError(
+                f"Qdrant: every search of tenant '{caller.tenant}' raced a document "
+                f"replacement ({self._tuning.search_attempts} attempts); retry"
+            )
+        if mmr:
+            order = mmr_order(
+                [p.score for p in points], [_dense_of(p) for p in points], top_k, options.mmr_lambda
+            )
+            points = [points[i] for i in order]
+        if query_vector is None:
+            return [SearchHit(chunk_from_payload(p.payload or {}), float(p.score)) for p in points]
+        return _cosine_hits(points, query_vector)
+
+    def get_document(self, tenant: str, document_id: str) -> DocumentRecord | None:
+        """Return the tenant's record, or None when the tenant has no such document
+        (a document whose first replacement is under way does not exist yet)."""
+        validate_tenant(tenant)
+        if not document_id:
+            raise InvalidInputError("document_id must not be empty")
+        payload = self._record(_record_id(tenant, document_id))
+        if payload is None or not payload.get("indexed"):
+            return None
+        return record_from_payload(payload)
+
+    def list_documents(self, tenant: str, limit: int, after: str = "") -> list[DocumentRecord]:
+        """Return up to `limit` of the tenant's records with document_id > `after`,
+        by document_id.
+
+        Qdrant orders scrolls only by numeric payload, so each page scans the
+        tenant's records and keeps the `limit` smallest ids in a bounded heap,
+        as the embedded store does.
+        """
+        validate_tenant(tenant)
+        validate_list_limit(limit)
+        documents = models.Filter(
+            must=[_match("tenant", tenant), _match("kind", _DOCUMENT), _match("indexed", True)]
+        )
+        candidates = (
+            record_from_payload(payload)
+            for payload in self._scan(self._registry, documents, with_payload=True)
+            if str(payload["document_id"]) > after
+        )
+        return heapq.nsmallest(limit, candidates, key=lambda record: record.document_id)
+
+    def remove_document(self, tenant: str, document_id: str) -> int:
+        """Delete the tenant's document (chunks and record); return the chunks deleted.
+
+        Chunks are deleted even without a record (orphans), NotFoundError only
+        when the tenant has neither, as in the embedded store. Readers see the
+        document until the record flips to "no version", then nothing of it.
+        """
+        validate_tenant(tenant)
+        if not document_id:
+            raise InvalidInputError("document_id must not be empty")
+        of_document = models.Filter(must=_document_conditions(tenant, document_id))
+        not_found = NotFoundError(f"document '{document_id}' not found in tenant '{tenant}'")
+        if self._record(_record_id(tenant, document_id)) is None and not self._count(
+            self._chunks, of_document
+        ):
+            raise not_found  # nothing to lock: no writer has touched it
+        with self._lease(tenant, document_id) as lease:
+            deleted = self._count(self._chunks, of_document)
+            if not lease.indexed and not deleted:
+                raise not_found
+            self._change_token(tenant)
+            self._flip(lease, {"version": "", "indexed": False})
+        return deleted
+
+    def stats(self) -> StoreStats:
+        """Return document and chunk counts over every tenant (exact at rest)."""
+        indexed = models.Filter(must=[_match("kind", _DOCUMENT), _match("indexed", True)])
+        return StoreStats(
+            document_count=self._count(self._registry, indexed),
+            chunk_count=self._count(self._chunks, None),
+            dimension=self._dimension,
+            backend=BACKEND,
+        )
+
+    def close(self) -> None:
+        """Close the client; later calls raise FailedPreconditionError. Idempotent.
+
+        The server keeps the data: every write was acknowledged with `wait=True`.
+        """
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    # -- set-up ---------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """Check the server version and create or verify both collections."""
+        with self._engine() as client:
+            version = _parse_version(client.info().version)
+            if version is not None and version < MIN_SERVER_VERSION:
+                raise FailedPreconditionError(
+                    f"Qdrant server {'.'.join(map(str, version))} is too old: the store needs "
+                    f">= {'.'.join(map(str, MIN_SERVER_VERSION))} (conditional updates)"
+                )
+            self._ensure_collection(
+                client,
+                self._chunks,
+                vectors={
+                    DENSE: models.VectorParams(
+                        size=self._dimension, distance=models.Distance.COSINE
+                    )
+                },
+                sparse={KEYWORD: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                hnsw=models.HnswConfigDiff(m=0, payload_m=16),
+                indexes=_CHUNK_INDEXES,
+            )
+            self._ensure_collection(
+                client,
+                self._registry,
+                vectors={_PLACEHOLDER: models.VectorParams(size=1, distance=models.Distance.DOT)},
+                sparse=None,
+                hnsw=None,
+                indexes=_REGISTRY_INDEXES,
+            )
+            self._check_layout(client)
+
+    def _ensure_collection(
+        self,
+        client: QdrantClient,
+        name: str,
+        *,
+        vectors: dict[str, models.VectorParams],
+        sparse: dict[str, models.SparseVectorParams] | None,
+        hnsw: models.HnswConfigDiff | None,
+        indexes: Mapping[str, models.PayloadSchemaType | models.KeywordIndexParams],
+    ) -> None:
+        """Create `name` with its payload indexes unless it exists (another replica
+        may create it concurrently: losing that race is fine); add missing indexes."""
+        if not client.collection_exists(name):
+            try:
+                client.create_collection(
+                    name,
+                    vectors_config=vectors,
+                    sparse_vectors_config=sparse,
+                    hnsw_config=hnsw,
+                    replication_factor=self._tuning.replication_factor,
+                    write_consistency_factor=self._tuning.replication_factor,
+                )
+            except (UnexpectedResponse, grpc.RpcError, ValueError):
+                if not client.collection_exists(name):
+                    raise
+        existing = client.get_collection(name).payload_schema
+        for field_name, schema in indexes.items():
+            if field_name not in existing:
+                client.create_payload_index(name, field_name, schema, wait=True)
+
+    def _check_layout(self, client: QdrantClient) -> None:
+        """Refuse a chunk collection of another dimension or not made by this store."""
+        params = client.get_collection(self._chunks).config.params
+        dense = params.vectors.get(DENSE) if isinstance(params.vectors, dict) else None
+        if dense is None or KEYWORD not in (params.sparse_vectors or {}):
+            raise FailedPreconditionError(
+                f"Qdrant collection '{self._chunks}' exists but lacks the '{DENSE}' dense and "
+                f"'{KEYWORD}' sparse vectors of this store; use another RAG_QDRANT_COLLECTION"
+            )
+        if dense.size != self._dimension:
+            raise FailedPreconditionError(
+                f"Qdrant collection '{self._chunks}' holds vectors of dimension {dense.size}, "
+                f"but dimension {self._dimension} was requested; re-index with the new "
+                "embedding model into a new collection"
+            )
+
+    # -- engine calls ---------------------------------------------------------
+
+    @contextmanager
+    def _engine(self) -> Iterator[QdrantClient]:
+        """The client, with transport failures raised as the platform's errors."""
+        client = self._client
+        if client is None:
+            raise FailedPreconditionError("vector store is closed")
+        try:
+            yield client
+        except PlatformError:
+            raise
+        except grpc.RpcError as exc:
+            mapped = _rpc_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        except ResponseHandlingException as exc:
+            if isinstance(exc.source, httpx.TimeoutException):
+                raise DeadlineError(f"Qdrant did not answer in time: {exc.source}") from exc
+            raise UnavailableError(f"Qdrant is unreachable: {exc.source}") from exc
+        except UnexpectedResponse as exc:
+            if exc.status_code == 429:
+                raise RateLimitedError(f"Qdrant refused for load: {exc.reason_phrase}") from exc
+            if exc.status_code in (502, 503, 504):
+                raise UnavailableError(f"Qdrant is unavailable: {exc.reason_phrase}") from exc
+            raise
+
+    def _query(
+        self,
+        dense: list[float] | None,
+        terms: models.SparseVector | None,
+        leg_size: int,
+        limit: int,
+        query_filter: models.Filter,
+        with_vectors: bool,
+    ) -> list[models.ScoredPoint]:
+        """One engine query: the dense leg, the keyword leg, or both fused by RRF."""
+        legs: list[models.Prefetch] = []
+        if dense is not None:
+            params = models.SearchParams(
+                hnsw_ef=max(self._tuning.hnsw_ef, leg_size), exact=self._tuning.exact
+            )
+            legs.append(
+                models.Prefetch(
+                    query=dense, using=DENSE, limit=leg_size, filter=query_filter, params=params
+                )
+            )
+        if terms is not None:
+            legs.append(
+                models.Prefetch(query=terms, using=KEYWORD, limit=leg_size, filter=query_filter)
+            )
+        vectors: list[str] | bool = [DENSE] if with_vectors else False
+        with self._engine() as client:
+            if len(legs) == 1:
+                (leg,) = legs
+                response = client.query_points(
+                    self._chunks,
+                    query=leg.query,
+                    using=leg.using,
+                    query_filter=query_filter,
+                    search_params=leg.params,
+                    limit=limit,
+                    with_payload=True,
+                    with_vectors=vectors,
+                )
+            else:
+                response = client.query_points(
+                    self._chunks,
+                    prefetch=legs,
+                    query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+                    query_filter=query_filter,
+                    limit=limit,
+                    with_payload=True,
+                    with_vectors=vectors,
+                )
+        return response.points
+
+    def _snapshot(self, tenant: str, *, token_first: bool) -> _Snapshot:
+        """Read the tenant's write token and busy records, in the order the
+        protocol needs: token first before the query, token last after it."""
+        token = self._token(tenant) if token_first else ""
+        busy_filter = models.Filter(
+            must=[_match("tenant", tenant), _match("kind", _DOCUMENT), _match("busy", True)]
+        )
+        busy = frozenset(
+            (str(p["document_id"]), str(p["version"]), str(p["revision"]))
+            for p in self._scan(
+                self._registry, busy_filter, with_payload=["document_id", "version", "revision"]
+            )
+        )
+        if not token_first:
+            token = self._token(tenant)
+        return _Snapshot(token, busy)
+
+    def _token(self, tenant: str) -> str:
+        with self._engine() as client:
+            found = client.retrieve(
+                self._registry, [_token_point_id(tenant)], with_payload=[_TOKEN]
+            )
+        return str((found[0].payload or {}).get(_TOKEN, "")) if found else ""
+
+    def _change_token(self, tenant: str) -> None:
+        """Tell searches of `tenant` that running now that a writer is about to
+        change chunks (see the module docstring)."""
+        point = models.PointStruct(
+            id=_token_point_id(tenant),
+            vector={},
+            payload={"kind": _TOKEN, "tenant": tenant, _TOKEN: uuid.uuid4().hex},
+        )
+        with self._engine() as client:
+            client.upsert(self._registry, [point], wait=True)
+
+    def _record(self, record_id: str) -> dict[str, Any] | None:
+        with self._engine() as client:
+            found = client.retrieve(self._registry, [record_id], with_payload=True)
+        return dict(found[0].payload or {}) if found else None
+
+    def _count(self, collection: str, count_filter: models.Filter | None) -> int:
+        with self._engine() as client:
+            return client.count(collection, count_filter=count_filter, exact=True).count
+
+    def _delete(self, collection: str, selector: models.Filter) -> None:
+        with self._engine() as client:
+            client.delete(collection, models.FilterSelector(filter=selector), wait=True)
+
+    def _scan(
+        self, collection: str, scan_filter: models.Filter, *, with_payload: bool | list[str]
+    ) -> Iterator[dict[str, Any]]:
+        """Payloads of every point matching `scan_filter`, page by page."""
+        offset: Any = None
+        while True:
+            with self._engine() as client:
+                records, offset = client.scroll(
+                    collection,
+                    scroll_filter=scan_filter,
+                    limit=_SCROLL_BATCH,
+                    offset=offset,
+                    with_payload=with_payload,
+                    with_vectors=False,
+                )
+            for record in records:
+                yield dict(record.payload or {})
+            if offset is None:
+                return
+
+    def _check_chunk_ownership(self, tenant: str, document_id: str, chunk_ids: list[str]) -> None:
+        """Refuse chunk ids that belong to another document, with the embedded
+        store's messages. Point ids include the tenant and version, so nothing
+        would be overwritten here; the check keeps both backends' contracts equal."""
+        own = models.Filter(must=_document_conditions(tenant, document_id))
+        for start in range(0, len(chunk_ids), _ID_BATCH):
+            others = models.Filter(
+                must=[_match_any("chunk_id", chunk_ids[start : start + _ID_BATCH])],
+                must_not=[own],
+            )
+            with self._engine() as client:
+                records, _ = client.scroll(
+                    self._chunks,
+                    scroll_filter=others,
+                    limit=1,
+                    with_payload=["tenant", "document_id", "chunk_id"],
+                )
+            if not records:
+                continue
+            payload = records[0].payload or {}
+            chunk_id, owner = payload.get("chunk_id"), payload.get("document_id")
+            if payload.get("tenant") != tenant:
+                raise InvalidInputError(
+                    f"chunk_id '{chunk_id}' already belongs to another tenant's document, "
+                    f"not to '{document_id}' of tenant '{tenant}'"
+                )
+            raise InvalidInputError(
+                f"chunk_id '{chunk_id}' already belongs to document '{owner}', not '{document_id}'"
+            )
+
+    # -- the document lease ---------------------------------------------------
+
+    @contextmanager
+    def _lease(self, tenant: str, document_id: str) -> Iterator[_Lease]:
+        """Hold the document's lease for the block, then `_release` it; if the
+        block fails, `_abandon` it instead (and raise the block's error)."""
+        lease = self._acquire(tenant, document_id)
+        try:
+            yield lease
+        except BaseException:
+            try:
+                self._abandon(lease)
+            except Exception:
+                log.exception(
+                    "could not clean up after a failed write of document %r (tenant %r); it "
+                    "stays pinned to its live version until the next writer takes it over",
+                    document_id,
+                    tenant,
+                )
+            raise
+        self._release(lease)
+
+    def _acquire(self, tenant: str, document_id: str) -> _Lease:
+        record_id = _record_id(tenant, document_id)
+        deadline = time.monotonic() + self._tuning.lock_wait_seconds
+        pause = 0.005
+        while True:
+            current = self._record(record_id)
+            now = time.time()
+            free = current is None or not current.get("busy")
+            expired = not free and float((current or {}).get("writer_since", 0.0)) < (
+                now - self._tuning.lease_seconds
+            )
+            if free or expired:
+                token = uuid.uuid4().hex
+                base = current or {
+                    "kind": _DOCUMENT,
+                    "tenant": tenant,
+                    "document_id": document_id,
+                    "version": "",
+                    "indexed": False,
+                }
+                payload = {
+                    **base,
+                    "busy": True,
+                    "writer": token,
+                    "writer_since": now,
+                    "revision": uuid.uuid4().hex,
+                }
+                unchanged = _match("revision", str(current["revision"]) if current else _NEVER)
+                with self._engine() as client:
+                    client.upsert(
+                        self._registry,
+                        [models.PointStruct(id=record_id, vector={}, payload=payload)],
+                        wait=True,
+                        update_filter=models.Filter(must=[unchanged]),
+                    )
+                if (self._record(record_id) or {}).get("writer") == token:
+                    if expired:
+                        log.warning(
+                            "took over the expired lease of document %r (tenant %r)",
+                            document_id,
+                            tenant,
+                        )
+                    return _Lease(record_id, token, tenant, document_id, record=current)
+            if time.monotonic() >= deadline:
+                raise FailedPreconditionError(
+                    f"document '{document_id}' of tenant '{tenant}' is being changed by another "
+                    f"writer (waited {self._tuning.lock_wait_seconds:g} s); retry later"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+    def _flip(self, lease: _Lease, fields: Mapping[str, Any]) -> None:
+        """Make `fields` (the new live version and record) visible in one point
+        write, if this writer still holds the lease; on return `lease.record` is
+        the new live state, so the release keeps only its chunks."""
+        if time.monotonic() - lease.started > self._tuning.lease_seconds / 2:
+            raise UnavailableError(
+                f"writing document '{lease.document_id}' took longer than half its lease "
+                f"({self._tuning.lease_seconds:g} s); nothing was changed, retry"
+            )
+        revision = uuid.uuid4().hex
+        self._set_record(lease, {**fields, "revision": revision})
+        current = self._record(lease.record_id) or {}
+        if current.get("revision") != revision:
+            raise FailedPreconditionError(
+                f"document '{lease.document_id}' of tenant '{lease.tenant}' was taken over by "
+                "another writer after this one's lease expired; nothing was changed"
+            )
+        lease.record = current
+
+    def _release(self, lease: _Lease) -> None:
+        """Delete the document's chunks of every version but the live one, then
+        free the record, or delete it when no document is indexed under it."""
+        stale = models.Filter(must=_document_conditions(lease.tenant, lease.document_id))
+        if lease.live_version:
+            stale.must_not = [_match("version", lease.live_version)]
+        self._delete(self._chunks, stale)
+        if lease.indexed:
+            self._set_record(lease, {"busy": False, "writer": "", "revision": uuid.uuid4().hex})
+        else:
+            self._delete(self._registry, _held(lease))
+
+    def _abandon(self, lease: _Lease) -> None:
+        """Clean up after a failed write, from the record as it is now.
+
+        A failure may come after the flip reached the server (its read-back
+        failed), so the live version is read again rather than assumed. While
+        the lease is held and young, `_release` restores "only the live version's
+        chunks". Otherwise another writer may hold the document: delete only
+        this writer's own chunks, and only if they are not live; whatever is
+        left is the next writer's to clean, and searches pin the document meanwhile.
+        """
+        current = self._record(lease.record_id)
+        held = current is not None and current.get("writer") == lease.token
+        if held and time.monotonic() - lease.started < self._tuning.lease_seconds / 2:
+            lease.record = current
+            self._release(lease)
+        elif lease.version and (current or {}).get("version") != lease.version:
+            self._delete(
+                self._chunks,
+                models.Filter(
+                    must=[
+                        *_document_conditions(lease.tenant, lease.document_id),
+                        _match("version", lease.version),
+                    ]
+                ),
+            )
+
+    def _set_record(self, lease: _Lease, fields: Mapping[str, Any]) -> None:
+        """Update the record's `fields` only if this writer still holds it."""
+        with self._engine() as client:
+            client.set_payload(
+                self._registry, dict(fields), models.FilterSelector(filter=_held(lease)), wait=True
+            )
+
+
+def _held(lease: _Lease) -> models.Filter:
+    """The lease's record, only while its writer holds it."""
+    return models.Filter(
+        must=[models.HasIdCondition(has_id=[lease.record_id]), _match("writer", lease.token)]
+    )
+
+
+def _pinned(base: models.Filter, snapshot: _Snapshot) -> models.Filter:
+    """`base`, with each busy document restricted to its live version (none if "")."""
+    pins: list[models.Condition] = []
+    for document_id, version, _ in sorted(snapshot.busy):
+        if version:
+            pins.append(
+                models.Filter(
+                    must=[_match("document_id", document_id)],
+                    must_not=[_match("version", version)],
+                )
+            )
+        else:
+            pins.append(_match("document_id", document_id))
+    if not pins:
+        return base
+    return models.Filter(must=base.must, must_not=[*(base.must_not or []), *pins])
+
+
+def _search_filter(caller: Caller, search_filter: SearchFilter) -> models.Filter:
+    """The engine filter of a search, condition for condition the embedded
+    store's (`edge._engine_filter`):
+
+        must: tenant == caller.tenant;
+              access_labels is empty OR has one of the caller's labels;
+              document_id / media_type / source_uri / tags: any of the filter's;
+              date_from_unix <= document_date_unix <= date_to_unix (given bounds)
+        must_not (only with a date bound): document_date_unix == 0 (undated)
+    """
+    unrestricted = models.IsEmptyCondition(is_empty=models.PayloadField(key="access_labels"))
+    access: models.Condition = unrestricted
+    if caller.access_labels:
+        access = models.Filter(
+            should=[unrestricted, _match_any("access_labels", caller.access_labels)]
+        )
+    conditions: list[models.Condition] = [_match("tenant", caller.tenant), access]
+    fields_and_values = (
+        ("document_id", search_filter.document_ids),
+        ("media_type", search_filter.media_types),
+        ("source_uri", search_filter.source_uris),
+        ("tags", search_filter.tags),
+    )
+    conditions.extend(_match_any(key, values) for key, values in fields_and_values if values)
+    start, end = search_filter.date_from_unix, search_filter.date_to_unix
+    if start is None and end is None:
+        return models.Filter(must=conditions)
+    conditions.append(
+        models.FieldCondition(key="document_date_unix", range=models.Range(gte=start, lte=end))
+    )
+    return models.Filter(must=conditions, must_not=[_match("document_date_unix", 0)])
+
+
+def _document_conditions(tenant: str, document_id: str) -> list[models.Condition]:
+    return [_match("tenant", tenant), _match("document_id", document_id)]
+
+
+def _match(key: str, value: str | int | bool) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def _match_any(key: str, values: Sequence[str]) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchAny(any=list(values)))
+
+
+def _vectors(dense: list[float], title: str, text: str) -> dict[str, Any]:
+    """A chunk's named vectors; no BM25 vector when its text has no indexable
+    term, as in the embedded store (dense search still finds the chunk)."""
+    terms = _BM25.embed_document(keyword_text(title, text))
+    return {DENSE: dense, KEYWORD: _sparse(terms)} if terms.indices else {DENSE: dense}
+
+
+def _sparse(terms: EdgeSparseVector) -> models.SparseVector:
+    """The client's form of a BM25 vector computed by qdrant_edge."""
+    return models.SparseVector(indices=list(terms.indices), values=list(terms.values))
+
+
+def _dense_of(point: models.ScoredPoint) -> list[float]:
+    vector = point.vector
+    if not isinstance(vector, dict):
+        raise TypeError(f"point {point.id} came back without its named '{DENSE}' vector")
+    return list(vector[DENSE])  # type: ignore[arg-type]  # a dense vector is a list of floats
+
+
+def _cosine_hits(
+    points: Sequence[models.ScoredPoint], query_vector: Sequence[float]
+) -> list[SearchHit]:
+    """Hits in the engine's order, each scored by its cosine to the query (the
+    mode decides the order only; see `SearchHit`). Both sides are normalised
+    here: the server returns cosine vectors normalised, local mode need not."""
+    if not points:
+        return []
+    query = np.asarray(query_vector, dtype=np.float64)
+    matrix = np.asarray([_dense_of(p) for p in points], dtype=np.float64)
+    cosines = (matrix @ query) / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(query))
+    return [
+        SearchHit(chunk_from_payload(p.payload or {}), float(cosine))
+        for p, cosine in zip(points, cosines, strict=True)
+    ]
+
+
+def _chunk_point_id(tenant: str, chunk_id: str, version: str) -> str:
+    return str(uuid.uuid5(_CHUNK_NAMESPACE, f"{tenant}/{chunk_id}/{version}"))
+
+
+def _record_id(tenant: str, document_id: str) -> str:
+    """Registry id of the tenant's document: "/" cannot occur in a tenant id, so
+    different (tenant, document_id) pairs never share one."""
+    return str(uuid.uuid5(_RECORD_NAMESPACE, f"{tenant}/{document_id}"))
+
+
+def _token_point_id(tenant: str) -> str:
+    return str(uuid.uuid5(_TOKEN_NAMESPACE, tenant))
+
+
+def _parse_version(text: str) -> tuple[int, int] | None:
+    """(major, minor) of a version string such as "1.16.3" or "v1.16.0-dev"."""
+    parts = text.lstrip("v").split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _rpc_error(exc: grpc.RpcError) -> PlatformError | None:
+    """The platform error for a failed gRPC call to Qdrant; None: raise it as it is."""
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return UnavailableError(f"Qdrant is unavailable: {details}")
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineError(f"Qdrant did not answer in time: {details}")
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return RateLimitedError(f"Qdrant refused for load: {details}")
+    return None
