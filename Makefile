@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RAGCTL := $(VENV)/bin/ragctl
 
-.PHONY: setup demo up down test test-all lint bench bench-overhead docs k8s clean
+.PHONY: setup demo up down test test-all lint bench bench-overhead bench-cache docs k8s clean
 
 setup: ## Virtualenv, packages, generated gRPC code, contract tools
 	@bash scripts/setup.sh
@@ -36,6 +36,9 @@ bench: setup ## Ingestion throughput vs raw model, ask latency (writes docs/benc
 
 bench-overhead: setup ## Ask latency with tracing and metrics on vs off (writes docs/observability.md)
 	@$(PY) -m scripts.bench_overhead --write docs/observability.md
+
+bench-cache: setup ## Ask latency of cache hits vs misses, search latency per mode (writes docs/caching.md)
+	@$(PY) -m scripts.bench_cache --write docs/caching.md
 
 k8s: ## Regenerate the kustomize tree in k8s/ from the Helm chart
 	@$(PY) -m scripts.infra_k8s

@@ -52,6 +52,13 @@ if ! { command -v prometheus && command -v promtool; } >/dev/null; then
   (export DEBIAN_FRONTEND=noninteractive
    apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
 fi
+# redis-server (Debian's package) is what the Redis cache backend is tested
+# against; the platform itself needs none (its default caches are in-process).
+if ! command -v redis-server >/dev/null; then
+  echo "setup: installing redis-server (apt)"
+  (export DEBIAN_FRONTEND=noninteractive
+   apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null)
+fi
 # Offline deployment checks: helm, kubectl, checkov, terraform fmt, validators.
 bash scripts/infra_setup.sh
 echo "setup: done"

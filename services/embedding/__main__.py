@@ -1,5 +1,6 @@
 """Run the embedding service: `python -m services.embedding`."""
 
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from prometheus_client import Gauge, Histogram
@@ -9,6 +10,8 @@ from ragplatform.v1 import embedding_pb2, embedding_pb2_grpc
 from services.embedding.backends import Embedder, SentenceTransformerEmbedder
 from services.embedding.batcher import BatchStats, MicroBatcher
 from services.embedding.servicer import EmbeddingServicer
+from services.embedding.vector_cache import VectorCache
+from services.runtime.cache import build_cache
 from services.runtime.metrics import LATENCY_BUCKETS
 from services.runtime.server import Service, ServiceBinding, run
 from services.runtime.settings import PlatformSettings
@@ -43,6 +46,15 @@ class EmbeddingSettings(PlatformSettings):
     embedding_max_texts_per_request: int = Field(
         default=1024, ge=1, description="Most texts accepted in one Embed call."
     )
+    embedding_cache_enabled: bool = Field(
+        default=True,
+        description="Keep vectors by (model, kind, text hash) so a text is embedded once.",
+    )
+    embedding_cache_ttl_seconds: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="How long a cached vector is kept (it never goes stale for one model).",
+    )
 
 
 def build_embedder(settings: EmbeddingSettings) -> Embedder:
@@ -69,13 +81,26 @@ def main() -> None:
             settings.embedding_max_wait_ms / 1000,
             on_batch=record_batch,
         )
-        servicer = EmbeddingServicer(embedder, batcher, settings.embedding_max_texts_per_request)
+        cleanups: list[Callable[[], Awaitable[None]]] = [batcher.close]
+        cache = None
+        if settings.embedding_cache_enabled:
+            store = build_cache(settings, "embedding")
+            cleanups.append(store.close)
+            cache = VectorCache(
+                store,
+                embedder.model_name,
+                embedder.dimension,
+                settings.embedding_cache_ttl_seconds,
+            )
+        servicer = EmbeddingServicer(
+            embedder, batcher, settings.embedding_max_texts_per_request, cache
+        )
         binding = ServiceBinding(
             embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server,
             servicer,
             embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
         )
-        return Service([binding], cleanups=[batcher.close])
+        return Service([binding], cleanups=cleanups)
 
     run("embedding", settings, build)
 

@@ -3,8 +3,18 @@
 The answer is only as trustworthy as its citations, so this service re-checks
 them: every [n] in the final text must point at a chunk it actually supplied to
 generation; anything else is removed and counted.
+
+Every question acts for its caller: the tenant and access labels are checked
+before any downstream call and passed to retrieval, whose engine filter confines
+the sources to what that caller may see.
+
+With an AnswerCache, a question is first looked up by its exact key, before
+anything is embedded (a hit costs no model call); then, if the semantic cache is
+on, by its vector after retrieval. A fresh answer is stored once the versions of
+the documents it cites are pinned (see services/query/answer_cache.py).
 """
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +31,11 @@ from ragplatform.v1 import (
 )
 from services.common.citations import keep_supplied_citations
 from services.common.errors import InvalidInputError
+from services.common.search import search_filter_from_proto, validate_filter
+from services.common.tenancy import Caller, validate_caller
+from services.query.answer_cache import AnswerCache, AnswerScope, CachedAnswer, DocumentVersion
 from services.runtime.clients import PlatformClients
+from services.runtime.convert import from_proto
 from services.runtime.errors import downstream
 from services.runtime.telemetry import stage_span
 
@@ -54,6 +68,10 @@ class AskParams(Protocol):
     def retrieval_mode(self) -> common_pb2.RetrievalMode.ValueType: ...
     @property
     def mmr_lambda(self) -> float: ...
+    @property
+    def caller(self) -> common_pb2.Caller: ...
+    @property
+    def bypass_cache(self) -> bool: ...
 
 
 @dataclass
@@ -81,16 +99,71 @@ class _Retrieved:
     started: float
     results: list[common_pb2.ScoredChunk]
     sources: list[generation_pb2.Source]
+    search: retrieval_pb2.SearchRequest
+    """The search that found `results` (the answer cache pins versions with it)."""
+
+
+@dataclass
+class _CacheTurn:
+    """One question's use of the answer cache, from the exact lookup to the store."""
+
+    scope: AnswerScope
+    lookup: bool
+    """False for bypass_cache: the answer is made afresh, and still stored."""
+    timer: _Timer
+    started: float
+    pinning: "asyncio.Task[dict[str, DocumentVersion] | None] | None" = None
+
+    def cancel(self) -> None:
+        """Stop pinning versions (the answer will not be stored)."""
+        if self.pinning is not None:
+            self.pinning.cancel()
+
+
+def _served_from_cache(
+    turn: _CacheTurn,
+    timer: _Timer,
+    entry: CachedAnswer,
+    kind: query_pb2.CacheHit.Kind.ValueType,
+    similarity: float = 0.0,
+) -> query_pb2.AskResponse:
+    """A cached answer as this request's response: its own request id and timings,
+    the hit described, and no token usage or cost (nothing was generated)."""
+    response = query_pb2.AskResponse()
+    response.CopyFrom(entry.response)
+    response.request_id = uuid.uuid4().hex
+    response.ClearField("usage")
+    response.cost_usd = 0.0
+    response.cache.CopyFrom(
+        query_pb2.CacheHit(
+            kind=kind,
+            age_seconds=max(0.0, time.time() - entry.created_at_unix),
+            similarity=similarity,
+            cached_question=entry.question,
+        )
+    )
+    timer.timings.append(
+        common_pb2.StageTiming(stage="total", seconds=time.perf_counter() - turn.started)
+    )
+    response.timings.extend(timer.timings)
+    return response
 
 
 class QueryPipeline:
     """Answers questions by calling the embedding, retrieval and generation services."""
 
-    def __init__(self, clients: PlatformClients, limits: QueryLimits) -> None:
+    def __init__(
+        self, clients: PlatformClients, limits: QueryLimits, answers: AnswerCache | None = None
+    ) -> None:
         self._clients = clients
         self._limits = limits
+        self._answers = answers
 
     def _validated(self, params: AskParams) -> tuple[str, int]:
+        """(question, top_k) of a well-formed request; raises InvalidInputError naming
+        the field otherwise, the caller's tenant first (before anything is read)."""
+        validate_caller(from_proto(params.caller, Caller))
+        validate_filter(search_filter_from_proto(params.filter))
         question = params.question.strip()
         if not question:
             raise InvalidInputError("question is empty")
@@ -113,23 +186,97 @@ class QueryPipeline:
             embedded = await self._clients.embedding.EmbedQueries(
                 embedding_pb2.EmbedQueriesRequest(texts=[question])
             )
+        search = retrieval_pb2.SearchRequest(
+            vector=embedded.vectors[0],
+            top_k=top_k,
+            filter=params.filter,
+            query_text=question,
+            mode=params.retrieval_mode,
+            mmr_lambda=params.mmr_lambda,
+            caller=params.caller,
+        )
         with timer.stage("retrieve"), downstream("retrieval", settings.retrieval_addr):
-            found = await self._clients.retrieval.Search(
-                retrieval_pb2.SearchRequest(
-                    vector=embedded.vectors[0],
-                    top_k=top_k,
-                    filter=params.filter,
-                    query_text=question,
-                    mode=params.retrieval_mode,
-                    mmr_lambda=params.mmr_lambda,
-                )
-            )
+            found = await self._clients.retrieval.Search(search)
         results = list(found.results)
         sources = [
             generation_pb2.Source(number=n, chunk=r.chunk, score=r.score)
             for n, r in enumerate(results, start=1)
         ]
-        return question, _Retrieved(uuid.uuid4().hex, timer, started, results, sources)
+        return question, _Retrieved(uuid.uuid4().hex, timer, started, results, sources, search)
+
+    async def _look_up(
+        self, params: AskParams
+    ) -> tuple[_CacheTurn | None, query_pb2.AskResponse | None]:
+        """The exact lookup, before anything is embedded: (the turn, a cached answer
+        or None). No turn when the answer cache is off or cannot be used now."""
+        if self._answers is None:
+            return None, None
+        started = time.perf_counter()
+        question, top_k = self._validated(params)
+        timer = _Timer()
+        with timer.stage("cache"):
+            version = await self._answers.index_version()
+            if version is None:
+                return None, None
+            scope = AnswerScope.of(
+                params.caller,
+                top_k,
+                params.filter,
+                params.retrieval_mode,
+                params.mmr_lambda,
+                params.tier,
+                params.routing_key,
+                version,
+            )
+            turn = _CacheTurn(scope, not params.bypass_cache, timer, started)
+            entry = await self._answers.lookup(scope, question) if turn.lookup else None
+        if entry is None:
+            return turn, None
+        return turn, _served_from_cache(turn, timer, entry, query_pb2.CacheHit.KIND_EXACT)
+
+    async def _prepare(
+        self, params: AskParams
+    ) -> tuple[_CacheTurn | None, query_pb2.AskResponse | tuple[str, _Retrieved]]:
+        """A cached answer, or the retrieved sources to generate one from.
+
+        After retrieval, pinning the sources' versions starts (it runs while the
+        answer is generated) and the semantic cache, if on, is asked.
+        """
+        turn, hit = await self._look_up(params)
+        if hit is not None:
+            return turn, hit
+        question, state = await self._retrieve(params)
+        if turn is None or self._answers is None:
+            return None, (question, state)
+        state.timer.timings[:0] = turn.timer.timings
+        state.started = turn.started
+        turn.pinning = asyncio.create_task(
+            self._answers.pin_versions(turn.scope.tenant, state.search, state.results)
+        )
+        if turn.lookup and self._answers.semantic is not None:
+            with state.timer.stage("semantic_cache"):
+                similar = await self._answers.lookup_similar(turn.scope, state.search.vector.values)
+            if similar is not None:
+                turn.cancel()
+                entry, similarity = similar
+                kind = query_pb2.CacheHit.KIND_SEMANTIC
+                return turn, _served_from_cache(turn, state.timer, entry, kind, similarity)
+        return turn, (question, state)
+
+    async def _remember(
+        self,
+        turn: _CacheTurn | None,
+        question: str,
+        state: _Retrieved,
+        response: query_pb2.AskResponse,
+    ) -> None:
+        """Store a fresh answer once its documents' versions are pinned."""
+        if turn is None or turn.pinning is None or self._answers is None:
+            return
+        pinned = await turn.pinning
+        if pinned is not None:
+            vector = state.search.vector.values
+            await self._answers.store(turn.scope, question, response, pinned, vector)
 
     def _answer(
         self, state: _Retrieved, generated: generation_pb2.GenerateResponse, debug: bool
@@ -179,20 +326,29 @@ class QueryPipeline:
         return response
 
     async def ask(self, params: AskParams) -> query_pb2.AskResponse:
-        """The complete, verified answer."""
-        question, state = await self._retrieve(params)
+        """The complete, verified answer (from the answer cache when it holds one)."""
+        turn, prepared = await self._prepare(params)
+        if isinstance(prepared, query_pb2.AskResponse):
+            return prepared
+        question, state = prepared
         address = self._clients.settings.generation_addr
-        with state.timer.stage("generate"), downstream("generation", address):
-            generated = await self._clients.generation.Generate(
-                generation_pb2.GenerateRequest(
-                    question=question,
-                    sources=state.sources,
-                    debug=params.debug,
-                    tier=params.tier,
-                    routing_key=params.routing_key,
+        try:
+            with state.timer.stage("generate"), downstream("generation", address):
+                generated = await self._clients.generation.Generate(
+                    generation_pb2.GenerateRequest(
+                        question=question,
+                        sources=state.sources,
+                        debug=params.debug,
+                        tier=params.tier,
+                        routing_key=params.routing_key,
+                    )
                 )
-            )
-        return self._answer(state, generated, params.debug)
+            response = self._answer(state, generated, params.debug)
+            await self._remember(turn, question, state, response)
+        finally:
+            if turn is not None:
+                turn.cancel()
+        return response
 
     async def ask_stream(self, params: AskParams) -> AsyncIterator[query_pb2.AskStreamResponse]:
         """Text deltas as generation writes them, then the verified answer.
@@ -201,27 +357,39 @@ class QueryPipeline:
         (its citations are verified), and clients replace the streamed text with it.
         A restart event (a backend failed mid-answer, or the answer was escalated
         to the strong model) tells clients to drop the deltas received so far.
+        A cached answer streams as one delta holding its text, then the answer.
         """
-        question, state = await self._retrieve(params)
+        turn, prepared = await self._prepare(params)
+        if isinstance(prepared, query_pb2.AskResponse):
+            yield query_pb2.AskStreamResponse(delta=prepared.answer)
+            yield query_pb2.AskStreamResponse(final=prepared)
+            return
+        question, state = prepared
         address = self._clients.settings.generation_addr
         final: generation_pb2.GenerateResponse | None = None
-        with state.timer.stage("generate"), downstream("generation", address):
-            stream = self._clients.generation.GenerateStream(
-                generation_pb2.GenerateStreamRequest(
-                    question=question,
-                    sources=state.sources,
-                    debug=params.debug,
-                    tier=params.tier,
-                    routing_key=params.routing_key,
+        try:
+            with state.timer.stage("generate"), downstream("generation", address):
+                stream = self._clients.generation.GenerateStream(
+                    generation_pb2.GenerateStreamRequest(
+                        question=question,
+                        sources=state.sources,
+                        debug=params.debug,
+                        tier=params.tier,
+                        routing_key=params.routing_key,
+                    )
                 )
-            )
-            async for event in stream:
-                if event.HasField("final"):
-                    final = event.final
-                elif event.HasField("restart"):
-                    yield query_pb2.AskStreamResponse(restart=event.restart)
-                else:
-                    yield query_pb2.AskStreamResponse(delta=event.delta)
-        if final is None:
-            raise InvalidInputError("generation stream ended without a final answer")
-        yield query_pb2.AskStreamResponse(final=self._answer(state, final, params.debug))
+                async for event in stream:
+                    if event.HasField("final"):
+                        final = event.final
+                    elif event.HasField("restart"):
+                        yield query_pb2.AskStreamResponse(restart=event.restart)
+                    else:
+                        yield query_pb2.AskStreamResponse(delta=event.delta)
+            if final is None:
+                raise InvalidInputError("generation stream ended without a final answer")
+            response = self._answer(state, final, params.debug)
+            await self._remember(turn, question, state, response)
+        finally:
+            if turn is not None:
+                turn.cancel()
+        yield query_pb2.AskStreamResponse(final=response)

@@ -23,8 +23,8 @@ from services.runtime.telemetry import current_ids
 
 STAGE_DURATION = Histogram(
     "rag_stage_duration_seconds",
-    "Time spent in each stage of answering a question (embed, retrieve, generate, "
-    "verify, and total).",
+    "Time spent in each stage of answering a question (cache, embed, retrieve, "
+    "semantic_cache, generate, verify, and total).",
     ["stage"],
     buckets=LATENCY_BUCKETS,
 )
@@ -77,11 +77,18 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         self._requests.add(record)
 
     def _with_debug(self, request: Any, record: debug_pb2.RequestRecord | None) -> Any:
-        """The request to run: with the debug view on when a record will keep it."""
-        if record is None or request.debug:
+        """The request to run: with the debug view on when a record will keep it.
+
+        A caller's own debug request skips the answer cache's lookup (a cached
+        answer has no retrieval or prompt to show); the debug view forced on for
+        the record does not, or the log would disable the cache.
+        """
+        if record is None and not request.debug:
             return request
         internal = type(request)()
         internal.CopyFrom(request)
+        if request.debug:
+            internal.bypass_cache = True
         internal.debug = True
         return internal
 

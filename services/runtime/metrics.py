@@ -76,6 +76,12 @@ CACHE_REQUESTS = Counter(
     "Cache lookups by cache name and result (hit or miss).",
     ["cache", "result"],
 )
+CACHE_ERRORS = Counter(
+    "rag_cache_errors",
+    "Cache operations that failed (the store was unreachable or slow) and were served "
+    "as if the cache were empty, by cache name and operation (get, set, delete).",
+    ["cache", "operation"],
+)
 
 
 def init_rpc_series(service: str, methods: Iterable[str]) -> None:
@@ -99,11 +105,19 @@ def record_cache_lookup(cache: str, hit: bool) -> None:
     CACHE_REQUESTS.labels(cache, "hit" if hit else "miss").inc()
 
 
-def init_cache_series(caches: Iterable[str]) -> None:
-    """Create the hit and miss series of each cache at 0 (call when a cache is built)."""
+def record_cache_error(cache: str, operation: str) -> None:
+    """Count one failed operation of `cache` (it was then served as a miss or skipped)."""
+    CACHE_ERRORS.labels(cache, operation).inc()
+
+
+def init_cache_series(caches: Iterable[str], operations: Sequence[str] = ()) -> None:
+    """Create the hit and miss series of each cache, and its error series for each
+    of `operations`, at 0 (call when a cache is built)."""
     for cache in caches:
         for result in ("hit", "miss"):
             CACHE_REQUESTS.labels(cache, result)
+        for operation in operations:
+            CACHE_ERRORS.labels(cache, operation)
 
 
 def start_metrics_server(host: str, port: int) -> None:

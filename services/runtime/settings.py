@@ -6,9 +6,9 @@ In production the Helm chart sets the same variables.
 """
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICE_NAMES = ("embedding", "retrieval", "generation", "ingestion", "query")
@@ -69,6 +69,38 @@ class PlatformSettings(BaseSettings):
             "When RAG_METRICS_PORT is 0, each process serves /metrics on its own port plus "
             "this (query 50051 -> 51051, gateway 8080 -> 9080), so that platforms on one "
             "host with distinct ports never collide."
+        ),
+    )
+
+    cache_backend: Literal["memory", "redis"] = Field(
+        default="memory",
+        description=(
+            "Where caches live: memory (an LRU in each process, nothing to run) or redis "
+            "(shared by every replica; RAG_REDIS_*). A cache that fails is skipped, never fatal."
+        ),
+    )
+    cache_max_entries: int = Field(
+        default=10_000,
+        ge=1,
+        description="Entries each in-process cache holds (memory backend); LRU eviction.",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis for RAG_CACHE_BACKEND=redis; rediss:// for TLS.",
+    )
+    redis_password: SecretStr = Field(
+        default=SecretStr(""), description="Redis AUTH password; empty: none."
+    )
+    redis_ca_cert: Path | None = Field(
+        default=None,
+        description="CA certificate (PEM) that signed the Redis server's TLS certificate.",
+    )
+    redis_timeout_seconds: float = Field(
+        default=0.25,
+        gt=0,
+        description=(
+            "Connect and read timeout of each Redis call: past it the call is a miss, "
+            "so a slow cache cannot slow requests down by more."
         ),
     )
 

@@ -2,19 +2,18 @@
 every dashboard panel and every rule finds data.
 
 The platform gets the traffic of a small day: a corpus ingested by URI, a failed
-upload, questions through the gateway (unary and streamed) and over gRPC, a bad
-question, document reads, request debugging. Prometheus (Debian's package)
-scrapes each process's /metrics every second and evaluates the chart's rules;
-then each dashboard panel's expression must return at least one series, each
-recording rule must have produced one, and each metric an alert reads must
-have one.
+upload, questions through the gateway (unary and streamed) and over gRPC, a
+repeated question (an answer-cache hit), a bad question, document reads, request
+debugging. Prometheus (Debian's package) scrapes each process's /metrics every
+second and evaluates the chart's rules; then each dashboard panel's expression
+must return at least one series, each recording rule must have produced one,
+and each metric an alert reads must have one.
 
 Generation runs with its first backend down and two A/B arms (conftest), so
 fallbacks, backend errors and the circuit breaker really happen. A metric whose
-events cannot happen here (no cache exists yet) is listed in NO_EVENTS_HERE with
-the reason; for it the test checks instead that a service declares the metric
-(HELP/TYPE in its /metrics), so a misspelt name in a dashboard or rule still
-fails.
+events could not happen here would be listed in NO_EVENTS_HERE with the reason;
+for it the test checks instead that a service declares the metric (HELP/TYPE in
+its /metrics), so a misspelt name in a dashboard or rule still fails.
 """
 
 import json
@@ -41,17 +40,14 @@ from ragplatform.v1 import (
     query_pb2_grpc,
 )
 from services.cli.supervisor import ALL, Platform, metrics_url
-from tests.observability.conftest import REPO, SAMPLES
+from tests.observability.conftest import CALLER, REPO, SAMPLES
 
 CHART = REPO / "helm" / "ragplatform"
 PROMETHEUS_PORT = 52490
 RATE_INTERVAL = "1m"
 """What Grafana's $__rate_interval becomes here (at least four scrapes, as Grafana makes it)."""
 
-NO_EVENTS_HERE = {
-    "rag_cache_requests_total": "no cache exists yet; caches record lookups through "
-    "services.runtime.metrics.record_cache_lookup",
-}
+NO_EVENTS_HERE: dict[str, str] = {}
 """Metrics whose events cannot happen on this platform, with the reason."""
 
 QUESTIONS = [
@@ -121,7 +117,8 @@ def send_traffic(platform: Platform) -> None:
     settings = platform.settings
     with grpc.insecure_channel(settings.ingestion_addr) as channel:
         ingestion = ingestion_pb2_grpc.IngestionServiceStub(channel)
-        events = list(ingestion.IngestUris(ingestion_pb2.IngestUrisRequest(uris=[str(SAMPLES)])))
+        request = ingestion_pb2.IngestUrisRequest(uris=[str(SAMPLES)], tenant=CALLER.tenant)
+        events = list(ingestion.IngestUris(request))
         assert any(e.HasField("result") for e in events)
     with httpx.Client(base_url=platform.address("gateway"), timeout=60) as http:
         bad = http.post("/v1/documents", files={"file": ("notes.pdf", b"not a pdf at all")})
@@ -130,20 +127,24 @@ def send_traffic(platform: Platform) -> None:
             assert http.post("/v1/ask", json={"question": question}).status_code == 200
         streamed = http.post("/v1/ask/stream", json={"question": QUESTIONS[0]})
         assert streamed.status_code == 200 and "event: answer" in streamed.text
+        repeated = http.post("/v1/ask", json={"question": QUESTIONS[0]})
+        assert repeated.json()["cache"]["kind"] == "KIND_EXACT", "asked before: a cache hit"
         assert http.post("/v1/ask", json={"question": " "}).status_code == 400
         assert http.get("/v1/documents").status_code == 200
         assert http.get("/v1/documents/no-such-document").status_code == 404
     with grpc.insecure_channel(settings.query_addr) as channel:
         answer = query_pb2_grpc.QueryServiceStub(channel).Ask(
-            query_pb2.AskRequest(question=QUESTIONS[1])
-        )
+            query_pb2.AskRequest(question=QUESTIONS[1], bypass_cache=True, caller=CALLER)
+        )  # a fresh answer: a cached one has no retrieval for the record to show
         debug = debug_pb2_grpc.RequestDebugServiceStub(channel)
         record = debug.GetRequestRecord(
             debug_pb2.GetRequestRecordRequest(request_id=answer.request_id)
         ).record
         assert record.response.debug.retrieved
         debug.CheckDocument(
-            debug_pb2.CheckDocumentRequest(question=QUESTIONS[1], document_id="expense-policy.md")
+            debug_pb2.CheckDocumentRequest(
+                question=QUESTIONS[1], document_id="expense-policy.md", caller=CALLER
+            )
         )
 
 

@@ -17,7 +17,7 @@ SERVER = trace_pb2.Span.SpanKind.SPAN_KIND_SERVER
 EXPECTED = {
     ("gateway", "POST /v1/ask"),
     ("query", "ragplatform.v1.QueryService/Ask"),
-    *(("query", stage) for stage in ("embed", "retrieve", "generate", "verify")),
+    *(("query", stage) for stage in ("embed", "retrieve", "cache_pin", "generate", "verify")),
     ("embedding", "ragplatform.v1.EmbeddingService/EmbedQueries"),
     ("retrieval", "ragplatform.v1.RetrievalService/Search"),
     ("generation", "ragplatform.v1.GenerationService/Generate"),
@@ -58,7 +58,11 @@ def test_one_question_is_one_trace_across_five_services(
         sink.clear()
         answer = http.post(
             "/v1/ask",
-            json={"question": "How many days of paid annual leave do full-time employees get?"},
+            json={
+                "question": "How many days of paid annual leave do full-time employees get?",
+                # Every stage must run: an earlier test may have cached this answer.
+                "bypass_cache": True,
+            },
         )
     assert answer.status_code == 200, answer.text
 
@@ -83,8 +87,15 @@ def test_one_question_is_one_trace_across_five_services(
         if span.parent_span_id:
             assert span.parent_span_id in by_id, f"{service} span {span.name} has a lost parent"
 
-    def server_span(service: str, name: str) -> trace_pb2.Span:
-        found = [s for svc, s in trace if svc == service and s.name == name and s.kind == SERVER]
+    def server_span(service: str, name: str, stage: str = "") -> trace_pb2.Span:
+        found = [
+            s
+            for svc, s in trace
+            if svc == service
+            and s.name == name
+            and s.kind == SERVER
+            and (not stage or by_id[s.parent_span_id][1].name == stage)
+        ]
         assert len(found) == 1, f"expected one {service} span {name}, got {len(found)}"
         return found[0]
 
@@ -96,7 +107,8 @@ def test_one_question_is_one_trace_across_five_services(
     assert parent_of(ask) == ("gateway", gateway)
     downstream = {
         "embed": server_span("embedding", "ragplatform.v1.EmbeddingService/EmbedQueries"),
-        "retrieve": server_span("retrieval", "ragplatform.v1.RetrievalService/Search"),
+        # The answer cache repeats the search under "cache_pin" to pin document versions.
+        "retrieve": server_span("retrieval", "ragplatform.v1.RetrievalService/Search", "retrieve"),
         "generate": server_span("generation", "ragplatform.v1.GenerationService/Generate"),
     }
     for stage, callee in downstream.items():
@@ -105,6 +117,8 @@ def test_one_question_is_one_trace_across_five_services(
         assert parent_of(stage_span) == ("query", ask)
     verify = [s for svc, s in trace if svc == "query" and s.name == "verify"]
     assert len(verify) == 1 and parent_of(verify[0]) == ("query", ask)
+    pins = [s for svc, s in trace if svc == "query" and s.name == "cache_pin"]
+    assert len(pins) == 1 and parent_of(pins[0]) == ("query", ask)
 
     generate = attributes(downstream["generate"])
     assert generate["gen_ai.operation.name"] == "chat"

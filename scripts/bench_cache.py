@@ -1,0 +1,320 @@
+"""`make bench-cache`: what an answer-cache hit costs against a miss, and what
+each retrieval mode costs, measured in one run on one machine.
+
+1. A platform starts (every service its own process, ports 5365x, data in
+   `.bench/cache/`, the default in-process caches) and indexes SciFact
+   abstracts through `IngestionService.IngestUris` for the tenant the gateway
+   acts for without API keys: the abstracts the SciFact claims cite as evidence,
+   in claim order, topped up with others to `--docs` (read in place from
+   `../shared/eval/scifact/`, written one `<id>.txt` each under `.bench/cache/`).
+2. Asks, through the REST gateway (HTTP, the whole path): each claim is asked
+   once with `bypass_cache` (a warm-up that also finds the claims the platform
+   answers; declined answers are never cached). Then, for every answered claim,
+   a miss (`bypass_cache`: embed, retrieve, generate, verify, and the answer
+   stored again) and right after it a hit (the same question, served from the
+   cache after its cited documents' versions were checked), so that whatever
+   else the machine does meets both alike. Client-side p50/p95 of each. To
+   show where a hit's time goes, each claim is also asked as a hit over gRPC
+   (no gateway), and the gateway's own cost is measured on the simplest call
+   behind it: `GET /v1/documents/{id}` of a cited document against the
+   `RetrievalService.GetDocument` it makes.
+3. Searches, `RetrievalService.Search` over gRPC, for the same claims (vectors
+   embedded once beforehand), the three modes interleaved per claim: dense,
+   keyword (BM25) and hybrid (RRF), with the query service's default top_k.
+
+The figures go between the `cache-bench:` markers of the file given to `--write`.
+
+Usage: `python -m scripts.bench_cache [--docs N] [--questions N] [--write docs/caching.md]`.
+"""
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform as pyplatform
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+
+from ragplatform.v1 import (
+    common_pb2,
+    embedding_pb2,
+    embedding_pb2_grpc,
+    ingestion_pb2,
+    ingestion_pb2_grpc,
+    query_pb2,
+    query_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+)
+from scripts.bench import SCIFACT, percentile, say
+from services.cli.supervisor import Platform
+from services.common.tenancy import DEFAULT_TENANT
+from services.query.__main__ import QuerySettings
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO / ".bench" / "cache"
+BEGIN, END = "<!-- cache-bench:begin -->", "<!-- cache-bench:end -->"
+HIT_TARGET_SECONDS = 0.005
+"""Target for the p50 of a cache hit at the gateway."""
+MODES = {
+    "dense": common_pb2.RETRIEVAL_MODE_DENSE,
+    "keyword": common_pb2.RETRIEVAL_MODE_KEYWORD,
+    "hybrid": common_pb2.RETRIEVAL_MODE_HYBRID,
+}
+BENCH_ENV = {
+    "RAG_QUERY_ADDR": "127.0.0.1:53651",
+    "RAG_INGESTION_ADDR": "127.0.0.1:53652",
+    "RAG_EMBEDDING_ADDR": "127.0.0.1:53653",
+    "RAG_RETRIEVAL_ADDR": "127.0.0.1:53654",
+    "RAG_GENERATION_ADDR": "127.0.0.1:53655",
+    "RAG_GATEWAY_PORT": "53680",
+    "RAG_DRAIN_SECONDS": "2",
+}
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def select(docs: int) -> tuple[list[dict[str, str]], list[str]]:
+    """(abstracts, claims): those SciFact's claims cite, topped up to `docs`
+    abstracts, and the claims whose evidence is all among them."""
+    claims = []
+    wanted: dict[str, None] = {}
+    with (REPO / SCIFACT / "queries.jsonl").open(encoding="utf-8") as lines:
+        for line in lines:
+            record = json.loads(line)
+            evidence = list(record.get("metadata") or {})
+            if evidence and len(wanted.keys() | set(evidence)) <= docs:
+                wanted.update(dict.fromkeys(evidence))
+                claims.append(record["text"])
+    cited: list[dict[str, str]] = []
+    others: list[dict[str, str]] = []
+    with (REPO / SCIFACT / "corpus.jsonl").open(encoding="utf-8") as lines:
+        for line in lines:
+            record = json.loads(line)
+            if record["_id"] in wanted:
+                cited.append(record)
+            elif len(others) < docs - len(wanted):
+                others.append(record)
+    return cited + others, claims
+
+
+def write_corpus(abstracts: Sequence[dict[str, str]], folder: Path) -> None:
+    """One `<id>.txt` per abstract (title, blank line, text), afresh."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for record in abstracts:
+        text = f"{record['title']}\n\n{record['text']}\n"
+        (folder / f"{record['_id']}.txt").write_text(text, encoding="utf-8")
+
+
+def ingest(platform: Platform, folder: Path) -> int:
+    """Index `folder` for the default tenant; the number of documents indexed."""
+    with grpc.insecure_channel(platform.settings.ingestion_addr) as channel:
+        events = ingestion_pb2_grpc.IngestionServiceStub(channel).IngestUris(
+            ingestion_pb2.IngestUrisRequest(uris=[folder.as_uri()], tenant=DEFAULT_TENANT),
+            timeout=3600,
+        )
+        results = [event.result for event in events if event.HasField("result")]
+    failed = [r for r in results if r.status == ingestion_pb2.IngestResult.STATUS_FAILED]
+    if failed:
+        raise SystemExit(f"{len(failed)} documents failed, e.g. {failed[0].message}")
+    return len(results)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@contextmanager
+def timed(into: list[float]) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    into.append(time.perf_counter() - start)
+
+
+def post_ask(http: httpx.Client, question: str, bypass: bool) -> dict[str, object]:
+    reply = http.post("/v1/ask", json={"question": question, "bypass_cache": bypass})
+    if reply.status_code != 200:
+        raise SystemExit(f"ask failed: {reply.status_code} {reply.text}")
+    body: dict[str, object] = reply.json()
+    return body
+
+
+@dataclass
+class Asks:
+    asked: int = 0
+    answered: list[str] = field(default_factory=list)
+    miss: list[float] = field(default_factory=list)
+    hit: list[float] = field(default_factory=list)
+    cache_stage: list[float] = field(default_factory=list)
+    """Server-side time of a hit's lookup and version check (its "cache" stage)."""
+    hit_grpc: list[float] = field(default_factory=list)
+    document_http: list[float] = field(default_factory=list)
+    document_grpc: list[float] = field(default_factory=list)
+
+
+def measure_asks(platform: Platform, claims: Sequence[str], limit: int) -> Asks:
+    asks = Asks()
+    settings = platform.settings
+    caller = common_pb2.Caller(tenant=DEFAULT_TENANT)
+    with (
+        httpx.Client(base_url=platform.address("gateway"), timeout=120) as http,
+        grpc.insecure_channel(settings.query_addr) as query_channel,
+        grpc.insecure_channel(settings.retrieval_addr) as retrieval_channel,
+    ):
+        query = query_pb2_grpc.QueryServiceStub(query_channel)
+        retrieval = retrieval_pb2_grpc.RetrievalServiceStub(retrieval_channel)
+        for claim in claims:
+            if len(asks.answered) == limit:
+                break
+            asks.asked += 1
+            if not post_ask(http, claim, bypass=True)["declined"]:
+                asks.answered.append(claim)
+        say(f"{len(asks.answered)} of {asks.asked} claims answered (declines are not cached)")
+        for claim in asks.answered:
+            with timed(asks.miss):
+                post_ask(http, claim, bypass=True)
+            with timed(asks.hit):
+                body = post_ask(http, claim, bypass=False)
+            cache = body.get("cache")
+            if not isinstance(cache, dict) or cache.get("kind") != "KIND_EXACT":
+                raise SystemExit(f"expected a cache hit, got {cache!r}")
+            timings, citations = body["timings"], body["citations"]
+            assert isinstance(timings, list) and isinstance(citations, list)
+            asks.cache_stage += [t["seconds"] for t in timings if t["stage"] == "cache"]
+            with timed(asks.hit_grpc):
+                query.Ask(query_pb2.AskRequest(question=claim, caller=caller), timeout=60)
+            document = citations[0]["document_id"]
+            with timed(asks.document_http):
+                http.get(f"/v1/documents/{document}").raise_for_status()
+            with timed(asks.document_grpc):
+                retrieval.GetDocument(
+                    retrieval_pb2.GetDocumentRequest(document_id=document, tenant=caller.tenant),
+                    timeout=30,
+                )
+    return asks
+
+
+def measure_search(platform: Platform, claims: Sequence[str], top_k: int) -> dict[str, list[float]]:
+    settings = platform.settings
+    caller = common_pb2.Caller(tenant=DEFAULT_TENANT)
+    seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
+    with (
+        grpc.insecure_channel(settings.embedding_addr) as embedding_channel,
+        grpc.insecure_channel(settings.retrieval_addr) as retrieval_channel,
+    ):
+        vectors = embedding_pb2_grpc.EmbeddingServiceStub(embedding_channel).EmbedQueries(
+            embedding_pb2.EmbedQueriesRequest(texts=list(claims)), timeout=300
+        )
+        retrieval = retrieval_pb2_grpc.RetrievalServiceStub(retrieval_channel)
+        for round_ in ("warm-up", "measured"):
+            for claim, vector in zip(claims, vectors.vectors, strict=True):
+                for name, mode in MODES.items():
+                    request = retrieval_pb2.SearchRequest(
+                        vector=vector, top_k=top_k, query_text=claim, mode=mode, caller=caller
+                    )
+                    spent: list[float] = []
+                    with timed(spent):
+                        retrieval.Search(request, timeout=30)
+                    if round_ == "measured":
+                        seconds[name] += spent
+    return seconds
+
+
+# --------------------------------------------------------------------------- report
+
+
+def ms(value: float) -> str:
+    return f"{value * 1000:.1f} ms"
+
+
+def row(name: str, values: Sequence[float]) -> str:
+    return f"| {name} | {ms(percentile(values, 50))} | {ms(percentile(values, 95))} |"
+
+
+def report(documents: int, asks: Asks, searches: dict[str, list[float]], top_k: int) -> str:
+    hit_p50 = percentile(asks.hit, 50)
+    verdict = "met" if hit_p50 < HIT_TARGET_SECONDS else "NOT met"
+    return "\n".join(
+        [
+            f"Measured {dt.date.today():%Y-%m-%d} on {pyplatform.machine()}, "
+            f"{os.cpu_count()} CPUs, Python {pyplatform.python_version()}: {documents} "
+            f"SciFact abstracts indexed; {len(asks.answered)} claims answered (of "
+            f"{asks.asked} asked; declined answers are not cached), each asked as a miss "
+            "then as a hit, one at a time (`make bench-cache`).",
+            "",
+            "Ask through the REST gateway (client side):",
+            "",
+            "| | p50 | p95 |",
+            "|---|---|---|",
+            row("miss (`bypass_cache`: embed, retrieve, generate, verify, store)", asks.miss),
+            row("hit (lookup + version check of the cited documents)", asks.hit),
+            row("of which the hit's `cache` stage in the query service", asks.cache_stage),
+            row("hit over gRPC, `QueryService.Ask` (no gateway)", asks.hit_grpc),
+            row("`GET /v1/documents/{id}` through the gateway", asks.document_http),
+            row("the `RetrievalService.GetDocument` behind it, over gRPC", asks.document_grpc),
+            "",
+            f"Hit / miss at p50: {hit_p50 / percentile(asks.miss, 50):.3f}; hit p50 "
+            f"{ms(hit_p50)} against the 5 ms target: {verdict}. The gateway's own share "
+            "(document read through it minus the same read over gRPC) is "
+            f"{ms(percentile(asks.document_http, 50) - percentile(asks.document_grpc, 50))} "
+            "at p50.",
+            "",
+            f"`RetrievalService.Search` over gRPC, top_k {top_k}, the same claims "
+            "(vectors embedded beforehand; modes interleaved per claim, after a warm-up round):",
+            "",
+            "| mode | p50 | p95 |",
+            "|---|---|---|",
+            *(row(name, values) for name, values in searches.items()),
+        ]
+    )
+
+
+def write(path: Path, text: str) -> None:
+    document = path.read_text()
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(document):
+        raise SystemExit(f"{path} has no {BEGIN} ... {END} block")
+    path.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", document))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docs", type=int, default=300, help="abstracts to index (300)")
+    parser.add_argument("--questions", type=int, default=100, help="answered claims (100)")
+    parser.add_argument("--write", type=Path, help="put the figures into this Markdown file")
+    args = parser.parse_args(argv)
+    if not (REPO / SCIFACT / "corpus.jsonl").exists():
+        print(f"SciFact not found at {SCIFACT} (relative to {REPO})", file=sys.stderr)
+        return 2
+    abstracts, claims = select(args.docs)
+    write_corpus(abstracts, BENCH_DIR / "scifact")
+    data = BENCH_DIR / "platform"
+    shutil.rmtree(data, ignore_errors=True)
+    top_k = QuerySettings().query_default_top_k
+    say(f"starting the platform; {len(abstracts)} abstracts, {len(claims)} candidate claims")
+    with Platform(data, env=BENCH_ENV) as platform:
+        documents = ingest(platform, BENCH_DIR / "scifact")
+        say(f"{documents} documents indexed; asking through the gateway")
+        asks = measure_asks(platform, claims, args.questions)
+        say("searching in each mode")
+        searches = measure_search(platform, asks.answered, top_k)
+    text = report(documents, asks, searches, top_k)
+    print(text)
+    if args.write:
+        write(args.write, text)
+        say(f"figures written to {args.write}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
