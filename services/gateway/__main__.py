@@ -28,6 +28,7 @@ def main() -> None:
         app,
         host=settings.listen_host,
         port=settings.gateway_port,
+        http="httptools",  # C parser: the pure-Python default (h11) costs ~1 ms a request
         log_config=None,  # keep the JSON handler configure_logging installed
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=math.ceil(settings.drain_seconds),
