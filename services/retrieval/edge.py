@@ -135,6 +135,7 @@ from services.retrieval.store import (
     SearchOptions,
     StoredChunk,
     StoreStats,
+    best_first,
     candidate_count,
     chunk_from_payload,
     chunk_payload,
@@ -492,7 +493,7 @@ class EdgeVectorStore:
             )
         else:
             request = QueryRequest(
-                limit=limit,
+                limit=candidate_count(top_k),  # every fused candidate: see `best_first`
                 prefetches=legs,
                 query=_RRF,
                 filter=engine_filter,
@@ -502,6 +503,8 @@ class EdgeVectorStore:
         with self._lock.read():
             chunk_shard, _ = self._require_open()
             points = chunk_shard.query(request)
+        if len(legs) > 1:
+            points = best_first(points, limit)
         if mmr:
             points = _mmr_points(points, top_k, options.mmr_lambda)
         if query_vector is None:

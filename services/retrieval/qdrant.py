@@ -146,6 +146,7 @@ from services.retrieval.store import (
     SearchOptions,
     StoredChunk,
     StoreStats,
+    best_first,
     candidate_count,
     chunk_from_payload,
     chunk_payload,
@@ -690,10 +691,11 @@ class QdrantServerStore:
                     prefetch=legs,
                     query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
                     query_filter=query_filter,
-                    limit=limit,
+                    limit=leg_size,  # every fused candidate: see `best_first`
                     with_payload=True,
                     with_vectors=vectors,
                 )
+                return best_first(response.points, limit)
         return response.points
 
     def _snapshot(self, tenant: str, *, token_first: bool) -> _Snapshot:

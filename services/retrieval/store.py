@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -70,6 +70,30 @@ def candidate_count(top_k: int) -> int:
     fused credit, so each leg fetches several times top_k, at least 20.
     """
     return max(top_k * 4, 20)
+
+
+class _Ranked(Protocol):
+    """What an engine's scored point has (qdrant-edge's and qdrant-client's alike)."""
+
+    @property
+    def id(self) -> Any: ...
+    @property
+    def score(self) -> float: ...
+
+
+RankedT = TypeVar("RankedT", bound=_Ranked)
+
+
+def best_first(points: Sequence[RankedT], limit: int) -> list[RankedT]:
+    """The `limit` best of `points`, ties broken by point id.
+
+    RRF gives exactly equal scores to chunks at the same ranks of different legs
+    (dense rank 3 only, keyword rank 3 only), and the engines order such ties
+    arbitrarily, so the same request could cite different chunks from one call
+    to the next. Fused searches therefore fetch every fused candidate and cut
+    here, so identical requests get identical results.
+    """
+    return sorted(points, key=lambda point: (-point.score, str(point.id)))[:limit]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from services.retrieval.store import (
     SearchFilter,
     SearchOptions,
     StoredChunk,
+    best_first,
     candidate_count,
 )
 
@@ -275,3 +277,29 @@ def test_migration_interrupted_between_renames_is_rolled_back(tmp_path: Path) ->
             store.search(CALLER, [], 1, ALL, SearchOptions(mode=KEYWORD, text="QX-7741"))
         ) == ["code"]
     assert not (data_dir / "chunks.pre-bm25").exists()
+
+
+def test_best_first_breaks_score_ties_by_point_id() -> None:
+    @dataclass(frozen=True)
+    class Point:
+        id: str
+        score: float
+
+    tied = [Point("b", 0.5), Point("c", 0.9), Point("a", 0.5), Point("d", 0.1)]
+    assert [p.id for p in best_first(tied, 3)] == ["c", "a", "b"]
+    assert [p.id for p in best_first(list(reversed(tied)), 3)] == ["c", "a", "b"]
+
+
+def test_hybrid_ties_are_resolved_the_same_way_every_time(tmp_path: Path) -> None:
+    # "near" is rank 1 dense and rank 2 keyword, "term" the other way round: equal
+    # RRF scores (1/61 + 1/62). Whichever the engine lists first, top 1 is the
+    # chunk with the smaller id, on every call.
+    with EdgeVectorStore.open(tmp_path / "index", DIM) as tied:
+        near = put(tied, "near", ["zebra grazing beside apple trees in an orchard"], [unit(1)])
+        term = put(tied, "term", ["zebra zebra zebra"], [unit(2)])
+        expected = min((near[0], term[0]), key=lambda c: c.chunk_id).document_id
+        options = SearchOptions(mode=HYBRID, text="zebra")
+        tops = {ids(tied.search(CALLER, unit(1), 1, ALL, options))[0] for _ in range(20)}
+        assert tops == {expected}
+        both = tied.search(CALLER, unit(1), 2, ALL, options)
+        assert sorted(ids(both)) == ["near", "term"]
