@@ -78,7 +78,7 @@ from services.ingestion.chunking import ChunkingConfig, HFTokenCounter, chunk_do
 from services.ingestion.ids import document_id_for
 from services.ingestion.parsers import detect_media_type, parse_document
 from services.ingestion.pipeline import normalise_uri
-from services.retrieval.store import SearchFilter
+from services.retrieval.store import SearchFilter, SearchOptions
 from services.runtime.settings import SERVICE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -412,10 +412,14 @@ def ask_through_platform(running: Platform, questions: Sequence[str]) -> AskRun:
 def ask_in_process(index_dir: Path, questions: Sequence[str], top_k: int) -> AskRun:
     """The same questions by the same components, called directly in this process."""
     from services.embedding.backends import SentenceTransformerEmbedder
+    from services.retrieval.__main__ import RetrievalSettings
     from services.retrieval.edge import EdgeVectorStore
 
     embedder = SentenceTransformerEmbedder.packaged_minilm()
     answerer = ExtractiveAnswerer()
+    # The platform's ranking: the retrieval service's default mode (hybrid) with
+    # the question's text, not the store's dense-only default.
+    mode = RetrievalSettings().retrieval_default_mode
     run = AskRun()
 
     async def answer(store: EdgeVectorStore, question: str, record: bool) -> None:
@@ -424,7 +428,8 @@ def ask_in_process(index_dir: Path, questions: Sequence[str], top_k: int) -> Ask
         with stopwatch(timings, "embed"):
             vector = embedder.embed([question.strip()], "query")[0]
         with stopwatch(timings, "retrieve"):
-            hits = store.search(Caller(TENANT), vector.tolist(), top_k, SearchFilter())
+            options = SearchOptions(mode=mode, text=question.strip())
+            hits = store.search(Caller(TENANT), vector.tolist(), top_k, SearchFilter(), options)
         with stopwatch(timings, "generate"):
             sources = [
                 SourcePassage(number=n, text=h.chunk.text, title=h.chunk.title, score=h.score)
