@@ -26,8 +26,8 @@ from tests.infra.conftest import (
     load_yaml,
     workloads,
 )
-from tests.infra.dockerfiles import parse
-from tests.infra.test_images import TARGETS
+from tests.infra.dockerfiles import Build, parse
+from tests.infra.test_images import DOCKERFILE, VARIANTS
 
 SKAFFOLD = REPO / "skaffold.yaml"
 PROFILES = {"dev": "values-dev.yaml", "prod": "values-prod.yaml"}
@@ -138,22 +138,31 @@ def test_every_built_image_is_deployed_and_every_service_built(
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
-def test_artifacts_point_at_real_dockerfiles_and_targets(profile: str) -> None:
+def test_artifacts_build_the_checked_images(profile: str) -> None:
+    """Every artifact builds docker/Dockerfile with the build arguments of an image
+    test_images checks (SERVICE, PORT and, for embedding, LOCAL_MODEL)."""
     artifacts = effective(profile)["build"]["artifacts"]
     assert sorted(a["image"] for a in artifacts) == sorted(
         f"ragplatform/{s}" for s in PLATFORM_SERVICES
     )
+    df = parse(DOCKERFILE)
+    declared = set(df.global_args) | {i.args.split("=")[0] for s in df.stages for i in s.all("ARG")}
+    built = {}
     for a in artifacts:
         service = a["image"].split("/")[1]
         assert a["context"] == "."
-        dockerfile = REPO / a["docker"]["dockerfile"]
-        assert dockerfile == REPO / "docker" / service / "Dockerfile"
-        stages = {s.name for s in parse(dockerfile).stages}
+        assert REPO / a["docker"]["dockerfile"] == DOCKERFILE
+        args = dict(a["docker"].get("buildArgs", {}))
+        assert set(args) <= declared, f"{service}: unknown build args {set(args) - declared}"
+        assert all(isinstance(v, str) for v in args.values()), f"{service}: quote the values"
+        assert args.pop("VERSION") == "{{.IMAGE_TAG}}"
+        variants = [v for v, expected in VARIANTS[service].items() if expected == args]
+        assert variants, f"{profile}: {service} is built with {args}, not as {VARIANTS[service]}"
+        built[service] = variants[0]
         target = a["docker"].get("target")
-        if target is not None:
-            assert target in stages and target in TARGETS[service]
-    embedding = next(a for a in artifacts if a["image"] == "ragplatform/embedding")
-    assert embedding["docker"]["target"] == ("local-model" if profile == "dev" else "remote")
+        assert target is None or target == df.stages[-1].name, "the image is the last stage"
+        Build(df, args, target).stage()  # resolves
+    assert built["embedding"] == ("local-model" if profile == "dev" else "remote")
 
 
 def test_prod_pushes_and_deploys_by_digest() -> None:
