@@ -9,7 +9,7 @@ same inputs with the same messages before anything is read or written.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from services.common.errors import InvalidInputError
@@ -71,3 +71,10 @@ def validate_caller(caller: Caller) -> Caller:
     validate_tenant(caller.tenant)
     validate_labels(caller.access_labels, "access label")
     return caller
+
+
+def may_see(caller_labels: Collection[str], document_labels: Collection[str]) -> bool:
+    """Whether a caller holding `caller_labels` may see a document (or chunk)
+    labelled `document_labels`: the rule every search filter applies in the
+    engine. No labels: the whole tenant; else a caller holding one of them."""
+    return not document_labels or not set(document_labels).isdisjoint(caller_labels)

@@ -80,6 +80,7 @@ from services.common.errors import InvalidInputError
 from services.common.tenancy import (
     DEFAULT_TENANT,
     Caller,
+    may_see,
     validate_caller,
     validate_labels,
     validate_tenant,
@@ -870,8 +871,7 @@ def visible_to(document: common_pb2.DocumentInfo, caller: common_pb2.Caller) -> 
     to document summaries itself: a key never learns the title of, or deletes, a
     document whose text it could not retrieve.
     """
-    labels = document.access_labels
-    return not labels or not set(labels).isdisjoint(caller.access_labels)
+    return may_see(caller.access_labels, document.access_labels)
 
 
 def _document_routes(router: APIRouter, clients: PlatformClients) -> None:

@@ -12,9 +12,9 @@ Value. The answer (without request id, timings or debug view), the question,
 when it was made, and the version (content SHA-256, indexed-at time, access
 labels) of every document it cites.
 
-Invalidation. A hit is served only after the cited documents' current versions
-were read from the retrieval service (one GetDocument per document,
-concurrently) and found unchanged; otherwise the entry is deleted and the
+Invalidation. A hit is served only after the cited documents' current versions,
+as the caller sees them, were read from the retrieval service (one
+LookupDocuments call for all of them) and found unchanged; otherwise the entry is deleted and the
 question answered afresh. Nothing has to broadcast an update, so this holds in
 every deployment: any number of query replicas, the LRU or Redis, ingestion in
 another process. Declined answers and answers citing nothing are not cached:
@@ -35,7 +35,6 @@ nearest cached question with the same scope (everything in the key but the
 question) at or above a cosine threshold lends its answer, checked as above.
 """
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -150,6 +149,10 @@ class AnswerScope:
             routing_key=routing_key,
             index_version=index_version,
         )
+
+    def caller(self) -> common_pb2.Caller:
+        """Whom the scope's answers are for (the caller that asked)."""
+        return common_pb2.Caller(tenant=self.tenant, access_labels=self.access_labels)
 
     def _parts(self) -> list[object]:
         return [
@@ -351,32 +354,26 @@ class AnswerCache:
         return self._index_version
 
     async def _versions(
-        self, tenant: str, document_ids: Collection[str]
+        self, caller: common_pb2.Caller, document_ids: Collection[str]
     ) -> dict[str, DocumentVersion | None]:
-        """Current version of each document (None: not indexed), read concurrently.
+        """Current version of each document as `caller` sees it (None: not indexed,
+        or not visible to the caller), in one LookupDocuments call.
 
         Raises grpc.RpcError when the retrieval service cannot answer.
         """
+        reply = await self._clients.retrieval.LookupDocuments(
+            retrieval_pb2.LookupDocumentsRequest(caller=caller, document_ids=list(document_ids))
+        )
+        current: dict[str, DocumentVersion | None] = dict.fromkeys(document_ids)
+        for document in reply.found:
+            current[document.document_id] = DocumentVersion.of(document)
+        return current
 
-        async def one(document_id: str) -> DocumentVersion | None:
-            try:
-                reply = await self._clients.retrieval.GetDocument(
-                    retrieval_pb2.GetDocumentRequest(document_id=document_id, tenant=tenant)
-                )
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.NOT_FOUND:
-                    return None
-                raise
-            return DocumentVersion.of(reply.document)
-
-        ids = list(document_ids)
-        return dict(zip(ids, await asyncio.gather(*(one(d) for d in ids)), strict=True))
-
-    async def _valid(self, cache: str, key: str, tenant: str, entry: CachedAnswer) -> bool:
+    async def _valid(self, cache: str, key: str, scope: AnswerScope, entry: CachedAnswer) -> bool:
         """Whether every document `entry` cites is unchanged; a stale entry is deleted.
         An entry that cannot be checked now is not served, and kept."""
         try:
-            current = await self._versions(tenant, entry.documents.keys())
+            current = await self._versions(scope.caller(), entry.documents.keys())
         except grpc.RpcError:
             return False
         reason = None
@@ -393,7 +390,7 @@ class AnswerCache:
         INVALIDATIONS.labels(cache, reason).inc()
         await self._store.delete(key)
         if self.semantic is not None:
-            self.semantic.remove(tenant, key)
+            self.semantic.remove(scope.tenant, key)
         return False
 
     async def lookup(self, scope: AnswerScope, question: str) -> CachedAnswer | None:
@@ -406,7 +403,7 @@ class AnswerCache:
         if entry is None:
             await self._store.delete(key)
             return None
-        return entry if await self._valid(EXACT_CACHE, key, scope.tenant, entry) else None
+        return entry if await self._valid(EXACT_CACHE, key, scope, entry) else None
 
     async def lookup_similar(
         self, scope: AnswerScope, vector: Sequence[float]
@@ -421,14 +418,13 @@ class AnswerCache:
             return None
         key, data, similarity = found
         entry = CachedAnswer.from_bytes(data)
-        if entry is None or not await self._valid(SEMANTIC_CACHE, key, scope.tenant, entry):
+        if entry is None or not await self._valid(SEMANTIC_CACHE, key, scope, entry):
             self.semantic.remove(scope.tenant, key)
             return None
         return entry, similarity
 
     async def pin_versions(
         self,
-        tenant: str,
         search: retrieval_pb2.SearchRequest,
         results: Sequence[common_pb2.ScoredChunk],
     ) -> dict[str, DocumentVersion] | None:
@@ -449,7 +445,7 @@ class AnswerCache:
         )
         try:
             with stage_span("cache_pin"):
-                versions = await self._versions(tenant, documents)
+                versions = await self._versions(search.caller, documents)
                 again = await self._clients.retrieval.Search(recheck)
         except grpc.RpcError:
             return None

@@ -250,9 +250,7 @@ class QueryPipeline:
             return None, (question, state)
         state.timer.timings[:0] = turn.timer.timings
         state.started = turn.started
-        turn.pinning = asyncio.create_task(
-            self._answers.pin_versions(turn.scope.tenant, state.search, state.results)
-        )
+        turn.pinning = asyncio.create_task(self._answers.pin_versions(state.search, state.results))
         if turn.lookup and self._answers.semantic is not None:
             with state.timer.stage("semantic_cache"):
                 similar = await self._answers.lookup_similar(turn.scope, state.search.vector.values)

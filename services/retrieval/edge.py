@@ -145,10 +145,12 @@ from services.retrieval.store import (
     validate_caller,
     validate_filter,
     validate_list_limit,
+    validate_lookup,
     validate_replacement,
     validate_search_options,
     validate_top_k,
     validate_vector,
+    visible_records,
 )
 
 if TYPE_CHECKING:
@@ -556,6 +558,18 @@ class EdgeVectorStore:
         return next(
             (r for r in records if (r.tenant, r.document_id) == (tenant, document_id)), None
         )
+
+    def lookup_documents(self, caller: Caller, document_ids: Sequence[str]) -> list[DocumentRecord]:
+        """Return the caller's visible records of `document_ids`, in request order:
+        one registry read by point id (ids derive from tenant and document id)."""
+        ids = validate_lookup(caller, document_ids)
+        with self._lock.read():
+            _, registry = self._require_open()
+            found = registry.retrieve(
+                [_record_id(caller.tenant, d) for d in ids], with_payload=True, with_vector=False
+            )
+        records = [record_from_payload(point.payload or {}) for point in found]
+        return visible_records(caller, ids, records)
 
     def list_documents(self, tenant: str, limit: int, after: str = "") -> list[DocumentRecord]:
         """Return up to `limit` of the tenant's records with document_id > `after`,

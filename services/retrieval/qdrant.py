@@ -156,10 +156,12 @@ from services.retrieval.store import (
     validate_caller,
     validate_filter,
     validate_list_limit,
+    validate_lookup,
     validate_replacement,
     validate_search_options,
     validate_top_k,
     validate_vector,
+    visible_records,
 )
 
 log = logging.getLogger(__name__)
@@ -476,6 +478,24 @@ class QdrantServerStore:
         if payload is None or not payload.get("indexed"):
             return None
         return record_from_payload(payload)
+
+    def lookup_documents(self, caller: Caller, document_ids: Sequence[str]) -> list[DocumentRecord]:
+        """Return the caller's visible records of `document_ids`, in request order
+        (one registry read; a document whose first replacement is under way does
+        not exist yet)."""
+        ids = validate_lookup(caller, document_ids)
+        with self._engine() as client:
+            found = client.retrieve(
+                self._registry,
+                [_record_id(caller.tenant, d) for d in ids],
+                with_payload=True,
+            )
+        records = [
+            record_from_payload(point.payload)
+            for point in found
+            if point.payload is not None and point.payload.get("indexed")
+        ]
+        return visible_records(caller, ids, records)
 
     def list_documents(self, tenant: str, limit: int, after: str = "") -> list[DocumentRecord]:
         """Return up to `limit` of the tenant's records with document_id > `after`,

@@ -56,6 +56,10 @@ def _scored(hit_chunk: StoredChunk, score: float) -> common_pb2.ScoredChunk:
     return common_pb2.ScoredChunk(chunk=to_proto(hit_chunk, common_pb2.Chunk), score=score)
 
 
+def _caller(caller: common_pb2.Caller) -> Caller:
+    return Caller(tenant=caller.tenant, access_labels=tuple(caller.access_labels))
+
+
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     """gRPC edge of the retrieval service."""
 
@@ -90,9 +94,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     async def Search(
         self, request: retrieval_pb2.SearchRequest, context: aio.ServicerContext[Any, Any]
     ) -> retrieval_pb2.SearchResponse:
-        caller = Caller(
-            tenant=request.caller.tenant, access_labels=tuple(request.caller.access_labels)
-        )
+        caller = _caller(request.caller)
         search_filter = search_filter_from_proto(request.filter)
         options = SearchOptions(
             mode=self._mode(request.mode),
@@ -126,6 +128,18 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                 f"document {request.document_id!r} not found in tenant {request.tenant!r}"
             )
         return retrieval_pb2.GetDocumentResponse(document=to_proto(record, common_pb2.DocumentInfo))
+
+    async def LookupDocuments(
+        self, request: retrieval_pb2.LookupDocumentsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> retrieval_pb2.LookupDocumentsResponse:
+        caller = _caller(request.caller)
+        ids = list(request.document_ids)
+        records = await asyncio.to_thread(self._store.lookup_documents, caller, ids)
+        found = {record.document_id for record in records}
+        return retrieval_pb2.LookupDocumentsResponse(
+            found=[to_proto(r, common_pb2.DocumentInfo) for r in records],
+            missing=[d for d in dict.fromkeys(ids) if d not in found],
+        )
 
     async def ListDocuments(
         self, request: retrieval_pb2.ListDocumentsRequest, context: aio.ServicerContext[Any, Any]

@@ -22,11 +22,14 @@ from services.common.search import MAX_TOP_K as MAX_TOP_K
 from services.common.search import SearchFilter as SearchFilter
 from services.common.search import validate_filter as validate_filter
 from services.common.tenancy import Caller as Caller
+from services.common.tenancy import may_see, validate_labels, validate_tenant
 from services.common.tenancy import validate_caller as validate_caller
-from services.common.tenancy import validate_labels, validate_tenant
 
 MAX_LIST_LIMIT = 10_000
 """Upper bound on `list_documents(limit=...)`: callers page with `after`."""
+
+MAX_LOOKUP_IDS = 1000
+"""Upper bound on the document ids of one `lookup_documents` call."""
 
 MAX_QUERY_TEXT_CHARS = 10_000
 """Upper bound on a keyword query: longer text is a document, not a query."""
@@ -208,6 +211,15 @@ class VectorStore(Protocol):
         """Return the tenant's record, or None when the tenant has no such document."""
         ...
 
+    def lookup_documents(self, caller: Caller, document_ids: Sequence[str]) -> list[DocumentRecord]:
+        """Return the records of `document_ids` that exist in the caller's tenant
+        and that the caller may see (`may_see`), in request order, each once.
+
+        One read for a set of documents: the answer cache checks the versions
+        of every document an answer cites at each hit.
+        """
+        ...
+
     def list_documents(self, tenant: str, limit: int, after: str = "") -> list[DocumentRecord]:
         """Return up to `limit` of the tenant's records with document_id > `after`,
         ordered by document_id."""
@@ -284,6 +296,33 @@ def validate_search_options(options: SearchOptions) -> None:
         raise InvalidInputError(
             f"query_text is {len(options.text)} characters; the limit is {MAX_QUERY_TEXT_CHARS}"
         )
+
+
+def validate_lookup(caller: Caller, document_ids: Sequence[str]) -> list[str]:
+    """The ids of a `lookup_documents` call, deduplicated in order; raises
+    InvalidInputError for a bad caller, no id, an empty id or too many."""
+    validate_caller(caller)
+    if not document_ids:
+        raise InvalidInputError("document_ids is empty; give 1 to 1000 document ids")
+    if len(document_ids) > MAX_LOOKUP_IDS:
+        raise InvalidInputError(
+            f"document_ids holds {len(document_ids)} ids; the limit is {MAX_LOOKUP_IDS}"
+        )
+    if not all(document_ids):
+        raise InvalidInputError("document_ids contains an empty document id")
+    return list(dict.fromkeys(document_ids))
+
+
+def visible_records(
+    caller: Caller, document_ids: Sequence[str], records: Sequence[DocumentRecord]
+) -> list[DocumentRecord]:
+    """`records` of the caller's tenant that it may see, in the order of `document_ids`."""
+    by_id = {
+        record.document_id: record
+        for record in records
+        if record.tenant == caller.tenant and may_see(caller.access_labels, record.access_labels)
+    }
+    return [by_id[document_id] for document_id in document_ids if document_id in by_id]
 
 
 def validate_list_limit(limit: int) -> None:

@@ -890,6 +890,13 @@ def test_parity_of_registry_and_stats(parity_stores: tuple[Any, Any]) -> None:
             assert server.get_document(tenant, document_id) == edge.get_document(
                 tenant, document_id
             )
+        wanted = [f"doc-{i:02d}" for i in range(0, 80, 3)] + ["missing", "doc-00"]
+        for labels in ((), ("hr",), ("legal", "finance")):
+            caller = Caller(tenant, labels)
+            looked_up = server.lookup_documents(caller, wanted)
+            assert looked_up == edge.lookup_documents(caller, wanted)
+            if tenant != "initech":
+                assert looked_up, (tenant, labels)  # the comparison is not vacuous
 
 
 def test_parity_of_removal(tmp_path: Path) -> None:

@@ -315,6 +315,42 @@ def test_labels_round_trip_as_tuples(labelled: EdgeVectorStore) -> None:
     assert record is not None and record.access_labels == ("finance", "hr")
 
 
+def test_lookup_returns_what_the_caller_may_see_in_request_order(
+    labelled: EdgeVectorStore,
+) -> None:
+    def looked_up(caller: Caller, ids: list[str]) -> list[tuple[str, str]]:
+        return [(r.tenant, r.document_id) for r in labelled.lookup_documents(caller, ids)]
+
+    ids = ["hr-finance", "missing", "open", "hr", "open"]
+    assert looked_up(Caller(ACME, ("hr",)), ids) == [
+        (ACME, "hr-finance"),
+        (ACME, "open"),
+        (ACME, "hr"),
+    ]
+    assert looked_up(Caller(ACME, ("finance",)), ids) == [(ACME, "hr-finance"), (ACME, "open")]
+    assert looked_up(Caller(ACME), ids) == [(ACME, "open")]
+    # GLOBEX's "hr" is its own document; ACME's are never GLOBEX's.
+    assert looked_up(Caller(GLOBEX, ("hr",)), ids) == [(GLOBEX, "hr")]
+    (record,) = labelled.lookup_documents(Caller(ACME, ("hr",)), ["hr"])
+    assert record == labelled.get_document(ACME, "hr")
+
+
+@pytest.mark.parametrize(
+    ("caller", "ids", "message"),
+    [
+        (Caller(""), ["a"], "tenant is missing"),
+        (Caller(ACME), [], "document_ids is empty"),
+        (Caller(ACME), ["a", ""], "document_ids contains an empty document id"),
+        (Caller(ACME), ["a"] * 1001, "document_ids holds 1001 ids; the limit is 1000"),
+    ],
+)
+def test_lookup_rejects_bad_requests(
+    store: EdgeVectorStore, caller: Caller, ids: list[str], message: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        store.lookup_documents(caller, ids)
+
+
 # ------------------------------------------------------------------ tags and dates
 
 
@@ -469,6 +505,24 @@ async def test_servicer_carries_tenancy_between_protobuf_and_store(
     with pytest.raises(NotFoundError):
         await servicer.GetDocument(
             retrieval_pb2.GetDocumentRequest(tenant=GLOBEX, document_id="doc"), None
+        )
+    looked_up = await servicer.LookupDocuments(
+        retrieval_pb2.LookupDocumentsRequest(caller=hr, document_ids=["nope", "doc", "nope"]),
+        None,
+    )
+    assert [d.document_id for d in looked_up.found] == ["doc"]
+    assert list(looked_up.found[0].access_labels) == ["hr"]
+    assert list(looked_up.missing) == ["nope"]
+    unlabelled = await servicer.LookupDocuments(
+        retrieval_pb2.LookupDocumentsRequest(
+            caller=common_pb2.Caller(tenant=ACME), document_ids=["doc"]
+        ),
+        None,
+    )
+    assert list(unlabelled.found) == [] and list(unlabelled.missing) == ["doc"]
+    with pytest.raises(InvalidInputError, match="tenant is missing"):
+        await servicer.LookupDocuments(
+            retrieval_pb2.LookupDocumentsRequest(document_ids=["doc"]), None
         )
     with pytest.raises(InvalidInputError, match="tenant is missing"):
         await servicer.ListDocuments(retrieval_pb2.ListDocumentsRequest(), None)
