@@ -13,8 +13,11 @@ when it was made, and the version (content SHA-256, indexed-at time, access
 labels) of every document it cites.
 
 Invalidation. A hit is served only after the cited documents' current versions,
-as the caller sees them, were read from the retrieval service (one
-LookupDocuments call for all of them) and found unchanged; otherwise the entry is deleted and the
+as the caller sees them, were found unchanged: read from the retrieval service
+(one LookupDocuments call for all of them), or taken from a read lease it
+granted with an earlier read and that has not expired (see
+services/retrieval/leases.py: a write to a leased document waits for its
+leases to expire, so a leased version is current); otherwise the entry is deleted and the
 question answered afresh. Nothing has to broadcast an update, so this holds in
 every deployment: any number of query replicas, the LRU or Redis, ingestion in
 another process. Declined answers and answers citing nothing are not cached:
@@ -52,6 +55,7 @@ from prometheus_client import Counter
 
 from ragplatform.v1 import common_pb2, embedding_pb2, query_pb2, retrieval_pb2
 from services.common.search import MAX_TOP_K
+from services.common.tenancy import may_see
 from services.runtime.cache import Cache
 from services.runtime.clients import PlatformClients
 from services.runtime.metrics import init_cache_series, record_cache_lookup
@@ -71,6 +75,20 @@ INDEX_INFO_SECONDS = 60.0
 """How long the embedding model's identity is trusted before it is asked again:
 a new model deployed behind the same address changes every key within a minute."""
 INVALIDATION_REASONS = ("changed", "deleted")
+
+LEASE_MARGIN = 0.9
+"""Share of a read lease this process relies on: a margin for the two clocks'
+rates and for the time the reply took to be handled."""
+MIN_LEASE_SWEEP = 1024
+
+VERSION_CHECKS = Counter(
+    "rag_answer_cache_version_checks",
+    "Cited documents whose version a cache hit (or a stored answer) checked, by where "
+    "the version came from: a read lease held by this process, or the retrieval service.",
+    ["source"],
+)
+for _source in ("lease", "retrieval"):
+    VERSION_CHECKS.labels(_source)
 
 INVALIDATIONS = Counter(
     "rag_cache_invalidations",
@@ -190,6 +208,15 @@ class DocumentVersion:
     @classmethod
     def of(cls, info: common_pb2.DocumentInfo) -> "DocumentVersion":
         return cls(info.content_sha256, info.indexed_at_unix, tuple(sorted(info.access_labels)))
+
+
+@dataclass(frozen=True)
+class _Lease:
+    """A document version the retrieval service promised unchanged until `until`
+    (this process's monotonic clock)."""
+
+    version: DocumentVersion
+    until: float
 
 
 @dataclass(frozen=True)
@@ -329,6 +356,8 @@ class AnswerCache:
         self.semantic = semantic
         self._index_version = ""
         self._index_checked_at = -INDEX_INFO_SECONDS
+        self._leases: dict[tuple[str, str], _Lease] = {}
+        self._leases_swept_at = MIN_LEASE_SWEEP
         caches = [EXACT_CACHE]
         if semantic is not None:
             caches.append(SEMANTIC_CACHE)
@@ -357,17 +386,46 @@ class AnswerCache:
         self, caller: common_pb2.Caller, document_ids: Collection[str]
     ) -> dict[str, DocumentVersion | None]:
         """Current version of each document as `caller` sees it (None: not indexed,
-        or not visible to the caller), in one LookupDocuments call.
+        or not visible to the caller): from a valid lease, else from one leased
+        LookupDocuments call for the rest.
 
         Raises grpc.RpcError when the retrieval service cannot answer.
         """
+        current: dict[str, DocumentVersion | None] = {}
+        unknown = []
+        now = time.monotonic()
+        for document_id in document_ids:
+            held = self._leases.get((caller.tenant, document_id))
+            if held is None or held.until <= now:
+                unknown.append(document_id)
+            elif may_see(caller.access_labels, held.version.access_labels):
+                current[document_id] = held.version
+            else:
+                current[document_id] = None
+        VERSION_CHECKS.labels("lease").inc(len(current))
+        if not unknown:
+            return current
+        VERSION_CHECKS.labels("retrieval").inc(len(unknown))
+        sent = time.monotonic()
         reply = await self._clients.retrieval.LookupDocuments(
-            retrieval_pb2.LookupDocumentsRequest(caller=caller, document_ids=list(document_ids))
+            retrieval_pb2.LookupDocumentsRequest(caller=caller, document_ids=unknown, lease=True)
         )
-        current: dict[str, DocumentVersion | None] = dict.fromkeys(document_ids)
+        current.update(dict.fromkeys(unknown))
+        until = sent + reply.lease_seconds * LEASE_MARGIN
         for document in reply.found:
-            current[document.document_id] = DocumentVersion.of(document)
+            version = DocumentVersion.of(document)
+            current[document.document_id] = version
+            if reply.lease_seconds > 0:
+                self._leases[(caller.tenant, document.document_id)] = _Lease(version, until)
+        self._forget_expired_leases(now)
         return current
+
+    def _forget_expired_leases(self, now: float) -> None:
+        """Drop expired leases once the table has doubled since the last sweep."""
+        if len(self._leases) < 2 * self._leases_swept_at:
+            return
+        self._leases = {k: lease for k, lease in self._leases.items() if lease.until > now}
+        self._leases_swept_at = max(MIN_LEASE_SWEEP, len(self._leases))
 
     async def _valid(self, cache: str, key: str, scope: AnswerScope, entry: CachedAnswer) -> bool:
         """Whether every document `entry` cites is unchanged; a stale entry is deleted.

@@ -7,6 +7,7 @@ from pydantic import Field, SecretStr
 
 from ragplatform.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.edge import EdgeVectorStore
+from services.retrieval.leases import LeaseTable
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.store import RetrievalMode, VectorStore
 from services.runtime.server import Service, ServiceBinding, run
@@ -29,6 +30,17 @@ class RetrievalSettings(PlatformSettings):
     retrieval_default_mode: RetrievalMode = Field(
         default=RetrievalMode.HYBRID,
         description="Ranking for searches that leave mode unspecified (see docs/retrieval.md).",
+    )
+    retrieval_lease_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=60,
+        description=(
+            "Read leases for the answer cache, backend edge only (see docs/caching.md): "
+            "how long a leased document version is guaranteed, so cache hits need no "
+            "version check meanwhile; a write to a leased document waits that long at "
+            "most. 0 turns leases off."
+        ),
     )
     qdrant_url: str = Field(
         default="http://127.0.0.1:6334",
@@ -75,11 +87,14 @@ def open_store(settings: RetrievalSettings) -> VectorStore:
 def main() -> None:
     settings = RetrievalSettings()
 
+    # Replicas sharing a Qdrant server cannot see each other's leases: none there.
+    lease_seconds = settings.retrieval_lease_seconds if settings.retrieval_backend == "edge" else 0
+
     async def build() -> Service:
         store = await asyncio.to_thread(open_store, settings)
         binding = ServiceBinding(
             retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server,
-            RetrievalServicer(store, settings.retrieval_default_mode),
+            RetrievalServicer(store, settings.retrieval_default_mode, LeaseTable(lease_seconds)),
             retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name,
         )
 

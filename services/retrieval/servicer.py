@@ -6,11 +6,16 @@ worker thread so the event loop keeps serving other RPCs meanwhile.
 Every call names its tenant (a search, its whole `Caller`); the store rejects
 a missing one with INVALID_ARGUMENT, so no request ever reads across tenants.
 
+Writes and leased lookups go through a LeaseTable (see leases.py): a lookup
+may promise the answer cache that documents stay unchanged for a moment, and a
+write to such a document waits for the promise to run out.
+
 Each search records its best score and how many chunks it returned: a falling
 top score or empty results tell retrieval (or ingestion) is why answers decline.
 """
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 from grpc import aio
@@ -20,6 +25,7 @@ from ragplatform.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from services.common.errors import InvalidInputError, NotFoundError
 from services.common.search import search_filter_from_proto
 from services.common.tenancy import validate_tenant
+from services.retrieval.leases import LeaseTable
 from services.retrieval.store import (
     Caller,
     DocumentRecord,
@@ -64,10 +70,14 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     """gRPC edge of the retrieval service."""
 
     def __init__(
-        self, store: VectorStore, default_mode: RetrievalMode = RetrievalMode.DENSE
+        self,
+        store: VectorStore,
+        default_mode: RetrievalMode = RetrievalMode.DENSE,
+        leases: LeaseTable | None = None,
     ) -> None:
         self._store = store
         self._default_mode = default_mode
+        self._leases = leases or LeaseTable(0.0)
 
     def _mode(self, mode: common_pb2.RetrievalMode.ValueType) -> RetrievalMode:
         if mode == common_pb2.RETRIEVAL_MODE_UNSPECIFIED:
@@ -84,9 +94,11 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             raise InvalidInputError("document.document_id is empty")
         chunks = [from_proto(item.chunk, StoredChunk) for item in request.chunks]
         vectors = [list(item.vector.values) for item in request.chunks]
-        upserted, deleted = await asyncio.to_thread(
-            self._store.replace_document, document, chunks, vectors
-        )
+        validate_tenant(document.tenant)
+        async with self._leases.writing(document.tenant, document.document_id):
+            upserted, deleted = await asyncio.to_thread(
+                self._store.replace_document, document, chunks, vectors
+            )
         return retrieval_pb2.ReplaceDocumentResponse(
             chunks_upserted=upserted, chunks_deleted=deleted
         )
@@ -134,11 +146,22 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     ) -> retrieval_pb2.LookupDocumentsResponse:
         caller = _caller(request.caller)
         ids = list(request.document_ids)
-        records = await asyncio.to_thread(self._store.lookup_documents, caller, ids)
+
+        def read() -> Awaitable[list[DocumentRecord]]:
+            return asyncio.to_thread(self._store.lookup_documents, caller, ids)
+
+        if request.lease:
+            validate_tenant(caller.tenant)
+            records, lease_seconds = await self._leases.leased_read(
+                caller.tenant, read, lambda found: [r.document_id for r in found]
+            )
+        else:
+            records, lease_seconds = await read(), 0.0
         found = {record.document_id for record in records}
         return retrieval_pb2.LookupDocumentsResponse(
             found=[to_proto(r, common_pb2.DocumentInfo) for r in records],
             missing=[d for d in dict.fromkeys(ids) if d not in found],
+            lease_seconds=lease_seconds,
         )
 
     async def ListDocuments(
@@ -165,9 +188,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         validate_tenant(request.tenant)
         if not request.document_id:
             raise InvalidInputError("document_id is empty")
-        deleted = await asyncio.to_thread(
-            self._store.remove_document, request.tenant, request.document_id
-        )
+        async with self._leases.writing(request.tenant, request.document_id):
+            deleted = await asyncio.to_thread(
+                self._store.remove_document, request.tenant, request.document_id
+            )
         return retrieval_pb2.RemoveDocumentResponse(chunks_deleted=deleted)
 
     async def GetStats(

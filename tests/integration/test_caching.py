@@ -170,9 +170,17 @@ def test_an_update_or_delete_invalidates_the_answers_citing_the_document(
     question = "When does the airport shuttle leave the Lyon office?"
     memory.upload(ACME, "shuttle", shuttle("7:15"))
     assert "7:15" in memory.ask(question).answer
+    leased = memory.metric("query", "rag_answer_cache_version_checks_total", source="lease")
     assert memory.ask(question).HasField("cache")
+    assert (
+        memory.metric("query", "rag_answer_cache_version_checks_total", source="lease") > leased
+    ), "the hit trusted the read lease the answer was stored with"
 
+    waits = memory.metric("retrieval", "rag_retrieval_lease_wait_seconds_count")
     memory.upload(ACME, "shuttle", shuttle("8:40"))
+    assert memory.metric("retrieval", "rag_retrieval_lease_wait_seconds_count") == waits + 1, (
+        "the write waited for the query service's lease on the document to expire"
+    )
     updated = memory.ask(question)
     assert not updated.HasField("cache"), "the cited document changed"
     assert "8:40" in updated.answer and "7:15" not in updated.answer
