@@ -26,13 +26,14 @@ from services.runtime.telemetry import outgoing_metadata, tracing_enabled
 StubT = TypeVar("StubT")
 
 
-class _CallDefaults(
-    aio.UnaryUnaryClientInterceptor,
-    aio.UnaryStreamClientInterceptor,
-    aio.StreamUnaryClientInterceptor,
-    aio.StreamStreamClientInterceptor,
-):
-    """Every outgoing call: the default deadline, and the trace context when tracing."""
+class _CallDefaults:
+    """Every outgoing call: the default deadline, and the trace context when tracing.
+
+    grpc.aio files a channel's interceptor under the first of the four call
+    kinds it implements (an `elif` chain in `aio.Channel`), so one object
+    implementing all four would only ever see unary-unary calls: each kind
+    gets its own subclass below (`call_defaults`).
+    """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -49,17 +50,32 @@ class _CallDefaults(
             metadata, details.credentials, details.wait_for_ready,
         )  # fmt: skip
 
+
+class _UnaryUnaryDefaults(_CallDefaults, aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _UnaryStreamDefaults(_CallDefaults, aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _StreamUnaryDefaults(_CallDefaults, aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
         return await continuation(self._details(details), requests)
 
+
+class _StreamStreamDefaults(_CallDefaults, aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
         return await continuation(self._details(details), requests)
+
+
+def call_defaults(seconds: float) -> list[aio.ClientInterceptor]:
+    """The interceptors that give every kind of call the default deadline of
+    `seconds` and, while tracing, the caller's trace context."""
+    kinds = (_UnaryUnaryDefaults, _UnaryStreamDefaults, _StreamUnaryDefaults, _StreamStreamDefaults)
+    return [kind(seconds) for kind in kinds]
 
 
 class PlatformClients:
@@ -82,7 +98,7 @@ class PlatformClients:
                     ("grpc.initial_reconnect_backoff_ms", 200),
                     ("grpc.max_reconnect_backoff_ms", 2000),
                 ],
-                interceptors=[_CallDefaults(self.settings.rpc_timeout_seconds)],
+                interceptors=call_defaults(self.settings.rpc_timeout_seconds),
             )
         return self._channels[address]
 

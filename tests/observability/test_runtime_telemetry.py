@@ -70,6 +70,21 @@ class Retrieval(retrieval_pb2_grpc.RetrievalServiceServicer):
             raise KeyError("bug")
         return retrieval_pb2.GetDocumentResponse()
 
+    async def SearchAhead(
+        self,
+        requests: AsyncIterator[retrieval_pb2.SearchAheadRequest],
+        context: aio.ServicerContext[Any, Any],
+    ) -> retrieval_pb2.SearchAheadResponse:
+        """Echoes, as a chunk's text, the deadline left and the trace it was called in."""
+        async for _ in requests:
+            pass
+        metadata = dict(context.invocation_metadata() or ())
+        remaining = context.time_remaining()
+        chunk = common_pb2.Chunk(
+            text=f"{remaining is not None and remaining > 0}|{metadata.get('traceparent', '')}"
+        )
+        return retrieval_pb2.SearchAheadResponse(results=[common_pb2.ScoredChunk(chunk=chunk)])
+
 
 @pytest.fixture
 async def retrieval_port() -> AsyncIterator[int]:
@@ -129,6 +144,24 @@ async def test_server_span_continues_the_callers_trace(
     assert server.parent is not None and server.parent.span_id == caller.context.span_id
     assert server.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
     assert not server.status.is_ok
+
+
+async def test_streaming_calls_get_the_default_deadline_and_the_trace(
+    retrieval_port: int, spans: InMemorySpanExporter
+) -> None:
+    """grpc.aio files an interceptor under one call kind only: each kind must
+    have its own, or streaming calls go without deadline and trace context."""
+    clients = PlatformClients(PlatformSettings(retrieval_addr=f"127.0.0.1:{retrieval_port}"))
+    with telemetry.stage_span("caller"):
+        call = clients.retrieval.SearchAhead()
+        await call.write(retrieval_pb2.SearchAheadRequest(search=retrieval_pb2.SearchRequest()))
+        await call.done_writing()
+        reply = await call
+    await clients.close()
+    deadline, traceparent = reply.results[0].chunk.text.split("|")
+    caller = {span.name: span for span in spans.get_finished_spans()}["caller"]
+    assert deadline == "True"
+    assert traceparent.split("-")[1] == f"{caller.context.trace_id:032x}"
 
 
 UNSAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
