@@ -178,16 +178,15 @@ class QueryPipeline:
         return question, top_k
 
     async def _retrieve(self, params: AskParams) -> tuple[str, _Retrieved]:
+        """Embed the question and search, overlapped: the search goes out first
+        (SearchAhead), so that a hybrid search's keyword leg runs while the query
+        is embedded; the vector follows. Stage "retrieve" is the time from the
+        vector to the results."""
         question, top_k = self._validated(params)
         started = time.perf_counter()
         timer = _Timer()
         settings = self._clients.settings
-        with timer.stage("embed"), downstream("embedding", settings.embedding_addr):
-            embedded = await self._clients.embedding.EmbedQueries(
-                embedding_pb2.EmbedQueriesRequest(texts=[question])
-            )
         search = retrieval_pb2.SearchRequest(
-            vector=embedded.vectors[0],
             top_k=top_k,
             filter=params.filter,
             query_text=question,
@@ -195,8 +194,22 @@ class QueryPipeline:
             mmr_lambda=params.mmr_lambda,
             caller=params.caller,
         )
-        with timer.stage("retrieve"), downstream("retrieval", settings.retrieval_addr):
-            found = await self._clients.retrieval.Search(search)
+        with downstream("retrieval", settings.retrieval_addr):
+            call = self._clients.retrieval.SearchAhead()
+            await call.write(retrieval_pb2.SearchAheadRequest(search=search))
+        try:
+            with timer.stage("embed"), downstream("embedding", settings.embedding_addr):
+                embedded = await self._clients.embedding.EmbedQueries(
+                    embedding_pb2.EmbedQueriesRequest(texts=[question])
+                )
+            vector = embedded.vectors[0]
+            with timer.stage("retrieve"), downstream("retrieval", settings.retrieval_addr):
+                await call.write(retrieval_pb2.SearchAheadRequest(vector=vector))
+                await call.done_writing()
+                found: retrieval_pb2.SearchAheadResponse = await call
+        finally:
+            call.cancel()  # no-op once it has finished; stops the search otherwise
+        search.vector.CopyFrom(vector)
         results = list(found.results)
         sources = [
             generation_pb2.Source(number=n, chunk=r.chunk, score=r.score)

@@ -123,12 +123,13 @@ from qdrant_edge import (
 
 from services.common.errors import FailedPreconditionError, InvalidInputError, NotFoundError
 from services.common.tenancy import DEFAULT_TENANT, validate_tenant
-from services.retrieval.fusion import RRF_K
+from services.retrieval.fusion import RRF_K, rrf
 from services.retrieval.mmr import mmr_order
 from services.retrieval.store import (
     DENSE_SEARCH,
     Caller,
     DocumentRecord,
+    KeywordLeg,
     RetrievalMode,
     SearchFilter,
     SearchHit,
@@ -452,6 +453,7 @@ class EdgeVectorStore:
         top_k: int,
         filter: SearchFilter,
         options: SearchOptions = DENSE_SEARCH,
+        keyword_leg: KeywordLeg | None = None,
         *,
         exact: bool | None = None,
     ) -> list[SearchHit]:
@@ -469,6 +471,11 @@ class EdgeVectorStore:
         `exact` overrides `HnswSettings.exact` for this call (evaluation, recall
         checks). The search width is max(ef, limit) because HNSW cannot return
         more results than candidates it keeps.
+
+        With a `keyword_leg` (see `keyword_leg`) only the dense leg runs here and
+        the two are fused in Python (`fusion.rrf`, the engine's formula), all
+        under one read lock and only if nothing was written since the keyword
+        leg ran; otherwise the search runs as if no leg had been given.
         """
         validate_caller(caller)
         validate_filter(filter)
@@ -502,16 +509,78 @@ class EdgeVectorStore:
                 with_payload=True,
                 with_vector=with_vector,
             )
-        with self._lock.read():
-            chunk_shard, _ = self._require_open()
-            points = chunk_shard.query(request)
-        if len(legs) > 1:
-            points = best_first(points, limit)
+        fused: Sequence[ScoredPoint | _Candidate] | None = None
+        if keyword_leg is not None and len(legs) > 1:
+            if not keyword_leg.matches(caller, top_k, filter, options):
+                raise ValueError("keyword_leg was run for another search")
+            fused = self._fuse_with(keyword_leg, legs[0], engine_filter, limit)
+        if fused is None:
+            with self._lock.read():
+                chunk_shard, _ = self._require_open()
+                found = chunk_shard.query(request)
+            fused = best_first(found, limit) if len(legs) > 1 else found
+        points = fused
         if mmr:
             points = _mmr_points(points, top_k, options.mmr_lambda)
         if query_vector is None:
             return [SearchHit(chunk_from_payload(p.payload or {}), float(p.score)) for p in points]
         return _cosine_hits(points, query_vector)
+
+    def keyword_leg(
+        self, caller: Caller, top_k: int, filter: SearchFilter, options: SearchOptions
+    ) -> KeywordLeg | None:
+        """Run the keyword leg of a hybrid search now (chunk ids only), so that it
+        overlaps the query's embedding; None for the other modes."""
+        if options.mode is not RetrievalMode.HYBRID:
+            return None
+        validate_caller(caller)
+        validate_filter(filter)
+        validate_top_k(top_k)
+        validate_search_options(options)
+        engine_filter = _engine_filter(caller, filter)
+        (leg,) = self._legs(None, options, candidate_count(top_k), engine_filter, None)
+        request = QueryRequest(
+            limit=leg.limit,
+            query=leg.query,
+            filter=engine_filter,
+            with_payload=False,
+            with_vector=False,
+        )
+        with self._lock.read():
+            chunk_shard, _ = self._require_open()
+            points = chunk_shard.query(request)
+            generation = self._applied
+        ranking = tuple(str(point.id) for point in points)
+        return KeywordLeg(caller, top_k, filter, options, ranking, generation)
+
+    def _fuse_with(
+        self, keyword_leg: KeywordLeg, dense_leg: Prefetch, engine_filter: Filter, limit: int
+    ) -> list[_Candidate] | None:
+        """The `limit` best chunks of the dense leg fused with `keyword_leg`,
+        with payloads and dense vectors; None if a write came in between."""
+        request = QueryRequest(
+            limit=dense_leg.limit,
+            query=dense_leg.query,
+            filter=engine_filter,
+            params=dense_leg.params,
+            with_payload=False,
+            with_vector=False,
+        )
+        with self._lock.read():
+            chunk_shard, _ = self._require_open()
+            if self._applied != keyword_leg.generation:
+                return None
+            dense = [str(point.id) for point in chunk_shard.query(request)]
+            fused = [
+                _Candidate(point_id, score)
+                for point_id, score in rrf([dense, list(keyword_leg.ranking)], RRF_K)
+            ]
+            best = best_first(fused, limit)
+            records = chunk_shard.retrieve(
+                [c.id for c in best], with_payload=True, with_vector=[DENSE]
+            )
+        by_id = {str(record.id): record for record in records}
+        return [_Candidate(c.id, c.score, by_id[c.id].payload, by_id[c.id].vector) for c in best]
 
     def _legs(
         self,
@@ -906,6 +975,16 @@ def _with_keyword_vector(point_id: Any, vector: Any, payload: Mapping[str, Any])
     return Point(point_id, _vectors(_dense_of(vector), title, text), dict(payload))
 
 
+@dataclass
+class _Candidate:
+    """A fused chunk as `search` needs it: what the engine's scored points carry."""
+
+    id: str
+    score: float
+    payload: Mapping[str, Any] | None = None
+    vector: Any = None
+
+
 def _vectors(dense: list[float], title: str, text: str) -> dict[str, Any]:
     """A chunk's named vectors; no BM25 vector when its text has no indexable term.
 
@@ -921,7 +1000,9 @@ def _dense_of(vector: Any) -> list[float]:
     return cast(list[float], vector[DENSE] if isinstance(vector, dict) else vector)
 
 
-def _cosine_hits(points: Sequence[ScoredPoint], query_vector: Sequence[float]) -> list[SearchHit]:
+def _cosine_hits(
+    points: Sequence[ScoredPoint | _Candidate], query_vector: Sequence[float]
+) -> list[SearchHit]:
     """Hits in the engine's order, each scored by its cosine to the query.
 
     Fused (RRF) and BM25 scores have no fixed scale, while consumers threshold
@@ -942,7 +1023,9 @@ def _cosine_hits(points: Sequence[ScoredPoint], query_vector: Sequence[float]) -
     ]
 
 
-def _mmr_points(points: Sequence[ScoredPoint], top_k: int, mmr_lambda: float) -> list[ScoredPoint]:
+def _mmr_points(
+    points: Sequence[ScoredPoint | _Candidate], top_k: int, mmr_lambda: float
+) -> list[ScoredPoint | _Candidate]:
     """The `top_k` of `points` that `mmr_order` picks, in its order."""
     vectors = [_dense_of(p.vector) for p in points]
     order = mmr_order([p.score for p in points], vectors, top_k, mmr_lambda)

@@ -140,6 +140,7 @@ from services.retrieval.store import (
     DENSE_SEARCH,
     Caller,
     DocumentRecord,
+    KeywordLeg,
     RetrievalMode,
     SearchFilter,
     SearchHit,
@@ -410,6 +411,14 @@ class QdrantServerStore:
             self._flip(lease, fields)
         return len(points), deleted
 
+    def keyword_leg(
+        self, caller: Caller, top_k: int, filter: SearchFilter, options: SearchOptions
+    ) -> KeywordLeg | None:
+        """None: the server runs both legs of a hybrid search in one request, and
+        running the keyword leg first would cost a second round trip (and a second
+        snapshot check) for a leg the server runs beside the dense one anyway."""
+        return None
+
     def search(
         self,
         caller: Caller,
@@ -417,6 +426,7 @@ class QdrantServerStore:
         top_k: int,
         filter: SearchFilter,
         options: SearchOptions = DENSE_SEARCH,
+        keyword_leg: KeywordLeg | None = None,
     ) -> list[SearchHit]:
         """Return up to `top_k` of the chunks `caller` may see, ranked as
         `options` says, best first.

@@ -15,7 +15,7 @@ top score or empty results tell retrieval (or ingestion) is why answers decline.
 """
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from grpc import aio
@@ -29,7 +29,9 @@ from services.retrieval.leases import LeaseTable
 from services.retrieval.store import (
     Caller,
     DocumentRecord,
+    KeywordLeg,
     RetrievalMode,
+    SearchFilter,
     SearchOptions,
     StoredChunk,
     VectorStore,
@@ -103,28 +105,77 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             chunks_upserted=upserted, chunks_deleted=deleted
         )
 
-    async def Search(
-        self, request: retrieval_pb2.SearchRequest, context: aio.ServicerContext[Any, Any]
-    ) -> retrieval_pb2.SearchResponse:
-        caller = _caller(request.caller)
-        search_filter = search_filter_from_proto(request.filter)
+    def _search_of(
+        self, request: retrieval_pb2.SearchRequest
+    ) -> tuple[Caller, SearchFilter, SearchOptions]:
         options = SearchOptions(
             mode=self._mode(request.mode),
             text=request.query_text,
             mmr_lambda=request.mmr_lambda,
         )
+        return _caller(request.caller), search_filter_from_proto(request.filter), options
+
+    async def _search(
+        self,
+        request: retrieval_pb2.SearchRequest,
+        vector: list[float],
+        keyword_leg: KeywordLeg | None = None,
+    ) -> retrieval_pb2.SearchResponse:
+        caller, search_filter, options = self._search_of(request)
         hits = await asyncio.to_thread(
             self._store.search,
             caller,
-            list(request.vector.values),
+            vector,
             request.top_k,
             search_filter,
             options,
+            keyword_leg,
         )
         RESULTS.observe(len(hits))
-        if hits and request.vector.values:  # with a vector, scores are cosines in any mode
+        if hits and vector:  # with a vector, scores are cosines in any mode
             TOP_SCORE.observe(max(hit.score for hit in hits))
         return retrieval_pb2.SearchResponse(results=[_scored(h.chunk, h.score) for h in hits])
+
+    async def Search(
+        self, request: retrieval_pb2.SearchRequest, context: aio.ServicerContext[Any, Any]
+    ) -> retrieval_pb2.SearchResponse:
+        return await self._search(request, list(request.vector.values))
+
+    async def SearchAhead(
+        self,
+        request_iterator: AsyncIterator[retrieval_pb2.SearchAheadRequest],
+        context: aio.ServicerContext[Any, Any],
+    ) -> retrieval_pb2.SearchAheadResponse:
+        """The keyword leg runs (in a worker thread) while the vector is awaited."""
+        steps = aiter(request_iterator)
+        first = await anext(steps, None)
+        if first is None or not first.HasField("search"):
+            raise InvalidInputError("a SearchAhead stream must begin with its search")
+        request = first.search
+        if request.vector.values:
+            raise InvalidInputError(
+                "search.vector must be empty in SearchAhead: the vector is the second message"
+            )
+        caller, search_filter, options = self._search_of(request)
+        leg = asyncio.create_task(
+            asyncio.to_thread(
+                self._store.keyword_leg, caller, request.top_k, search_filter, options
+            )
+        )
+        try:
+            second = await anext(steps, None)
+            if second is None or not second.HasField("vector"):
+                raise InvalidInputError("the second message of a SearchAhead stream is the vector")
+            if await anext(steps, None) is not None:
+                raise InvalidInputError("a SearchAhead stream ends after its vector")
+            keyword_leg = await leg
+        finally:
+            if not leg.done():
+                leg.cancel()
+            elif not leg.cancelled():
+                leg.exception()  # retrieved: the stream's own error is the one to report
+        found = await self._search(request, list(second.vector.values), keyword_leg)
+        return retrieval_pb2.SearchAheadResponse(results=found.results)
 
     async def GetDocument(
         self, request: retrieval_pb2.GetDocumentRequest, context: aio.ServicerContext[Any, Any]

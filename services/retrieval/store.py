@@ -157,6 +157,38 @@ class SearchHit:
 
 
 @dataclass(frozen=True)
+class KeywordLeg:
+    """A hybrid search's keyword leg, run before its query vector exists
+    (`VectorStore.keyword_leg`); `search` fuses it with the dense leg.
+
+    It holds chunk ids only: the chunks themselves are read when the legs are
+    fused, in the same snapshot as the dense leg, and only if no write happened
+    since the keyword leg ran (`generation`); otherwise `search` runs both legs
+    again, so a search never mixes two versions of a document.
+    """
+
+    caller: Caller
+    top_k: int
+    filter: SearchFilter
+    options: SearchOptions
+    ranking: tuple[str, ...]
+    """Chunk ids, best first; `candidate_count(top_k)` at most."""
+    generation: int
+    """The store's count of writes when the leg ran."""
+
+    def matches(
+        self, caller: Caller, top_k: int, filter: SearchFilter, options: SearchOptions
+    ) -> bool:
+        """Whether the leg was run for exactly this search."""
+        return (self.caller, self.top_k, self.filter, self.options) == (
+            caller,
+            top_k,
+            filter,
+            options,
+        )
+
+
+@dataclass(frozen=True)
 class StoreStats:
     """Counts a health or admin endpoint reports."""
 
@@ -197,6 +229,7 @@ class VectorStore(Protocol):
         top_k: int,
         filter: SearchFilter,
         options: SearchOptions = DENSE_SEARCH,
+        keyword_leg: KeywordLeg | None = None,
     ) -> list[SearchHit]:
         """Return up to `top_k` of the chunks `caller` may see, ranked as
         `options` says, best first.
@@ -204,7 +237,17 @@ class VectorStore(Protocol):
         The tenant and access-label restriction is part of the engine query
         (never a post-filter), so it also bounds every candidate list.
         `vector` may be empty in keyword mode (it is not used there).
+        `keyword_leg`, from `keyword_leg` for this very search, saves running
+        that leg again; the results are the same with or without it.
         """
+        ...
+
+    def keyword_leg(
+        self, caller: Caller, top_k: int, filter: SearchFilter, options: SearchOptions
+    ) -> KeywordLeg | None:
+        """Run the keyword leg of a hybrid search now, before its query vector
+        is known, so that it overlaps the query's embedding; None when the
+        search is not hybrid or the backend gains nothing by it."""
         ...
 
     def get_document(self, tenant: str, document_id: str) -> DocumentRecord | None:

@@ -51,11 +51,13 @@ class FakeEmbedding(embedding_pb2_grpc.EmbeddingServiceServicer):
 
 
 class FakeRetrieval(retrieval_pb2_grpc.RetrievalServiceServicer):
-    async def Search(self, request: Any, context: Any) -> retrieval_pb2.SearchResponse:
+    async def SearchAhead(self, requests: Any, context: Any) -> retrieval_pb2.SearchAheadResponse:
+        steps = [step async for step in requests]
+        assert [step.WhichOneof("step") for step in steps] == ["search", "vector"]
         chunk = common_pb2.Chunk(
             chunk_id="c1", document_id="leave", title="Leave policy", text=LEAVE
         )
-        return retrieval_pb2.SearchResponse(
+        return retrieval_pb2.SearchAheadResponse(
             results=[common_pb2.ScoredChunk(chunk=chunk, score=0.8)]
         )
 
