@@ -39,6 +39,9 @@ from services.runtime.convert import from_proto
 from services.runtime.errors import downstream
 from services.runtime.telemetry import stage_span
 
+MAYBE_HYBRID = (common_pb2.RETRIEVAL_MODE_HYBRID, common_pb2.RETRIEVAL_MODE_UNSPECIFIED)
+"""Modes whose search goes out before the query vector (see `_retrieve`)."""
+
 
 @dataclass(frozen=True)
 class QueryLimits:
@@ -178,10 +181,12 @@ class QueryPipeline:
         return question, top_k
 
     async def _retrieve(self, params: AskParams) -> tuple[str, _Retrieved]:
-        """Embed the question and search, overlapped: the search goes out first
-        (SearchAhead), so that a hybrid search's keyword leg runs while the query
-        is embedded; the vector follows. Stage "retrieve" is the time from the
-        vector to the results."""
+        """Embed the question and search. A search that may be hybrid (asked
+        for, or the retrieval service's default) goes out first, through
+        SearchAhead, so that its keyword leg runs while the question is embedded;
+        the vector follows. A dense or keyword search is one Search call once
+        the vector is there (a stream costs more than it could save there).
+        Stage "retrieve" is the time from the vector to the results."""
         question, top_k = self._validated(params)
         started = time.perf_counter()
         timer = _Timer()
@@ -194,9 +199,12 @@ class QueryPipeline:
             mmr_lambda=params.mmr_lambda,
             caller=params.caller,
         )
-        with downstream("retrieval", settings.retrieval_addr):
-            call = self._clients.retrieval.SearchAhead()
-            await call.write(retrieval_pb2.SearchAheadRequest(search=search))
+        ahead = params.retrieval_mode in MAYBE_HYBRID
+        call = None
+        if ahead:
+            with downstream("retrieval", settings.retrieval_addr):
+                call = self._clients.retrieval.SearchAhead()
+                await call.write(retrieval_pb2.SearchAheadRequest(search=search))
         try:
             with timer.stage("embed"), downstream("embedding", settings.embedding_addr):
                 embedded = await self._clients.embedding.EmbedQueries(
@@ -204,13 +212,18 @@ class QueryPipeline:
                 )
             vector = embedded.vectors[0]
             with timer.stage("retrieve"), downstream("retrieval", settings.retrieval_addr):
-                await call.write(retrieval_pb2.SearchAheadRequest(vector=vector))
-                await call.done_writing()
-                found: retrieval_pb2.SearchAheadResponse = await call
+                if call is None:
+                    search.vector.CopyFrom(vector)
+                    results = list((await self._clients.retrieval.Search(search)).results)
+                else:
+                    await call.write(retrieval_pb2.SearchAheadRequest(vector=vector))
+                    await call.done_writing()
+                    found: retrieval_pb2.SearchAheadResponse = await call
+                    results = list(found.results)
         finally:
-            call.cancel()  # no-op once it has finished; stops the search otherwise
+            if call is not None:
+                call.cancel()  # no-op once it has finished; stops the search otherwise
         search.vector.CopyFrom(vector)
-        results = list(found.results)
         sources = [
             generation_pb2.Source(number=n, chunk=r.chunk, score=r.score)
             for n, r in enumerate(results, start=1)

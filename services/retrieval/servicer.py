@@ -64,6 +64,15 @@ def _scored(hit_chunk: StoredChunk, score: float) -> common_pb2.ScoredChunk:
     return common_pb2.ScoredChunk(chunk=to_proto(hit_chunk, common_pb2.Chunk), score=score)
 
 
+def _settle(task: "asyncio.Task[Any]") -> None:
+    """Cancel `task` if it still runs, else mark its error as seen: the error the
+    caller gets is the stream's own."""
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()
+
+
 def _caller(caller: common_pb2.Caller) -> Caller:
     return Caller(tenant=caller.tenant, access_labels=tuple(caller.access_labels))
 
@@ -146,7 +155,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         request_iterator: AsyncIterator[retrieval_pb2.SearchAheadRequest],
         context: aio.ServicerContext[Any, Any],
     ) -> retrieval_pb2.SearchAheadResponse:
-        """The keyword leg runs (in a worker thread) while the vector is awaited."""
+        """The keyword leg runs (in a worker thread) while the vector is awaited;
+        the search starts on the vector, while the stream's end is awaited."""
         steps = aiter(request_iterator)
         first = await anext(steps, None)
         if first is None or not first.HasField("search"):
@@ -166,15 +176,16 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             second = await anext(steps, None)
             if second is None or not second.HasField("vector"):
                 raise InvalidInputError("the second message of a SearchAhead stream is the vector")
-            if await anext(steps, None) is not None:
-                raise InvalidInputError("a SearchAhead stream ends after its vector")
             keyword_leg = await leg
         finally:
-            if not leg.done():
-                leg.cancel()
-            elif not leg.cancelled():
-                leg.exception()  # retrieved: the stream's own error is the one to report
-        found = await self._search(request, list(second.vector.values), keyword_leg)
+            _settle(leg)
+        search = asyncio.create_task(self._search(request, list(second.vector.values), keyword_leg))
+        try:
+            if await anext(steps, None) is not None:
+                raise InvalidInputError("a SearchAhead stream ends after its vector")
+            found = await search
+        finally:
+            _settle(search)
         return retrieval_pb2.SearchAheadResponse(results=found.results)
 
     async def GetDocument(
