@@ -867,21 +867,26 @@ def visible_to(document: common_pb2.DocumentInfo, caller: common_pb2.Caller) -> 
     """Whether `caller` may see `document`: the rule the engine applies to chunks
     (no labels: the whole tenant; else a caller holding one of them).
 
-    The contract's document calls take a tenant only, so the gateway applies it
-    to document summaries itself: a key never learns the title of, or deletes, a
-    document whose text it could not retrieve.
+    ListDocuments takes a tenant only, so the gateway applies the rule to the
+    listed summaries itself: a key never learns the title of a document whose
+    text it could not retrieve. (Reads and deletes of one document go through
+    LookupDocuments, which applies it in the retrieval service.)
     """
     return may_see(caller.access_labels, document.access_labels)
 
 
 def _document_routes(router: APIRouter, clients: PlatformClients) -> None:
     async def visible_document(document_id: str, caller: common_pb2.Caller) -> DocumentInfo:
-        """GetDocument in the caller's tenant; NOT_FOUND when its labels hide it."""
-        request = retrieval_pb2.GetDocumentRequest(document_id=document_id, tenant=caller.tenant)
-        reply: retrieval_pb2.GetDocumentResponse = await clients.retrieval.GetDocument(request)
-        if not visible_to(reply.document, caller):
-            raise GatewayError(404, "NOT_FOUND", f"document {document_id!r} not found")
-        return from_proto(reply.document, DocumentInfo)
+        """The document as the caller may see it (LookupDocuments: the retrieval
+        service applies the tenant and the labels); NOT_FOUND otherwise."""
+        request = retrieval_pb2.LookupDocumentsRequest(caller=caller, document_ids=[document_id])
+        reply: retrieval_pb2.LookupDocumentsResponse = await clients.retrieval.LookupDocuments(
+            request
+        )
+        if not reply.found:
+            message = f"document {document_id!r} not found in tenant {caller.tenant!r}"
+            raise GatewayError(404, "NOT_FOUND", message)
+        return from_proto(reply.found[0], DocumentInfo)
 
     @router.post(
         "/documents",
@@ -989,7 +994,8 @@ def _document_routes(router: APIRouter, clients: PlatformClients) -> None:
         responses=_errors(404),
     )
     async def get_document(document_id: str, caller: CallerDep) -> DocumentInfo:
-        """RetrievalService.GetDocument in the key's tenant (404 for another tenant's)."""
+        """The document's summary (RetrievalService.LookupDocuments): 404 for another
+        tenant's, or one the key's labels hide."""
         return await visible_document(document_id, caller)
 
     @router.delete(

@@ -31,7 +31,7 @@ from ragplatform.v1 import (
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
-from services.common.tenancy import Caller
+from services.common.tenancy import Caller, may_see
 from services.gateway.app import (
     GRPC_TO_HTTP,
     IDENTITY_FIELDS,
@@ -233,14 +233,21 @@ class FakeRetrieval(retrieval_pb2_grpc.RetrievalServiceServicer):
             documents=[_fake_info(request.tenant, i) for i in page], next_page_token=token
         )
 
-    async def GetDocument(
-        self, request: retrieval_pb2.GetDocumentRequest, context: Any
-    ) -> retrieval_pb2.GetDocumentResponse:
+    async def LookupDocuments(
+        self, request: retrieval_pb2.LookupDocumentsRequest, context: Any
+    ) -> retrieval_pb2.LookupDocumentsResponse:
+        """The tenant's documents the caller's labels may see, as the store does."""
         self.requests.append(request)
-        if request.document_id not in DOCUMENTS.get(request.tenant, {}):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no document {request.document_id!r}")
-        return retrieval_pb2.GetDocumentResponse(
-            document=_fake_info(request.tenant, request.document_id)
+        tenant = request.caller.tenant
+        visible = [
+            document_id
+            for document_id in request.document_ids
+            if document_id in DOCUMENTS.get(tenant, {})
+            and may_see(request.caller.access_labels, DOCUMENTS[tenant][document_id])
+        ]
+        return retrieval_pb2.LookupDocumentsResponse(
+            found=[_fake_info(tenant, document_id) for document_id in visible],
+            missing=[d for d in request.document_ids if d not in visible],
         )
 
 
@@ -639,7 +646,9 @@ async def test_get_document_and_not_found(client: httpx.AsyncClient) -> None:
     assert response.json()["title"] == "Title doc-2"
     response = await client.get("/v1/documents/nope")
     assert response.status_code == 404
-    assert response.json() == {"error": {"code": "NOT_FOUND", "message": "no document 'nope'"}}
+    assert response.json() == {
+        "error": {"code": "NOT_FOUND", "message": "document 'nope' not found in tenant 'default'"}
+    }
 
 
 async def test_delete_document_and_not_found(client: httpx.AsyncClient, fakes: Fakes) -> None:
@@ -749,10 +758,10 @@ async def test_every_route_acts_for_the_keys_tenant(
     assert {d["document_id"] for d in listed.json()["documents"]} == {"acme-public"}
     assert fakes.retrieval.requests[-1].tenant == "acme"
     assert (await secured.get("/v1/documents/acme-public", headers=acme)).status_code == 200
-    assert fakes.retrieval.requests[-1].tenant == "acme"
+    assert fakes.retrieval.requests[-1].caller.tenant == "acme"
     other = await secured.get("/v1/documents/doc-1", headers=acme)  # the default tenant's
     assert other.status_code == 404
-    assert fakes.retrieval.requests[-1].tenant == "acme"
+    assert fakes.retrieval.requests[-1].caller.tenant == "acme"
     assert (await secured.delete("/v1/documents/doc-1", headers=acme)).status_code == 404
     assert (await secured.delete("/v1/documents/acme-public", headers=acme)).status_code == 200
     assert fakes.ingestion.deleted[-1] == ("acme", "acme-public")
