@@ -53,7 +53,6 @@ from fastapi import (
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -85,6 +84,7 @@ from services.common.tenancy import (
     validate_labels,
     validate_tenant,
 )
+from services.gateway.protojson import to_plain
 from services.runtime.clients import PlatformClients
 from services.runtime.convert import to_proto
 from services.runtime.observability import HttpTelemetryMiddleware
@@ -565,12 +565,8 @@ API key: a client can never choose whom a request acts for."""
 
 
 def from_proto(message: Message, model: type[ModelT]) -> ModelT:
-    """`message` as `model`, through the proto3 JSON mapping (64-bit ints arrive as
-    strings there and are parsed back to numbers by the model)."""
-    data = MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    return model.model_validate(data)
+    """`message` as `model`, as the proto3 JSON mapping has it (`protojson`)."""
+    return model.model_validate(to_plain(message))
 
 
 def _filter_of(body: AskBody) -> common_pb2.MetadataFilter | None:

@@ -18,9 +18,11 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ragplatform.v1 import (
     common_pb2,
@@ -39,6 +41,7 @@ from services.gateway.app import (
     UPLOAD_CHUNK_BYTES,
     GatewaySettings,
     create_app,
+    from_proto,
     http_status_for,
     parse_api_keys,
 )
@@ -924,3 +927,55 @@ async def test_http_models_mirror_the_contract_field_for_field() -> None:
     for model, message in PROTO_MODELS.items():
         proto_fields = set(message.DESCRIPTOR.fields_by_name) - IDENTITY_FIELDS.get(model, set())
         assert set(model.model_fields) == proto_fields, model.__name__
+
+
+def _populated(message: Message, depth: int = 0) -> Message:
+    """`message` with every field set to a value its type can hold: floats that
+    are not exact in 32 bits, 64-bit integers beyond 2**53, the last enum value,
+    two items in every list."""
+    for descriptor in message.DESCRIPTOR.fields:
+        count = 2 if descriptor.is_repeated else 1
+        for index in range(count):
+            if descriptor.message_type is not None:
+                if depth > 3:
+                    break
+                target = (
+                    getattr(message, descriptor.name).add()
+                    if descriptor.is_repeated
+                    else getattr(message, descriptor.name)
+                )
+                _populated(target, depth + 1)
+                continue
+            if descriptor.enum_type is not None:
+                value: object = descriptor.enum_type.values[-1].number
+            elif descriptor.cpp_type == descriptor.CPPTYPE_STRING:
+                text = f"{descriptor.name}-{index}"
+                value = b"\x00\xff" if descriptor.type == descriptor.TYPE_BYTES else text
+            elif descriptor.cpp_type == descriptor.CPPTYPE_BOOL:
+                value = True
+            elif descriptor.cpp_type in (descriptor.CPPTYPE_FLOAT, descriptor.CPPTYPE_DOUBLE):
+                value = 0.1 + index
+            elif descriptor.cpp_type in (descriptor.CPPTYPE_INT64, descriptor.CPPTYPE_UINT64):
+                value = 2**60 + index
+            else:
+                value = 7 + index
+            if descriptor.is_repeated:
+                getattr(message, descriptor.name).append(value)
+            else:
+                setattr(message, descriptor.name, value)
+    return message
+
+
+@pytest.mark.parametrize("model", list(PROTO_MODELS), ids=lambda m: m.__name__)
+async def test_responses_convert_as_the_proto3_json_mapping_does(model: type[BaseModel]) -> None:
+    """The fast converter gives the models exactly what MessageToDict gives them,
+    on fully populated messages and on empty ones (unset fields left out)."""
+    message_type = PROTO_MODELS[model]
+    for message in (_populated(message_type()), message_type()):
+        for name in IDENTITY_FIELDS.get(model, set()):
+            message.ClearField(name)
+        reference = MessageToDict(
+            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        expected = model.model_validate(reference).model_dump(mode="json")
+        assert from_proto(message, model).model_dump(mode="json") == expected
