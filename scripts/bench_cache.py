@@ -29,7 +29,9 @@ each retrieval mode costs, measured in one run on one machine.
    keyword (BM25) and hybrid (RRF), with the query service's default top_k;
    and the hybrid search as the query service makes it, through `SearchAhead`:
    the search sent 10 ms before its vector, timed from the vector to the
-   results (what a miss waits for once its query is embedded).
+   results (what a miss waits for once its query is embedded). The searches
+   use an asyncio client, as the query service does (a synchronous client
+   feeds a stream from another thread, which costs more).
 
 The figures go between the `cache-bench:` markers of the file given to `--write`.
 
@@ -37,6 +39,7 @@ Usage: `python -m scripts.bench_cache [--docs N] [--questions N] [--write docs/c
 """
 
 import argparse
+import asyncio
 import datetime as dt
 import http.client
 import json
@@ -54,6 +57,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import grpc
+from grpc import aio
 from prometheus_client.parser import text_string_to_metric_families
 
 from ragplatform.v1 import (
@@ -290,34 +294,36 @@ embedding time on this machine (the miss's `embed` stage)."""
 AHEAD = "hybrid, keyword leg run ahead (`SearchAhead`), from the vector to the results"
 
 
-def search_ahead(
+async def search_ahead(
     retrieval: retrieval_pb2_grpc.RetrievalServiceStub,
     request: retrieval_pb2.SearchRequest,
     vector: embedding_pb2.Vector,
 ) -> float:
     """Seconds from sending the vector to the results of a SearchAhead call whose
     search went out `EMBED_STAND_IN_SECONDS` before, as the query service does."""
-    sent: list[float] = []
-
-    def steps() -> Iterator[retrieval_pb2.SearchAheadRequest]:
-        yield retrieval_pb2.SearchAheadRequest(search=request)
-        time.sleep(EMBED_STAND_IN_SECONDS)
-        sent.append(time.perf_counter())
-        yield retrieval_pb2.SearchAheadRequest(vector=vector)
-
-    retrieval.SearchAhead(steps(), timeout=30)
-    return time.perf_counter() - sent[0]
+    call = retrieval.SearchAhead()
+    await call.write(retrieval_pb2.SearchAheadRequest(search=request))
+    await asyncio.sleep(EMBED_STAND_IN_SECONDS)
+    start = time.perf_counter()
+    await call.write(retrieval_pb2.SearchAheadRequest(vector=vector))
+    await call.done_writing()
+    await call
+    return time.perf_counter() - start
 
 
-def measure_search(platform: Platform, claims: Sequence[str], top_k: int) -> dict[str, list[float]]:
+async def measure_search(
+    platform: Platform, claims: Sequence[str], top_k: int
+) -> dict[str, list[float]]:
+    """Per claim, each mode through Search, then the hybrid search through
+    SearchAhead; from an asyncio client, as the query service calls."""
     settings = platform.settings
     caller = common_pb2.Caller(tenant=DEFAULT_TENANT)
     seconds: dict[str, list[float]] = {mode: [] for mode in [*MODES, AHEAD]}
-    with (
-        grpc.insecure_channel(settings.embedding_addr) as embedding_channel,
-        grpc.insecure_channel(settings.retrieval_addr) as retrieval_channel,
+    async with (
+        aio.insecure_channel(settings.embedding_addr) as embedding_channel,
+        aio.insecure_channel(settings.retrieval_addr) as retrieval_channel,
     ):
-        vectors = embedding_pb2_grpc.EmbeddingServiceStub(embedding_channel).EmbedQueries(
+        vectors = await embedding_pb2_grpc.EmbeddingServiceStub(embedding_channel).EmbedQueries(
             embedding_pb2.EmbedQueriesRequest(texts=list(claims)), timeout=300
         )
         retrieval = retrieval_pb2_grpc.RetrievalServiceStub(retrieval_channel)
@@ -329,12 +335,12 @@ def measure_search(platform: Platform, claims: Sequence[str], top_k: int) -> dic
                         vector=vector, top_k=top_k, query_text=claim, mode=mode, caller=caller
                     )
                     start = time.perf_counter()
-                    retrieval.Search(request, timeout=30)
+                    await retrieval.Search(request, timeout=30)
                     spent[name] = time.perf_counter() - start
                 request = retrieval_pb2.SearchRequest(
                     top_k=top_k, query_text=claim, mode=MODES["hybrid"], caller=caller
                 )
-                spent[AHEAD] = search_ahead(retrieval, request, vector)
+                spent[AHEAD] = await search_ahead(retrieval, request, vector)
                 if round_ == "measured":
                     for name, value in spent.items():
                         seconds[name].append(value)
@@ -438,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"{documents} documents indexed; asking through the gateway")
         asks = measure_asks(platform, claims, args.questions)
         say("searching in each mode")
-        searches = measure_search(platform, asks.answered, top_k)
+        searches = asyncio.run(measure_search(platform, asks.answered, top_k))
     text = report(documents, asks, searches, top_k)
     print(text)
     if args.write:

@@ -20,6 +20,14 @@ class QuerySettings(PlatformSettings):
 
     query_default_top_k: int = Field(default=3, ge=1, description="Chunks retrieved per question.")
     query_max_top_k: int = Field(default=20, ge=1, description="Largest top_k a caller may ask.")
+    query_search_ahead: bool = Field(
+        default=False,
+        description=(
+            "Send a hybrid search before the question is embedded (SearchAhead), so its "
+            "keyword leg overlaps the embedding; off by default: measured latency-neutral "
+            "or slower here (docs/retrieval.md)."
+        ),
+    )
     query_max_question_chars: int = Field(
         default=2000, ge=1, description="Longest question accepted, in characters."
     )
@@ -106,7 +114,12 @@ def main() -> None:
         bindings = [
             ServiceBinding(
                 query_pb2_grpc.add_QueryServiceServicer_to_server,
-                QueryServicer(QueryPipeline(clients, limits, answers), requests),
+                QueryServicer(
+                    QueryPipeline(
+                        clients, limits, answers, search_ahead=settings.query_search_ahead
+                    ),
+                    requests,
+                ),
                 query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name,
             ),
             ServiceBinding(

@@ -156,11 +156,17 @@ class QueryPipeline:
     """Answers questions by calling the embedding, retrieval and generation services."""
 
     def __init__(
-        self, clients: PlatformClients, limits: QueryLimits, answers: AnswerCache | None = None
+        self,
+        clients: PlatformClients,
+        limits: QueryLimits,
+        answers: AnswerCache | None = None,
+        *,
+        search_ahead: bool = False,
     ) -> None:
         self._clients = clients
         self._limits = limits
         self._answers = answers
+        self._search_ahead = search_ahead
 
     def _validated(self, params: AskParams) -> tuple[str, int]:
         """(question, top_k) of a well-formed request; raises InvalidInputError naming
@@ -181,12 +187,14 @@ class QueryPipeline:
         return question, top_k
 
     async def _retrieve(self, params: AskParams) -> tuple[str, _Retrieved]:
-        """Embed the question and search. A search that may be hybrid (asked
-        for, or the retrieval service's default) goes out first, through
-        SearchAhead, so that its keyword leg runs while the question is embedded;
-        the vector follows. A dense or keyword search is one Search call once
-        the vector is there (a stream costs more than it could save there).
-        Stage "retrieve" is the time from the vector to the results."""
+        """Embed the question, then search with the vector (one Search call).
+
+        With `search_ahead`, a search that may be hybrid (asked for, or the
+        retrieval service's default) goes out first, through SearchAhead, so
+        that its keyword leg runs while the question is embedded; the vector
+        follows. Dense and keyword searches never do: a stream costs more than
+        it could save there. Stage "retrieve" is the time from the vector to
+        the results either way."""
         question, top_k = self._validated(params)
         started = time.perf_counter()
         timer = _Timer()
@@ -199,7 +207,7 @@ class QueryPipeline:
             mmr_lambda=params.mmr_lambda,
             caller=params.caller,
         )
-        ahead = params.retrieval_mode in MAYBE_HYBRID
+        ahead = self._search_ahead and params.retrieval_mode in MAYBE_HYBRID
         call = None
         if ahead:
             with downstream("retrieval", settings.retrieval_addr):

@@ -91,7 +91,7 @@ async def platform() -> AsyncIterator[Platform]:
         embedding_addr=address, retrieval_addr=address, generation_addr=address, query_addr=address
     )
     backend_clients = PlatformClients(settings)
-    pipeline = QueryPipeline(backend_clients, QueryLimits(3, 20, 2000))
+    pipeline = QueryPipeline(backend_clients, QueryLimits(3, 20, 2000), search_ahead=True)
     embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(FakeEmbedding(), server)
     retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(FakeRetrieval(), server)
     generation_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(engine), server)
