@@ -79,7 +79,6 @@ from services.common.errors import InvalidInputError
 from services.common.tenancy import (
     DEFAULT_TENANT,
     Caller,
-    may_see,
     validate_caller,
     validate_labels,
     validate_tenant,
@@ -859,18 +858,6 @@ async def _upload_messages(
         yield ingestion_pb2.UploadDocumentRequest(data=chunk)
 
 
-def visible_to(document: common_pb2.DocumentInfo, caller: common_pb2.Caller) -> bool:
-    """Whether `caller` may see `document`: the rule the engine applies to chunks
-    (no labels: the whole tenant; else a caller holding one of them).
-
-    ListDocuments takes a tenant only, so the gateway applies the rule to the
-    listed summaries itself: a key never learns the title of a document whose
-    text it could not retrieve. (Reads and deletes of one document go through
-    LookupDocuments, which applies it in the retrieval service.)
-    """
-    return may_see(caller.access_labels, document.access_labels)
-
-
 def _document_routes(router: APIRouter, clients: PlatformClients) -> None:
     async def visible_document(document_id: str, caller: common_pb2.Caller) -> DocumentInfo:
         """The document as the caller may see it (LookupDocuments: the retrieval
@@ -968,19 +955,13 @@ def _document_routes(router: APIRouter, clients: PlatformClients) -> None:
         ] = 0,
         page_token: Annotated[str, Query(description="next_page_token of the previous page.")] = "",
     ) -> DocumentList:
-        """RetrievalService.ListDocuments of the key's tenant, ordered by document id.
-
-        Documents the key's access labels hide are left out, so a page may hold
-        fewer than page_size documents while more follow: page until
-        next_page_token is empty.
-        """
+        """RetrievalService.ListDocuments for the key (its tenant; documents its
+        access labels hide are left out by the retrieval service), ordered by
+        document id; page until next_page_token is empty."""
         request = retrieval_pb2.ListDocumentsRequest(
-            page_size=page_size, page_token=page_token, tenant=caller.tenant
+            page_size=page_size, page_token=page_token, caller=caller
         )
         reply: retrieval_pb2.ListDocumentsResponse = await clients.retrieval.ListDocuments(request)
-        visible = [d for d in reply.documents if visible_to(d, caller)]
-        del reply.documents[:]
-        reply.documents.extend(visible)
         return from_proto(reply, DocumentList)
 
     @router.get(
@@ -1134,5 +1115,4 @@ __all__ = [
     "from_proto",
     "http_status_for",
     "parse_api_keys",
-    "visible_to",
 ]

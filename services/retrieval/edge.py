@@ -122,7 +122,7 @@ from qdrant_edge import (
 )
 
 from services.common.errors import FailedPreconditionError, InvalidInputError, NotFoundError
-from services.common.tenancy import DEFAULT_TENANT, validate_tenant
+from services.common.tenancy import DEFAULT_TENANT, may_see, validate_tenant
 from services.retrieval.fusion import RRF_K, rrf
 from services.retrieval.mmr import mmr_order
 from services.retrieval.store import (
@@ -640,9 +640,16 @@ class EdgeVectorStore:
         records = [record_from_payload(point.payload or {}) for point in found]
         return visible_records(caller, ids, records)
 
-    def list_documents(self, tenant: str, limit: int, after: str = "") -> list[DocumentRecord]:
+    def list_documents(
+        self,
+        tenant: str,
+        limit: int,
+        after: str = "",
+        visible_to: Sequence[str] | None = None,
+    ) -> list[DocumentRecord]:
         """Return up to `limit` of the tenant's records with document_id > `after`,
-        by document_id.
+        by document_id; with `visible_to` (a caller's access labels), only the
+        records those labels may see (`may_see`).
 
         The engine scroll filters by tenant (indexed), but orders only by numeric
         payload indexes, not keywords, so each page scans the tenant's whole
@@ -659,6 +666,7 @@ class EdgeVectorStore:
                 record
                 for record in _scan_registry(registry, Filter(must=[_tenant_condition(tenant)]))
                 if record.document_id > after
+                and (visible_to is None or may_see(visible_to, record.access_labels))
             )
             return heapq.nsmallest(limit, candidates, key=lambda record: record.document_id)
 

@@ -133,7 +133,7 @@ from services.common.errors import (
     RateLimitedError,
     UnavailableError,
 )
-from services.common.tenancy import validate_tenant
+from services.common.tenancy import may_see, validate_tenant
 from services.retrieval.fusion import RRF_K
 from services.retrieval.mmr import mmr_order
 from services.retrieval.store import (
@@ -507,9 +507,16 @@ class QdrantServerStore:
         ]
         return visible_records(caller, ids, records)
 
-    def list_documents(self, tenant: str, limit: int, after: str = "") -> list[DocumentRecord]:
+    def list_documents(
+        self,
+        tenant: str,
+        limit: int,
+        after: str = "",
+        visible_to: Sequence[str] | None = None,
+    ) -> list[DocumentRecord]:
         """Return up to `limit` of the tenant's records with document_id > `after`,
-        by document_id.
+        by document_id; with `visible_to` (a caller's access labels), only the
+        records those labels may see (`may_see`).
 
         Qdrant orders scrolls only by numeric payload, so each page scans the
         tenant's records and keeps the `limit` smallest ids in a bounded heap,
@@ -521,9 +528,13 @@ class QdrantServerStore:
             must=[_match("tenant", tenant), _match("kind", _DOCUMENT), _match("indexed", True)]
         )
         candidates = (
-            record_from_payload(payload)
-            for payload in self._scan(self._registry, documents, with_payload=True)
-            if str(payload["document_id"]) > after
+            record
+            for record in (
+                record_from_payload(payload)
+                for payload in self._scan(self._registry, documents, with_payload=True)
+            )
+            if record.document_id > after
+            and (visible_to is None or may_see(visible_to, record.access_labels))
         )
         return heapq.nsmallest(limit, candidates, key=lambda record: record.document_id)
 

@@ -24,7 +24,7 @@ from prometheus_client import Histogram
 from ragplatform.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from services.common.errors import InvalidInputError, NotFoundError
 from services.common.search import search_filter_from_proto
-from services.common.tenancy import validate_tenant
+from services.common.tenancy import validate_caller, validate_tenant
 from services.retrieval.leases import LeaseTable
 from services.retrieval.store import (
     Caller,
@@ -71,6 +71,18 @@ def _settle(task: "asyncio.Task[Any]") -> None:
         task.cancel()
     elif not task.cancelled():
         task.exception()
+
+
+def _lister(request: retrieval_pb2.ListDocumentsRequest) -> tuple[str, tuple[str, ...] | None]:
+    """(tenant, access labels or None for every document) of a listing."""
+    if not request.HasField("caller"):
+        return validate_tenant(request.tenant), None
+    caller = validate_caller(_caller(request.caller))
+    if request.tenant and request.tenant != caller.tenant:
+        raise InvalidInputError(
+            f"tenant {request.tenant!r} and caller.tenant {caller.tenant!r} differ"
+        )
+    return caller.tenant, caller.access_labels
 
 
 def _caller(caller: common_pb2.Caller) -> Caller:
@@ -229,13 +241,13 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     async def ListDocuments(
         self, request: retrieval_pb2.ListDocumentsRequest, context: aio.ServicerContext[Any, Any]
     ) -> retrieval_pb2.ListDocumentsResponse:
-        validate_tenant(request.tenant)
+        tenant, visible_to = _lister(request)
         page_size = request.page_size or DEFAULT_PAGE_SIZE
         if page_size > MAX_PAGE_SIZE:
             raise InvalidInputError(f"page_size {page_size} is over the limit {MAX_PAGE_SIZE}")
         # One extra record tells whether another page follows.
         records = await asyncio.to_thread(
-            self._store.list_documents, request.tenant, page_size + 1, request.page_token
+            self._store.list_documents, tenant, page_size + 1, request.page_token, visible_to
         )
         page = records[:page_size]
         next_token = page[-1].document_id if len(records) > page_size else ""

@@ -263,9 +263,16 @@ class VectorStore(Protocol):
         """
         ...
 
-    def list_documents(self, tenant: str, limit: int, after: str = "") -> list[DocumentRecord]:
+    def list_documents(
+        self,
+        tenant: str,
+        limit: int,
+        after: str = "",
+        visible_to: Sequence[str] | None = None,
+    ) -> list[DocumentRecord]:
         """Return up to `limit` of the tenant's records with document_id > `after`,
-        ordered by document_id."""
+        ordered by document_id; with `visible_to` (a caller's access labels),
+        only those the labels may see, so a page is never short of them."""
         ...
 
     def remove_document(self, tenant: str, document_id: str) -> int:

@@ -227,13 +227,18 @@ class FakeRetrieval(retrieval_pb2_grpc.RetrievalServiceServicer):
     ) -> retrieval_pb2.ListDocumentsResponse:
         self.requests.append(request)
         await _abort_if_asked(request.page_token, context)
-        ids = list(DOCUMENTS.get(request.tenant, {}))
+        tenant = request.caller.tenant or request.tenant
+        ids = [
+            document_id
+            for document_id, labels in DOCUMENTS.get(tenant, {}).items()
+            if not request.HasField("caller") or may_see(request.caller.access_labels, labels)
+        ]
         start = int(request.page_token or 0)
         size = request.page_size or 100
         page = ids[start : start + size]
         token = str(start + size) if start + size < len(ids) else ""
         return retrieval_pb2.ListDocumentsResponse(
-            documents=[_fake_info(request.tenant, i) for i in page], next_page_token=token
+            documents=[_fake_info(tenant, i) for i in page], next_page_token=token
         )
 
     async def LookupDocuments(
@@ -759,7 +764,7 @@ async def test_every_route_acts_for_the_keys_tenant(
 
     listed = await secured.get("/v1/documents", headers=acme)
     assert {d["document_id"] for d in listed.json()["documents"]} == {"acme-public"}
-    assert fakes.retrieval.requests[-1].tenant == "acme"
+    assert fakes.retrieval.requests[-1].caller.tenant == "acme"
     assert (await secured.get("/v1/documents/acme-public", headers=acme)).status_code == 200
     assert fakes.retrieval.requests[-1].caller.tenant == "acme"
     other = await secured.get("/v1/documents/doc-1", headers=acme)  # the default tenant's
@@ -791,7 +796,7 @@ async def test_no_request_field_can_choose_the_tenant(
     listed = await secured.get(
         "/v1/documents", params={"tenant": "globex"}, headers={**_key("key-one")}
     )
-    assert fakes.retrieval.requests[-1].tenant == "acme"
+    assert fakes.retrieval.requests[-1].caller.tenant == "acme"
     assert listed.status_code == 200
 
 
@@ -808,6 +813,7 @@ async def test_access_labels_hide_documents(secured: httpx.AsyncClient, fakes: F
 
     listed = await secured.get("/v1/documents", headers=hr)
     assert "acme-salaries" in {d["document_id"] for d in listed.json()["documents"]}
+    assert "hr" in fakes.retrieval.requests[-1].caller.access_labels
     shown = await secured.get("/v1/documents/acme-salaries", headers=hr)
     assert shown.status_code == 200
     assert shown.json()["access_labels"] == ["hr"]

@@ -892,6 +892,9 @@ def test_parity_of_registry_and_stats(parity_stores: tuple[Any, Any]) -> None:
             )
         wanted = [f"doc-{i:02d}" for i in range(0, 80, 3)] + ["missing", "doc-00"]
         for labels in ((), ("hr",), ("legal", "finance")):
+            assert server.list_documents(tenant, 1000, "", labels) == edge.list_documents(
+                tenant, 1000, "", labels
+            )
             caller = Caller(tenant, labels)
             looked_up = server.lookup_documents(caller, wanted)
             assert looked_up == edge.lookup_documents(caller, wanted)

@@ -335,6 +335,19 @@ def test_lookup_returns_what_the_caller_may_see_in_request_order(
     assert record == labelled.get_document(ACME, "hr")
 
 
+def test_a_listing_for_a_caller_leaves_out_what_its_labels_hide(
+    labelled: EdgeVectorStore,
+) -> None:
+    def listed(visible_to: tuple[str, ...] | None, limit: int = 10) -> list[str]:
+        return [r.document_id for r in labelled.list_documents(ACME, limit, "", visible_to)]
+
+    assert listed(None) == ["hr", "hr-finance", "open"]
+    assert listed(()) == ["open"]
+    assert listed(("finance",)) == ["hr-finance", "open"]
+    assert listed(("finance",), limit=1) == ["hr-finance"], "filtered before the page is cut"
+    assert [r.document_id for r in labelled.list_documents(ACME, 1, "hr-finance", ())] == ["open"]
+
+
 @pytest.mark.parametrize(
     ("caller", "ids", "message"),
     [
@@ -529,6 +542,17 @@ async def test_servicer_carries_tenancy_between_protobuf_and_store(
         await servicer.ListDocuments(retrieval_pb2.ListDocumentsRequest(), None)
     listing = await servicer.ListDocuments(retrieval_pb2.ListDocumentsRequest(tenant=GLOBEX), None)
     assert list(listing.documents) == []
+    for caller, expected in ((hr, ["doc"]), (common_pb2.Caller(tenant=ACME), [])):
+        listing = await servicer.ListDocuments(
+            retrieval_pb2.ListDocumentsRequest(caller=caller), None
+        )
+        assert [d.document_id for d in listing.documents] == expected
+    with pytest.raises(
+        InvalidInputError, match=r"tenant .globex. and caller\.tenant .acme. differ"
+    ):
+        await servicer.ListDocuments(
+            retrieval_pb2.ListDocumentsRequest(tenant=GLOBEX, caller=hr), None
+        )
     with pytest.raises(NotFoundError):
         await servicer.RemoveDocument(
             retrieval_pb2.RemoveDocumentRequest(tenant=GLOBEX, document_id="doc"), None
