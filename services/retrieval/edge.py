@@ -73,7 +73,6 @@ mutations: group commit).
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import shutil
@@ -122,7 +121,7 @@ from qdrant_edge import (
 )
 
 from services.common.errors import FailedPreconditionError, InvalidInputError, NotFoundError
-from services.common.tenancy import DEFAULT_TENANT, may_see, validate_tenant
+from services.common.tenancy import DEFAULT_TENANT, validate_tenant
 from services.retrieval.fusion import RRF_K, rrf
 from services.retrieval.mmr import mmr_order
 from services.retrieval.store import (
@@ -141,6 +140,7 @@ from services.retrieval.store import (
     chunk_from_payload,
     chunk_payload,
     keyword_text,
+    listing_page,
     record_from_payload,
     record_payload,
     validate_caller,
@@ -651,24 +651,16 @@ class EdgeVectorStore:
         by document_id; with `visible_to` (a caller's access labels), only the
         records those labels may see (`may_see`).
 
-        The engine scroll filters by tenant (indexed), but orders only by numeric
-        payload indexes, not keywords, so each page scans the tenant's whole
-        registry and keeps the `limit` smallest ids (a bounded heap, so memory
-        stays O(limit)). Measured ~65 ms per 10,000 documents: fine for an admin
-        listing; at hundreds of thousands of documents keep a sorted id index
-        instead.
+        Each page scans the tenant's registry (`listing_page`). Measured ~65 ms
+        per 10,000 documents: fine for an admin listing; at hundreds of
+        thousands of documents keep a sorted id index instead.
         """
         validate_tenant(tenant)
         validate_list_limit(limit)
         with self._lock.read():
             _, registry = self._require_open()
-            candidates = (
-                record
-                for record in _scan_registry(registry, Filter(must=[_tenant_condition(tenant)]))
-                if record.document_id > after
-                and (visible_to is None or may_see(visible_to, record.access_labels))
-            )
-            return heapq.nsmallest(limit, candidates, key=lambda record: record.document_id)
+            records = _scan_registry(registry, Filter(must=[_tenant_condition(tenant)]))
+            return listing_page(records, limit, after, visible_to)
 
     def remove_document(self, tenant: str, document_id: str) -> int:
         """Delete the tenant's document (chunks and record); return the chunks deleted.

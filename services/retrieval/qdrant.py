@@ -103,7 +103,6 @@ never their visibility.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import random
@@ -133,7 +132,7 @@ from services.common.errors import (
     RateLimitedError,
     UnavailableError,
 )
-from services.common.tenancy import may_see, validate_tenant
+from services.common.tenancy import validate_tenant
 from services.retrieval.fusion import RRF_K
 from services.retrieval.mmr import mmr_order
 from services.retrieval.store import (
@@ -152,6 +151,7 @@ from services.retrieval.store import (
     chunk_from_payload,
     chunk_payload,
     keyword_text,
+    listing_page,
     record_from_payload,
     record_payload,
     validate_caller,
@@ -518,25 +518,19 @@ class QdrantServerStore:
         by document_id; with `visible_to` (a caller's access labels), only the
         records those labels may see (`may_see`).
 
-        Qdrant orders scrolls only by numeric payload, so each page scans the
-        tenant's records and keeps the `limit` smallest ids in a bounded heap,
-        as the embedded store does.
+        Each page scans the tenant's records (`listing_page`), as the embedded
+        store does.
         """
         validate_tenant(tenant)
         validate_list_limit(limit)
         documents = models.Filter(
             must=[_match("tenant", tenant), _match("kind", _DOCUMENT), _match("indexed", True)]
         )
-        candidates = (
-            record
-            for record in (
-                record_from_payload(payload)
-                for payload in self._scan(self._registry, documents, with_payload=True)
-            )
-            if record.document_id > after
-            and (visible_to is None or may_see(visible_to, record.access_labels))
+        records = (
+            record_from_payload(payload)
+            for payload in self._scan(self._registry, documents, with_payload=True)
         )
-        return heapq.nsmallest(limit, candidates, key=lambda record: record.document_id)
+        return listing_page(records, limit, after, visible_to)
 
     def remove_document(self, tenant: str, document_id: str) -> int:
         """Delete the tenant's document (chunks and record); return the chunks deleted.

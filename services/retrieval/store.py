@@ -9,8 +9,9 @@ same inputs with the same messages.
 
 from __future__ import annotations
 
+import heapq
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
@@ -373,6 +374,25 @@ def visible_records(
         if record.tenant == caller.tenant and may_see(caller.access_labels, record.access_labels)
     }
     return [by_id[document_id] for document_id in document_ids if document_id in by_id]
+
+
+def listing_page(
+    records: Iterable[DocumentRecord],
+    limit: int,
+    after: str,
+    visible_to: Sequence[str] | None,
+) -> list[DocumentRecord]:
+    """The `limit` records with the smallest ids above `after` among `records`
+    (in any order), those `visible_to` may see when given: engines order scrolls
+    by numeric payload only, so a page is a bounded heap over a scan (memory
+    O(limit))."""
+    candidates = (
+        record
+        for record in records
+        if record.document_id > after
+        and (visible_to is None or may_see(visible_to, record.access_labels))
+    )
+    return heapq.nsmallest(limit, candidates, key=lambda record: record.document_id)
 
 
 def validate_list_limit(limit: int) -> None:

@@ -5,16 +5,15 @@ A fake clock and a sleep that advances it make waits exact and instant.
 
 import asyncio
 from collections.abc import Collection
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from ragplatform.v1 import common_pb2, embedding_pb2, retrieval_pb2
+from ragplatform.v1 import common_pb2, retrieval_pb2
 from services.retrieval.edge import EdgeVectorStore
 from services.retrieval.leases import LeaseTable
 from services.retrieval.servicer import RetrievalServicer
-from tests.unit.test_store_tenancy import ACME, DIM, document
+from tests.unit.test_store_tenancy import ACME, DIM, document, replace_request
 
 TENANT = "acme"
 
@@ -170,16 +169,7 @@ async def test_the_servicer_leases_lookups_and_makes_writes_wait(tmp_path: Path)
         )
         assert time.slept == [1.5]
         assert store.get_document(ACME, "doc") is None
-        replace = retrieval_pb2.ReplaceDocumentRequest(
-            document=common_pb2.DocumentInfo(**asdict(record)),
-            chunks=[
-                retrieval_pb2.IndexedChunk(
-                    chunk=common_pb2.Chunk(**asdict(chunk)),
-                    vector=embedding_pb2.Vector(values=vector),
-                )
-                for chunk, vector in zip(chunks, vectors, strict=True)
-            ],
-        )
+        replace = replace_request(record, chunks, vectors)
         await servicer.ReplaceDocument(replace, None)  # the lease on "gone" was never granted
         assert time.slept == [1.5]
         await servicer.LookupDocuments(lookup(lease=True), None)

@@ -124,6 +124,22 @@ def document(
     return record, chunks, rows
 
 
+def replace_request(
+    record: DocumentRecord, chunks: list[StoredChunk], vectors: list[list[float]]
+) -> retrieval_pb2.ReplaceDocumentRequest:
+    """The ReplaceDocument call that indexes `document(...)`'s parts."""
+    return retrieval_pb2.ReplaceDocumentRequest(
+        document=common_pb2.DocumentInfo(**asdict(record)),
+        chunks=[
+            retrieval_pb2.IndexedChunk(
+                chunk=common_pb2.Chunk(**asdict(chunk)),
+                vector=embedding_pb2.Vector(values=vector),
+            )
+            for chunk, vector in zip(chunks, vectors, strict=True)
+        ],
+    )
+
+
 @pytest.fixture
 def store_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "index"
@@ -463,17 +479,7 @@ async def test_servicer_carries_tenancy_between_protobuf_and_store(
     record, chunks, vectors = document(
         ACME, "doc", 2, access_labels=("hr",), tags=("policy",), date=200
     )
-    request = retrieval_pb2.ReplaceDocumentRequest(
-        document=common_pb2.DocumentInfo(**asdict(record)),
-        chunks=[
-            retrieval_pb2.IndexedChunk(
-                chunk=common_pb2.Chunk(**asdict(chunk)),
-                vector=embedding_pb2.Vector(values=vector),
-            )
-            for chunk, vector in zip(chunks, vectors, strict=True)
-        ],
-    )
-    await servicer.ReplaceDocument(request, None)
+    await servicer.ReplaceDocument(replace_request(record, chunks, vectors), None)
     assert store.get_document(ACME, "doc") == record  # repeated fields arrived as tuples
 
     hr = common_pb2.Caller(tenant=ACME, access_labels=["hr"])
