@@ -23,7 +23,7 @@ each retrieval mode costs, measured in one run on one machine.
    each. To show where a hit's time goes, each claim is also asked as a hit
    over gRPC (no gateway), and the gateway's own cost is measured on the
    simplest call behind it: `GET /v1/documents/{id}` of a cited document
-   against the `RetrievalService.GetDocument` it makes.
+   against the `RetrievalService.LookupDocuments` it makes.
 3. Searches, `RetrievalService.Search` over gRPC, for the same claims (vectors
    embedded once beforehand), the three modes interleaved per claim: dense,
    keyword (BM25) and hybrid (RRF), with the query service's default top_k;
@@ -278,8 +278,8 @@ def measure_asks(platform: Platform, claims: Sequence[str], limit: int) -> Asks:
             with timed(asks.document_http):
                 gateway.request("GET", f"/v1/documents/{document}")
             with timed(asks.document_grpc):
-                retrieval.GetDocument(
-                    retrieval_pb2.GetDocumentRequest(document_id=document, tenant=caller.tenant),
+                retrieval.LookupDocuments(
+                    retrieval_pb2.LookupDocumentsRequest(caller=caller, document_ids=[document]),
                     timeout=30,
                 )
         time.sleep(2 * LEASE_SECONDS)
@@ -392,7 +392,7 @@ def report(documents: int, asks: Asks, searches: dict[str, list[float]], top_k: 
             row("of which the hit's `cache` stage", asks.cache_stage["retrieval"]),
             row("leased hit over gRPC, `QueryService.Ask` (no gateway)", asks.hit_grpc),
             row("`GET /v1/documents/{id}` through the gateway", asks.document_http),
-            row("the `RetrievalService.GetDocument` behind it, over gRPC", asks.document_grpc),
+            row("the `RetrievalService.LookupDocuments` behind it, over gRPC", asks.document_grpc),
             "",
             f"Hit p50 against the 5 ms target: leased {verdict(asks.hit['lease'])}; checked "
             f"{verdict(asks.hit['retrieval'])}. Hit / miss at p50: "
