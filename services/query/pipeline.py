@@ -228,10 +228,11 @@ class QueryPipeline:
                     await call.done_writing()
                     found: retrieval_pb2.SearchAheadResponse = await call
                     results = list(found.results)
+                    # Only now: a queued write may still refer to the message.
+                    search.vector.CopyFrom(vector)
         finally:
             if call is not None:
                 call.cancel()  # no-op once it has finished; stops the search otherwise
-        search.vector.CopyFrom(vector)
         sources = [
             generation_pb2.Source(number=n, chunk=r.chunk, score=r.score)
             for n, r in enumerate(results, start=1)
