@@ -17,8 +17,8 @@ as the caller sees them, were found unchanged: read from the retrieval service
 (one LookupDocuments call for all of them), or taken from a read lease it
 granted with an earlier read and that has not expired (see
 services/retrieval/leases.py: a write to a leased document waits for its
-leases to expire, so a leased version is current); otherwise the entry is deleted and the
-question answered afresh. Nothing has to broadcast an update, so this holds in
+leases to expire, so a leased version is current); otherwise the entry is
+deleted and the question answered afresh. Nothing has to broadcast an update, so this holds in
 every deployment: any number of query replicas, the LRU or Redis, ingestion in
 another process. Declined answers and answers citing nothing are not cached:
 there is nothing their validity could be checked against.
