@@ -127,6 +127,20 @@ def _label(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _add_labels(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
+    """A repeatable `--tag` (into `tags`) or `--access-label` (into `access_labels`)."""
+    name = "tags" if flag == "--tag" else "access_labels"
+    parser.add_argument(
+        flag,
+        dest=name,
+        action="append",
+        type=_label,
+        default=[],
+        metavar="TAG" if flag == "--tag" else "LABEL",
+        help=f"{help_text} (repeatable)",
+    )
+
+
 def _date_bound(text: str, *, end_of_day: bool) -> int:
     """Unix seconds from `1700000000` or a UTC date `2024-05-31` (its first second,
     or with `end_of_day` its last, so that a date range includes both its days)."""
@@ -211,24 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", parents=[common], help="ingest files or directories")
     ingest.add_argument("paths", nargs="+", metavar="PATH", help="file, directory or file:// URI")
     ingest.add_argument("--json", action="store_true", help="one JSON object per document")
-    ingest.add_argument(
-        "--tag",
-        dest="tags",
-        action="append",
-        type=_label,
-        default=[],
-        metavar="TAG",
-        help="give every document this tag, for `ask --tag` (repeatable)",
-    )
-    ingest.add_argument(
+    _add_labels(ingest, "--tag", "give every document this tag, for `ask --tag`")
+    _add_labels(
+        ingest,
         "--access-label",
-        dest="access_labels",
-        action="append",
-        type=_label,
-        default=[],
-        metavar="LABEL",
-        help="only callers holding one of these labels see the documents (repeatable; "
-        "none: the whole tenant)",
+        "only callers holding one of these labels see the documents; none: the whole tenant",
     )
     ingest.set_defaults(handler=cmd_ingest, service="ingestion", tenant_fallback=DEFAULT_TENANT)
 
@@ -244,30 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("--debug", action="store_true", help="show retrieved chunks and selection")
     ask.add_argument("--stream", action="store_true", help="print the answer as it is written")
-    ask.add_argument(
-        "--tag",
-        dest="tags",
-        action="append",
-        type=_label,
-        default=[],
-        metavar="TAG",
-        help="answer from documents carrying one of these tags (repeatable)",
-    )
+    _add_labels(ask, "--tag", "answer from documents carrying one of these tags")
     ask.add_argument(
         "--since", type=_since, metavar="DATE", help="documents dated on or after (YYYY-MM-DD)"
     )
     ask.add_argument(
         "--until", type=_until, metavar="DATE", help="documents dated on or before (YYYY-MM-DD)"
     )
-    ask.add_argument(
-        "--access-label",
-        dest="access_labels",
-        action="append",
-        type=_label,
-        default=[],
-        metavar="LABEL",
-        help="ask as a caller holding this access label (repeatable)",
-    )
+    _add_labels(ask, "--access-label", "ask as a caller holding this access label")
     ask.set_defaults(handler=cmd_ask, service="query", tenant_fallback=DEFAULT_TENANT)
 
     docs = commands.add_parser("docs", parents=[common], help="list or delete documents")

@@ -56,8 +56,12 @@ def make_document(
     access_labels: tuple[str, ...] = (),
     tags: tuple[str, ...] = (),
     document_date_unix: int = 0,
+    text: str = "",
+    vectors: list[list[float]] | None = None,
 ) -> Document:
-    """A document of `count` chunks; `version` changes chunk ids and text."""
+    """A document of `count` chunks; `version` changes chunk ids and text. `text`
+    (with the document id and part added) replaces the default chunk texts, and
+    `vectors` the seeded random ones."""
     uri = source_uri or f"file:///corpus/{document_id}.txt"
     chunks = [
         StoredChunk(
@@ -66,7 +70,9 @@ def make_document(
             ),
             document_id=document_id,
             ordinal=ordinal,
-            text=f"{document_id} chunk {ordinal} version {version}".strip(),
+            text=f"{text} ({document_id} part {ordinal})"
+            if text
+            else f"{document_id} chunk {ordinal} version {version}".strip(),
             title=f"Title of {document_id}",
             section="Intro",
             page=ordinal + 1,
@@ -96,9 +102,10 @@ def make_document(
         tags=tags,
         document_date_unix=document_date_unix,
     )
-    vectors = unit_vectors(
-        seed if seed is not None else sum(map(ord, document_id + version)), count
-    )
+    if vectors is None:
+        vectors = unit_vectors(
+            seed if seed is not None else sum(map(ord, document_id + version)), count
+        )
     return record, chunks, vectors
 
 

@@ -49,13 +49,12 @@ from services.retrieval.store import (
     StoredChunk,
     StoreStats,
 )
+from tests.unit.test_store_edge import Document, make_document
 
 DIM = 8
 ALL = SearchFilter()
 ACME, GLOBEX = "acme", "globex"
 QUERY_TEXT = "parental leave policy"
-
-Document = tuple[DocumentRecord, list[StoredChunk], list[list[float]]]
 
 
 def unit(seed: int) -> list[float]:
@@ -83,45 +82,18 @@ def document(
     date: int = 0,
     vectors: list[list[float]] | None = None,
 ) -> Document:
-    """A document of `count` chunks whose vectors are near QUERY unless given."""
-    uri = f"file:///{tenant}/{document_id}.txt"
-    chunks = [
-        StoredChunk(
-            chunk_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tenant}/{document_id}/{ordinal}")),
-            document_id=document_id,
-            ordinal=ordinal,
-            text=f"{text} ({document_id} part {ordinal})",
-            title=f"Title of {document_id}",
-            section="",
-            page=0,
-            char_start=0,
-            char_end=10,
-            source_uri=uri,
-            media_type="text/plain",
-            token_count=12,
-            tenant=tenant,
-            access_labels=access_labels,
-            tags=tags,
-            document_date_unix=date,
-        )
-        for ordinal in range(count)
-    ]
-    record = DocumentRecord(
-        document_id=document_id,
-        title=f"Title of {document_id}",
-        source_uri=uri,
-        media_type="text/plain",
-        content_sha256=f"sha-{tenant}-{document_id}",
-        chunk_count=count,
-        size_bytes=100 * count,
-        indexed_at_unix=1_700_000_000,
+    """A document of `count` chunks of `text` whose vectors are near QUERY unless given."""
+    return make_document(
+        document_id,
+        count,
         tenant=tenant,
         access_labels=access_labels,
         tags=tags,
         document_date_unix=date,
+        text=text,
+        vectors=vectors
+        or [near(QUERY, sum(map(ord, tenant + document_id)) + i) for i in range(count)],
     )
-    rows = vectors or [near(QUERY, sum(map(ord, tenant + document_id)) + i) for i in range(count)]
-    return record, chunks, rows
 
 
 def replace_request(
