@@ -122,7 +122,7 @@ from qdrant_edge import (
 
 from services.common.errors import FailedPreconditionError, InvalidInputError, NotFoundError
 from services.common.tenancy import DEFAULT_TENANT, validate_tenant
-from services.retrieval.fusion import RRF_K, rrf
+from services.retrieval.fusion import RRF_K, engine_rrf
 from services.retrieval.mmr import mmr_order
 from services.retrieval.store import (
     DENSE_SEARCH,
@@ -473,9 +473,10 @@ class EdgeVectorStore:
         more results than candidates it keeps.
 
         With a `keyword_leg` (see `keyword_leg`) only the dense leg runs here and
-        the two are fused in Python (`fusion.rrf`, the engine's formula), all
-        under one read lock and only if nothing was written since the keyword
-        leg ran; otherwise the search runs as if no leg had been given.
+        the two are fused in Python (`fusion.engine_rrf`: the engine's formula
+        in its 32-bit arithmetic, so scores and MMR choices match it exactly),
+        all under one read lock and only if nothing was written since the
+        keyword leg ran; otherwise the search runs as if no leg had been given.
         """
         validate_caller(caller)
         validate_filter(filter)
@@ -502,7 +503,7 @@ class EdgeVectorStore:
             )
         else:
             request = QueryRequest(
-                limit=candidate_count(top_k),  # every fused candidate: see `best_first`
+                limit=2 * candidate_count(top_k),  # the legs' union: see `best_first`
                 prefetches=legs,
                 query=_RRF,
                 filter=engine_filter,
@@ -573,7 +574,7 @@ class EdgeVectorStore:
             dense = [str(point.id) for point in chunk_shard.query(request)]
             fused = [
                 _Candidate(point_id, score)
-                for point_id, score in rrf([dense, list(keyword_leg.ranking)], RRF_K)
+                for point_id, score in engine_rrf([dense, list(keyword_leg.ranking)], RRF_K)
             ]
             best = best_first(fused, limit)
             records = chunk_shard.retrieve(

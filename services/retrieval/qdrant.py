@@ -726,7 +726,7 @@ class QdrantServerStore:
                     prefetch=legs,
                     query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
                     query_filter=query_filter,
-                    limit=leg_size,  # every fused candidate: see `best_first`
+                    limit=2 * leg_size,  # the legs' union: see `best_first`
                     with_payload=True,
                     with_vectors=vectors,
                 )

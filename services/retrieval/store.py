@@ -94,8 +94,9 @@ def best_first(points: Sequence[RankedT], limit: int) -> list[RankedT]:
     RRF gives exactly equal scores to chunks at the same ranks of different legs
     (dense rank 3 only, keyword rank 3 only), and the engines order such ties
     arbitrarily, so the same request could cite different chunks from one call
-    to the next. Fused searches therefore fetch every fused candidate and cut
-    here, so identical requests get identical results.
+    to the next. Fused searches therefore fetch every fused candidate (up to
+    twice a leg's size: the union of both legs) and cut here, so identical
+    requests get identical results, MMR's candidate pool included.
     """
     return sorted(points, key=lambda point: (-point.score, str(point.id)))[:limit]
 
