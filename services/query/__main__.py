@@ -52,6 +52,14 @@ class QuerySettings(PlatformSettings):
     answer_cache_ttl_seconds: float = Field(
         default=3600.0, gt=0, description="Longest a cached answer is served."
     )
+    answer_cache_lease_session: bool = Field(
+        default=True,
+        description=(
+            "Hold a lease session with the retrieval service (WatchLeases): the versions "
+            "of looked-up documents stay trusted until a write revokes them, so cache hits "
+            "check nothing remotely; off: timed leases only (docs/caching.md)."
+        ),
+    )
     index_version: str = Field(
         default="",
         description=(
@@ -92,6 +100,7 @@ def build_answer_cache(settings: QuerySettings, clients: PlatformClients) -> Ans
         ttl_seconds=settings.answer_cache_ttl_seconds,
         index_label=settings.index_version,
         semantic=semantic,
+        lease_session=settings.answer_cache_lease_session,
     )
 
 
@@ -130,6 +139,7 @@ def main() -> None:
         ]
         cleanups: list[Callable[[], Awaitable[None]]] = [clients.close]
         if answers is not None:
+            answers.start()
             cleanups.append(answers.close)
         return Service(bindings, cleanups=cleanups)
 

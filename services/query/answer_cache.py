@@ -15,10 +15,12 @@ labels) of every document it cites.
 Invalidation. A hit is served only after the cited documents' current versions,
 as the caller sees them, were found unchanged: read from the retrieval service
 (one LookupDocuments call for all of them), or taken from a read lease it
-granted with an earlier read and that has not expired (see
-services/retrieval/leases.py: a write to a leased document waits for its
-leases to expire, so a leased version is current); otherwise the entry is
-deleted and the question answered afresh. Nothing has to broadcast an update, so this holds in
+granted with an earlier read (see services/retrieval/leases.py: a write to a
+leased document waits until the lease has expired or been revoked, so a leased
+version is current). Leases go to this process's lease session while it lives
+(services/query/lease_session.py), and then last until a write revokes them;
+without a session they are timed. Otherwise the entry is deleted and the
+question answered afresh. Nothing has to broadcast an update, so this holds in
 every deployment: any number of query replicas, the LRU or Redis, ingestion in
 another process. Declined answers and answers citing nothing are not cached:
 there is nothing their validity could be checked against.
@@ -45,7 +47,8 @@ import logging
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -56,6 +59,7 @@ from prometheus_client import Counter
 from ragplatform.v1 import common_pb2, embedding_pb2, query_pb2, retrieval_pb2
 from services.common.search import MAX_TOP_K
 from services.common.tenancy import may_see
+from services.query.lease_session import LEASE_MARGIN, LeaseSessionClient
 from services.runtime.cache import Cache
 from services.runtime.clients import PlatformClients
 from services.runtime.metrics import init_cache_series, record_cache_lookup
@@ -76,9 +80,6 @@ INDEX_INFO_SECONDS = 60.0
 a new model deployed behind the same address changes every key within a minute."""
 INVALIDATION_REASONS = ("changed", "deleted")
 
-LEASE_MARGIN = 0.9
-"""Share of a read lease this process relies on: a margin for the two clocks'
-rates and for the time the reply took to be handled."""
 MIN_LEASE_SWEEP = 1024
 
 VERSION_CHECKS = Counter(
@@ -212,11 +213,16 @@ class DocumentVersion:
 
 @dataclass(frozen=True)
 class _Lease:
-    """A document version the retrieval service promised unchanged until `until`
-    (this process's monotonic clock)."""
+    """A document version the retrieval service promised unchanged: until
+    `until` (this process's monotonic clock), or while `session` is this
+    process's valid lease session and no revocation has named the document."""
 
     version: DocumentVersion
-    until: float
+    until: float = 0.0
+    session: str = ""
+
+    def holds(self, now: float, session: str) -> bool:
+        return self.session == session if self.session else now < self.until
 
 
 @dataclass(frozen=True)
@@ -348,6 +354,7 @@ class AnswerCache:
         ttl_seconds: float,
         index_label: str,
         semantic: SemanticIndex | None = None,
+        lease_session: bool = False,
     ) -> None:
         self._store = store
         self._clients = clients
@@ -358,6 +365,8 @@ class AnswerCache:
         self._index_checked_at = -INDEX_INFO_SECONDS
         self._leases: dict[tuple[str, str], _Lease] = {}
         self._leases_swept_at = MIN_LEASE_SWEEP
+        self.session = LeaseSessionClient(clients, self._revoke) if lease_session else None
+        """Started by start(); without it, leases are timed."""
         caches = [EXACT_CACHE]
         if semantic is not None:
             caches.append(SEMANTIC_CACHE)
@@ -365,6 +374,16 @@ class AnswerCache:
         for cache in caches:
             for reason in INVALIDATION_REASONS:
                 INVALIDATIONS.labels(cache, reason)
+
+    def start(self) -> None:
+        """Open the lease session in the background (on the running loop)."""
+        if self.session is not None:
+            self.session.start()
+
+    def _revoke(self, tenant: str, document_ids: Sequence[str]) -> None:
+        """The retrieval service revoked these leases: a write is about to begin."""
+        for document_id in document_ids:
+            self._leases.pop((tenant, document_id), None)
 
     async def index_version(self) -> str | None:
         """Embedding model, dimension and RAG_INDEX_VERSION; None while the
@@ -394,9 +413,10 @@ class AnswerCache:
         current: dict[str, DocumentVersion | None] = {}
         unknown = []
         now = time.monotonic()
+        session = self.session.current() if self.session is not None else ""
         for document_id in document_ids:
             held = self._leases.get((caller.tenant, document_id))
-            if held is None or held.until <= now:
+            if held is None or not held.holds(now, session):
                 unknown.append(document_id)
             elif may_see(caller.access_labels, held.version.access_labels):
                 current[document_id] = held.version
@@ -407,24 +427,43 @@ class AnswerCache:
             return current
         VERSION_CHECKS.labels("retrieval").inc(len(unknown))
         sent = time.monotonic()
-        reply = await self._clients.retrieval.LookupDocuments(
-            retrieval_pb2.LookupDocumentsRequest(caller=caller, document_ids=unknown, lease=True)
+        request = retrieval_pb2.LookupDocumentsRequest(
+            caller=caller, document_ids=unknown, lease=True, lease_session=session
         )
+        with self._revocations() as revoked:
+            reply = await self._clients.retrieval.LookupDocuments(request)
         current.update(dict.fromkeys(unknown))
+        # A session grant counts only if the session is still the one it names.
+        held_by = session if reply.session_lease and self._session_is(session) else ""
         until = sent + reply.lease_seconds * LEASE_MARGIN
         for document in reply.found:
             version = DocumentVersion.of(document)
             current[document.document_id] = version
-            if reply.lease_seconds > 0:
-                self._leases[(caller.tenant, document.document_id)] = _Lease(version, until)
-        self._forget_expired_leases(now)
+            key = (caller.tenant, document.document_id)
+            if (held_by or reply.lease_seconds > 0) and key not in revoked:
+                self._leases[key] = _Lease(version, until, held_by)
+        self._forget_expired_leases(now, session)
         return current
 
-    def _forget_expired_leases(self, now: float) -> None:
-        """Drop expired leases once the table has doubled since the last sweep."""
+    def _session_is(self, session: str) -> bool:
+        return self.session is not None and self.session.current() == session
+
+    @contextmanager
+    def _revocations(self) -> Iterator[set[tuple[str, str]]]:
+        """The documents whose leases are revoked while the block runs: a grant
+        in flight meanwhile may predate the write, and is not kept for them."""
+        if self.session is None:
+            yield set()
+            return
+        with self.session.watching() as revoked:
+            yield revoked
+
+    def _forget_expired_leases(self, now: float, session: str) -> None:
+        """Drop leases that no longer hold once the table has doubled since the
+        last sweep."""
         if len(self._leases) < 2 * self._leases_swept_at:
             return
-        self._leases = {k: lease for k, lease in self._leases.items() if lease.until > now}
+        self._leases = {k: v for k, v in self._leases.items() if v.holds(now, session)}
         self._leases_swept_at = max(MIN_LEASE_SWEEP, len(self._leases))
 
     async def _valid(self, cache: str, key: str, scope: AnswerScope, entry: CachedAnswer) -> bool:
@@ -537,4 +576,6 @@ class AnswerCache:
             self.semantic.add(scope.tenant, scope.scope_id, key, vector, data, self._ttl_seconds)
 
     async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
         await self._store.close()

@@ -42,6 +42,18 @@ class RetrievalSettings(PlatformSettings):
             "most. 0 turns leases off."
         ),
     )
+    retrieval_lease_session_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=120,
+        description=(
+            "Lease sessions for the answer cache, backend edge only (see docs/caching.md): "
+            "how long a session lasts after its holder's last renewal. Its leases last "
+            "until a write revokes them; a write waits this long at most, when the "
+            "holder does not acknowledge the revocation (it crashed, or is cut off). "
+            "0 turns sessions off."
+        ),
+    )
     qdrant_url: str = Field(
         default="http://127.0.0.1:6334",
         description="gRPC endpoint of the Qdrant server (backend qdrant); https:// for TLS.",
@@ -84,24 +96,35 @@ def open_store(settings: RetrievalSettings) -> VectorStore:
     return EdgeVectorStore.open(settings.data_dir / "index", settings.retrieval_dimension)
 
 
+def lease_table(settings: RetrievalSettings) -> LeaseTable:
+    """The read leases the backend allows: replicas sharing a Qdrant server cannot
+    see each other's leases, so none there; the embedded index records its lease
+    horizon beside it."""
+    if settings.retrieval_backend != "edge":
+        return LeaseTable(0.0)
+    return LeaseTable(
+        settings.retrieval_lease_seconds,
+        settings.retrieval_lease_session_seconds,
+        horizon=settings.data_dir / "lease-horizon",
+    )
+
+
 def main() -> None:
     settings = RetrievalSettings()
 
-    # Replicas sharing a Qdrant server cannot see each other's leases: none there.
-    lease_seconds = settings.retrieval_lease_seconds if settings.retrieval_backend == "edge" else 0
-
     async def build() -> Service:
         store = await asyncio.to_thread(open_store, settings)
+        leases = lease_table(settings)
         binding = ServiceBinding(
             retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server,
-            RetrievalServicer(store, settings.retrieval_default_mode, LeaseTable(lease_seconds)),
+            RetrievalServicer(store, settings.retrieval_default_mode, leases),
             retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name,
         )
 
         async def close() -> None:
             await asyncio.to_thread(store.close)
 
-        return Service([binding], cleanups=[close])
+        return Service([binding], cleanups=[close], on_drain=[leases.drain])
 
     run("retrieval", settings, build)
 

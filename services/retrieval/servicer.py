@@ -7,8 +7,9 @@ Every call names its tenant (a search, its whole `Caller`); the store rejects
 a missing one with INVALID_ARGUMENT, so no request ever reads across tenants.
 
 Writes and leased lookups go through a LeaseTable (see leases.py): a lookup
-may promise the answer cache that documents stay unchanged for a moment, and a
-write to such a document waits for the promise to run out.
+may promise the answer cache that documents stay unchanged, for a moment or for
+as long as its lease session (WatchLeases) lives, and a write to such a document
+waits for the promise to run out or to be given back.
 
 Each search records its best score and how many chunks it returned: a falling
 top score or empty results tell retrieval (or ingestion) is why answers decline.
@@ -22,10 +23,10 @@ from grpc import aio
 from prometheus_client import Histogram
 
 from ragplatform.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
-from services.common.errors import InvalidInputError, NotFoundError
+from services.common.errors import FailedPreconditionError, InvalidInputError, NotFoundError
 from services.common.search import search_filter_from_proto
 from services.common.tenancy import validate_caller, validate_tenant
-from services.retrieval.leases import LeaseTable
+from services.retrieval.leases import Grant, LeaseSession, LeaseTable, Renewed, SessionEvent
 from services.retrieval.store import (
     Caller,
     DocumentRecord,
@@ -83,6 +84,38 @@ def _lister(request: retrieval_pb2.ListDocumentsRequest) -> tuple[str, tuple[str
             f"tenant {request.tenant!r} and caller.tenant {caller.tenant!r} differ"
         )
     return caller.tenant, caller.access_labels
+
+
+async def _follow_holder(
+    steps: AsyncIterator[retrieval_pb2.WatchLeasesRequest], session: LeaseSession
+) -> None:
+    """Renewals and acknowledgements from the holder; its closing its side ends
+    the session, a broken stream or a bad message disconnects it."""
+    try:
+        async for step in steps:
+            if step.WhichOneof("kind") == "keep_alive":
+                await session.keep_alive(step.keep_alive)
+            elif step.WhichOneof("kind") == "revoked":
+                if not await session.acknowledge(step.revoked):
+                    raise InvalidInputError(f"revoked: no revocation {step.revoked} is pending")
+            else:
+                raise InvalidInputError("a WatchLeases message sets keep_alive or revoked")
+    except BaseException:
+        session.disconnect()
+        raise
+    session.close()
+
+
+def _event_message(event: SessionEvent) -> retrieval_pb2.WatchLeasesResponse:
+    if isinstance(event, Renewed):
+        return retrieval_pb2.WatchLeasesResponse(renewed=event.sequence)
+    return retrieval_pb2.WatchLeasesResponse(
+        revoke=retrieval_pb2.LeaseRevocation(
+            revocation_id=event.revocation_id,
+            tenant=event.tenant,
+            document_ids=[event.document_id],
+        )
+    )
 
 
 def _caller(caller: common_pb2.Caller) -> Caller:
@@ -226,17 +259,55 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
 
         if request.lease:
             validate_tenant(caller.tenant)
-            records, lease_seconds = await self._leases.leased_read(
-                caller.tenant, read, lambda found: [r.document_id for r in found]
+            records, grant = await self._leases.leased_read(
+                caller.tenant,
+                read,
+                lambda found: [r.document_id for r in found],
+                request.lease_session,
             )
         else:
-            records, lease_seconds = await read(), 0.0
+            records, grant = await read(), Grant()
         found = {record.document_id for record in records}
         return retrieval_pb2.LookupDocumentsResponse(
             found=[to_proto(r, common_pb2.DocumentInfo) for r in records],
             missing=[d for d in dict.fromkeys(ids) if d not in found],
-            lease_seconds=lease_seconds,
+            lease_seconds=grant.seconds,
+            session_lease=grant.session,
         )
+
+    async def WatchLeases(
+        self,
+        request_iterator: AsyncIterator[retrieval_pb2.WatchLeasesRequest],
+        context: aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[retrieval_pb2.WatchLeasesResponse]:
+        """One lease session per stream: the holder's messages are followed in a
+        task, the session's events are sent from here until it ends."""
+        if not self._leases.sessions_enabled:
+            raise FailedPreconditionError(
+                "this retrieval service grants no lease sessions (backend qdrant, or "
+                "RAG_RETRIEVAL_LEASE_SESSION_SECONDS=0)"
+            )
+        steps = aiter(request_iterator)
+        first = await anext(steps, None)
+        if first is None or first.WhichOneof("kind") != "keep_alive":
+            raise InvalidInputError("a WatchLeases stream begins with a keep_alive")
+        session = self._leases.open_session()
+        holder = asyncio.create_task(_follow_holder(steps, session))
+        try:
+            yield retrieval_pb2.WatchLeasesResponse(
+                session=retrieval_pb2.LeaseSession(
+                    session_id=session.session_id, session_seconds=session.seconds
+                )
+            )
+            async for event in session.events():
+                yield _event_message(event)
+            error = holder.exception() if holder.done() and not holder.cancelled() else None
+            if error is not None:
+                raise error
+        finally:
+            _settle(holder)
+            if not session.ended:
+                session.disconnect()
 
     async def ListDocuments(
         self, request: retrieval_pb2.ListDocumentsRequest, context: aio.ServicerContext[Any, Any]

@@ -4,9 +4,10 @@ It sets up the process's observability (JSON logs, tracing from OTEL_*, the
 Prometheus /metrics port), binds the service's port, registers the standard
 health service (so Kubernetes gRPC probes and `ragctl status` work) and server
 reflection (so grpcurl works), counts, times and traces every call, maps domain
-errors to status codes, and on SIGTERM or SIGINT reports NOT_SERVING, stops
-accepting calls and drains in-flight ones for `drain_seconds` before closing
-the service's resources and exporting the last spans.
+errors to status codes, and on SIGTERM or SIGINT reports NOT_SERVING, ends
+the long-lived streams the service names, stops accepting calls and drains
+in-flight ones for `drain_seconds` before closing the service's resources and
+exporting the last spans.
 """
 
 import asyncio
@@ -45,6 +46,8 @@ class Service:
 
     bindings: Sequence[ServiceBinding]
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_drain: list[Callable[[], None]] = field(default_factory=list)
+    """Run as draining begins: end streams that would otherwise last the whole grace."""
 
 
 async def serve(
@@ -100,6 +103,8 @@ async def serve(
 
     log.info("draining", extra={"grace_seconds": settings.drain_seconds})
     await health_servicer.enter_graceful_shutdown()
+    for begin_draining in service.on_drain:
+        begin_draining()
     await server.stop(settings.drain_seconds)
     for cleanup in service.cleanups:
         await cleanup()

@@ -5,10 +5,12 @@ returns the model's own vectors, and with Redis as the store an outage of Redis
 costs no request.
 
 Two platforms of their own (ports 5255x and 5256x): the default in-process
-caches, and Redis (a real redis-server) with the semantic cache on.
+caches with the query service's lease session, and Redis (a real redis-server)
+with the semantic cache on and timed leases only.
 """
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -85,6 +87,28 @@ class Running:
         return response
 
 
+TIMED_LEASE_SECONDS = 2.0
+"""RAG_RETRIEVAL_LEASE_SECONDS's default."""
+
+
+def wait_until(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.05)
+
+
+def version_checks(running: Running) -> dict[str, float]:
+    name = "rag_answer_cache_version_checks_total"
+    return {s: running.metric("query", name, source=s) for s in ("lease", "retrieval")}
+
+
+def revocations(running: Running) -> dict[str, float]:
+    name = "rag_retrieval_lease_revocations_total"
+    return {o: running.metric("retrieval", name, outcome=o) for o in ("acknowledged", "expired")}
+
+
 @pytest.fixture(scope="module")
 def memory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     with Platform(tmp_path_factory.mktemp("caching"), env=ports("5255")) as platform:
@@ -110,6 +134,7 @@ def on_redis(
         "RAG_CACHE_BACKEND": "redis",
         "RAG_REDIS_URL": redis_server.url,
         "RAG_SEMANTIC_CACHE_ENABLED": "true",
+        "RAG_ANSWER_CACHE_LEASE_SESSION": "false",  # timed leases, the path without a session
     }
     with Platform(tmp_path_factory.mktemp("caching-redis"), env=env) as platform:
         stubs = Stubs(platform)
@@ -167,19 +192,28 @@ def test_a_repeated_question_is_served_from_the_cache(memory: Running) -> None:
 def test_an_update_or_delete_invalidates_the_answers_citing_the_document(
     memory: Running,
 ) -> None:
+    """With the query service's lease session: a hit long after the lookup still
+    checks nothing remotely, and a re-ingest revokes the lease (the query
+    service acknowledges it) instead of waiting for it to run out."""
+    wait_until(
+        lambda: memory.metric("retrieval", "rag_retrieval_lease_sessions") >= 1,
+        "the query service opened its lease session",
+    )
     question = "When does the airport shuttle leave the Lyon office?"
     memory.upload(ACME, "shuttle", shuttle("7:15"))
     assert "7:15" in memory.ask(question).answer
-    leased = memory.metric("query", "rag_answer_cache_version_checks_total", source="lease")
+    time.sleep(TIMED_LEASE_SECONDS + 0.5)  # only the session can still vouch for the version
+    checks = version_checks(memory)
     assert memory.ask(question).HasField("cache")
-    assert (
-        memory.metric("query", "rag_answer_cache_version_checks_total", source="lease") > leased
-    ), "the hit trusted the read lease the answer was stored with"
+    after = version_checks(memory)
+    assert after["lease"] > checks["lease"] and after["retrieval"] == checks["retrieval"], (
+        "the hit trusted the session lease, longer after the lookup than a timed lease lasts"
+    )
 
-    waits = memory.metric("retrieval", "rag_retrieval_lease_wait_seconds_count")
+    revoked = revocations(memory)
     memory.upload(ACME, "shuttle", shuttle("8:40"))
-    assert memory.metric("retrieval", "rag_retrieval_lease_wait_seconds_count") == waits + 1, (
-        "the write waited for the query service's lease on the document to expire"
+    assert revocations(memory) == {**revoked, "acknowledged": revoked["acknowledged"] + 1}, (
+        "the write revoked the query service's lease, which acknowledged it"
     )
     updated = memory.ask(question)
     assert not updated.HasField("cache"), "the cited document changed"
@@ -197,6 +231,20 @@ def test_an_update_or_delete_invalidates_the_answers_citing_the_document(
     deleted = memory.ask(question)
     assert not deleted.HasField("cache"), "the cited document is gone"
     assert "8:40" not in deleted.answer
+
+
+def test_without_a_lease_session_a_write_waits_for_the_timed_lease(on_redis: Running) -> None:
+    question = "When does the canteen at the Lyon office open?"
+    on_redis.upload(ACME, "canteen", canteen("11:30"))
+    assert "11:30" in on_redis.ask(question).answer
+    assert on_redis.ask(question).HasField("cache")
+    waits = on_redis.metric("retrieval", "rag_retrieval_lease_wait_seconds_count")
+    revoked = revocations(on_redis)
+    on_redis.upload(ACME, "canteen", canteen("12:10"))
+    assert on_redis.metric("retrieval", "rag_retrieval_lease_wait_seconds_count") == waits + 1
+    assert revocations(on_redis) == revoked, "no session: nothing to revoke"
+    updated = on_redis.ask(question)
+    assert not updated.HasField("cache") and "12:10" in updated.answer
 
 
 def test_tenants_and_access_labels_never_share_answers(memory: Running) -> None:

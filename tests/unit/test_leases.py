@@ -48,8 +48,8 @@ async def lease(leases: LeaseTable, *documents: str) -> float:
     async def read() -> list[str]:
         return list(documents)
 
-    _, seconds = await leases.leased_read(TENANT, read, ids)
-    return seconds
+    _, grant = await leases.leased_read(TENANT, read, ids)
+    return grant.seconds
 
 
 async def write(leases: LeaseTable, document: str) -> None:
@@ -87,8 +87,8 @@ async def test_a_read_that_began_before_a_write_gets_no_lease() -> None:
         await write(leases, "a")
         return ["a"]
 
-    _, seconds = await leases.leased_read(TENANT, read_across_a_write, ids)
-    assert seconds == 0.0
+    _, grant = await leases.leased_read(TENANT, read_across_a_write, ids)
+    assert grant.seconds == 0.0
     assert await lease(leases, "a") == 2.0, "a read begun after the write is leased"
 
 
