@@ -34,6 +34,9 @@ each retrieval mode costs, measured in one run on one machine.
    results (what a miss waits for once its query is embedded). The searches
    use an asyncio client, as the query service does (a synchronous client
    feeds a stream from another thread, which costs more).
+4. Misses through the gateway with the query service's keyword leg run ahead
+   (`RAG_QUERY_SEARCH_AHEAD=true`, the default) and without, the query service
+   restarted with each setting in turn, in alternating rounds.
 
 The figures go between the `cache-bench:` markers of the file given to `--write`.
 
@@ -312,6 +315,29 @@ def measure_asks(platform: Platform, claims: Sequence[str], limit: int) -> Asks:
     return asks
 
 
+AHEAD_ROUNDS = 4
+
+
+def measure_misses_ahead(platform: Platform, claims: Sequence[str]) -> dict[bool, list[float]]:
+    """Misses (`bypass_cache`) through the gateway with the query service's
+    `RAG_QUERY_SEARCH_AHEAD` on and off: the query service restarted with each
+    setting in turn, AHEAD_ROUNDS rounds alternating which goes first, each
+    round every claim once after a short warm-up."""
+    misses: dict[bool, list[float]] = {True: [], False: []}
+    for round_number in range(AHEAD_ROUNDS):
+        order = (True, False) if round_number % 2 == 0 else (False, True)
+        for ahead in order:
+            platform.env["RAG_QUERY_SEARCH_AHEAD"] = str(ahead).lower()
+            platform.restart("query")
+            with closing(GatewayClient(platform.address("gateway"))) as gateway:
+                for claim in claims[:10]:
+                    post_ask(gateway, claim, bypass=True)
+                for claim in claims:
+                    with timed(misses[ahead]):
+                        post_ask(gateway, claim, bypass=True)
+    return misses
+
+
 EMBED_STAND_IN_SECONDS = 0.01
 """How long before its vector a SearchAhead search is sent: about the query's
 embedding time on this machine (the miss's `embed` stage)."""
@@ -387,7 +413,13 @@ def verdict(values: Sequence[float]) -> str:
     return f"{ms(p50)}, target {'met' if p50 < HIT_TARGET_SECONDS else 'NOT met'}"
 
 
-def report(documents: int, asks: Asks, searches: dict[str, list[float]], top_k: int) -> str:
+def report(
+    documents: int,
+    asks: Asks,
+    searches: dict[str, list[float]],
+    ahead: dict[bool, list[float]],
+    top_k: int,
+) -> str:
     return "\n".join(
         [
             f"Measured {dt.date.today():%Y-%m-%d} on {pyplatform.machine()}, "
@@ -438,6 +470,18 @@ def report(documents: int, asks: Asks, searches: dict[str, list[float]], top_k: 
             "| mode | p50 | p95 |",
             "|---|---|---|",
             *(row(name, values) for name, values in searches.items()),
+            "",
+            "Misses through the gateway with the keyword leg run ahead "
+            "(`RAG_QUERY_SEARCH_AHEAD`) and without, the query service restarted with "
+            f"each in turn, {AHEAD_ROUNDS} alternating rounds of every claim:",
+            "",
+            "| miss | p50 | p95 |",
+            "|---|---|---|",
+            row("keyword leg run ahead, while the question is embedded (default)", ahead[True]),
+            row("one `Search` once the question is embedded", ahead[False]),
+            "",
+            "Ahead / one call at p50: "
+            f"{percentile(ahead[True], 50) / percentile(ahead[False], 50):.3f}.",
         ]
     )
 
@@ -471,7 +515,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         asks = measure_asks(platform, claims, args.questions)
         say("searching in each mode")
         searches = asyncio.run(measure_search(platform, asks.answered, top_k))
-    text = report(documents, asks, searches, top_k)
+        say("misses with the keyword leg run ahead, and without")
+        ahead = measure_misses_ahead(platform, asks.answered)
+    text = report(documents, asks, searches, ahead, top_k)
     print(text)
     if args.write:
         write(args.write, text)

@@ -161,7 +161,7 @@ class QueryPipeline:
         limits: QueryLimits,
         answers: AnswerCache | None = None,
         *,
-        search_ahead: bool = False,
+        search_ahead: bool = True,
     ) -> None:
         self._clients = clients
         self._limits = limits
