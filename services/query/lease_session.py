@@ -15,12 +15,15 @@ revocation for one of its documents arrived may carry a grant made before the
 write began: `watching` lets the cache see those documents and not lease them.
 
 When the stream breaks or ends, the session is over at once on this side (the
-service keeps its promise until the session would have expired). Reconnection
+service keeps its promise until the session would have expired). Every hour
+the session is closed cleanly and a new one opened, so that no stream runs
+into its deadline (an error on both sides' metrics). Reconnection
 backs off from 0.2 s to 5 s; a service that grants no sessions (backend qdrant)
 is asked again every minute. Without a session the cache uses timed leases.
 """
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -36,8 +39,11 @@ log = logging.getLogger(__name__)
 LEASE_MARGIN = 0.9
 """Share of a lease or session this process relies on: a margin for the two
 clocks' rates and for the time a reply took to be handled."""
-STREAM_SECONDS = 3600.0
-"""Deadline of one WatchLeases stream: a session is reopened every hour."""
+SESSION_ROTATE_SECONDS = 3600.0
+"""A session is closed (cleanly: its leases dropped first) and reopened after
+this long, so that no stream meets its deadline."""
+STREAM_SECONDS = SESSION_ROTATE_SECONDS + 60.0
+"""Deadline of one WatchLeases stream."""
 RETRY_SECONDS = (0.2, 5.0)
 """Reconnection backoff after a broken stream: first and longest wait."""
 NO_SESSIONS_RETRY_SECONDS = 60.0
@@ -160,8 +166,14 @@ class LeaseSessionClient:
         self._outbox.put_nowait(retrieval_pb2.WatchLeasesRequest(revoked=revocation.revocation_id))
 
     async def _keep_alive(self, sent: dict[int, float], every: float) -> None:
-        for sequence in range(1, 2**62):
+        """A keep-alive every `every` seconds, until the session is rotated."""
+        rotate_at = self._clock() + SESSION_ROTATE_SECONDS
+        for sequence in itertools.count(1):
             await asyncio.sleep(every)
+            if self._clock() >= rotate_at:
+                self._session_id, self._valid_until = "", 0.0  # stop trusting it, then
+                self._outbox.put_nowait(None)  # close our side: the service ends it
+                return
             sent[sequence] = self._clock()
             self._outbox.put_nowait(retrieval_pb2.WatchLeasesRequest(keep_alive=sequence))
 

@@ -10,6 +10,7 @@ index, and the query service's LeaseSessionClient and AnswerCache.
 import asyncio
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Collection
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from grpc import aio
 
 from ragplatform.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
+from services.query import lease_session
 from services.query.answer_cache import AnswerCache
 from services.query.lease_session import LeaseSessionClient
 from services.retrieval.edge import EdgeVectorStore
@@ -234,10 +236,13 @@ async def test_the_horizon_makes_a_restart_wait_only_for_leases_still_held(
 # --------------------------------------------------------------------------- over gRPC
 
 
-@pytest.fixture
-async def retrieval(tmp_path: Path) -> AsyncIterator[tuple[str, EdgeVectorStore, LeaseTable]]:
+@asynccontextmanager
+async def serving(
+    tmp_path: Path, session_seconds: float = SESSION_SECONDS
+) -> AsyncIterator[tuple[str, EdgeVectorStore, LeaseTable]]:
+    """A retrieval server on an embedded index, with timed leases of 2 s."""
     store = EdgeVectorStore.open(tmp_path / "index", DIM)
-    leases = LeaseTable(2.0, SESSION_SECONDS, horizon=tmp_path / "lease-horizon")
+    leases = LeaseTable(2.0, session_seconds, horizon=tmp_path / "lease-horizon")
     server = aio.server(interceptors=[ErrorMappingInterceptor()])
     retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(
         RetrievalServicer(store, leases=leases), server
@@ -250,6 +255,12 @@ async def retrieval(tmp_path: Path) -> AsyncIterator[tuple[str, EdgeVectorStore,
         leases.drain()
         await server.stop(1)
         store.close()
+
+
+@pytest.fixture
+async def retrieval(tmp_path: Path) -> AsyncIterator[tuple[str, EdgeVectorStore, LeaseTable]]:
+    async with serving(tmp_path) as served:
+        yield served
 
 
 def clients_for(address: str) -> PlatformClients:
@@ -295,6 +306,30 @@ async def test_a_holder_over_grpc_acknowledges_and_the_write_does_not_wait_out_i
         await holder.close()
         await clients.close()
     await until(lambda: not leases._sessions, "the closed session ended on the service")
+
+
+async def test_the_holder_keeps_its_session_alive_and_rotates_it_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lease_session, "SESSION_ROTATE_SECONDS", 3.0)
+    async with serving(tmp_path, session_seconds=1.2) as (address, _store, leases):
+        clients = clients_for(address)
+        holder = LeaseSessionClient(clients, lambda t, d: None)
+        holder.start()
+        try:
+            await until(holder.current, "the session opened")
+            first = holder.current()
+            seen = set()
+            for _ in range(200):  # 2 s: longer than the session lasts without renewals
+                seen.add(holder.current())
+                await asyncio.sleep(0.01)
+            assert seen == {first}, "renewed before it could lapse"
+            await until(lambda: holder.current() not in ("", first), "a new session")
+            assert list(leases._sessions) == [holder.current()], "the old one was closed"
+        finally:
+            await holder.close()
+            await clients.close()
+        await until(lambda: not leases._sessions, "the last session ended on the service")
 
 
 async def test_watch_leases_refuses_without_sessions_and_checks_its_first_message(
