@@ -21,11 +21,12 @@ class QuerySettings(PlatformSettings):
     query_default_top_k: int = Field(default=3, ge=1, description="Chunks retrieved per question.")
     query_max_top_k: int = Field(default=20, ge=1, description="Largest top_k a caller may ask.")
     query_search_ahead: bool = Field(
-        default=True,
+        default=False,
         description=(
             "Send a hybrid search before the question is embedded (SearchAhead), so its "
-            "keyword leg runs while the question is embedded; false: one Search once the "
-            "vector is there (measured equal on whole misses here, docs/retrieval.md)."
+            "keyword leg runs while the question is embedded; off by default: on a machine "
+            "where the embedding model shares the CPUs, misses measured slower with it "
+            "(docs/retrieval.md)."
         ),
     )
     query_max_question_chars: int = Field(

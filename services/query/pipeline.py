@@ -161,7 +161,7 @@ class QueryPipeline:
         limits: QueryLimits,
         answers: AnswerCache | None = None,
         *,
-        search_ahead: bool = True,
+        search_ahead: bool = False,
     ) -> None:
         self._clients = clients
         self._limits = limits

@@ -471,16 +471,6 @@ def test_qdrant_is_a_persistent_cluster(renders: dict[str, list[Obj]]) -> None:
     assert "qdrant" not in workloads(renders["dev"])
 
 
-def test_the_keyword_leg_runs_ahead_only_on_the_embedded_engine(
-    renders: dict[str, list[Obj]],
-) -> None:
-    """The Qdrant server runs both legs in one request: a stream ahead buys nothing."""
-    prod = env_of(containers(workloads(renders["prod"])["query"])[0])
-    dev = env_of(containers(workloads(renders["dev"])["query"])[0])
-    assert prod["RAG_QUERY_SEARCH_AHEAD"] == "false"
-    assert "RAG_QUERY_SEARCH_AHEAD" not in dev, "the embedded engine keeps the default (on)"
-
-
 def test_retrieval_keeps_its_embedded_index_on_a_volume_in_dev(
     renders: dict[str, list[Obj]],
 ) -> None:

@@ -45,9 +45,6 @@ def ports(prefix: str) -> dict[str, str]:
         "RAG_GENERATION_ADDR": f"127.0.0.1:{prefix}5",
         "RAG_GATEWAY_PORT": f"{prefix}0",
         "RAG_DRAIN_SECONDS": "1",
-        # Both of this module's platforms search in one call once the question is
-        # embedded; the others of the suite send the keyword leg ahead (the default).
-        "RAG_QUERY_SEARCH_AHEAD": "false",
     }
 
 

@@ -19,7 +19,6 @@ EXPECTED = {
     ("query", "ragplatform.v1.QueryService/Ask"),
     *(("query", stage) for stage in ("embed", "retrieve", "cache_pin", "generate", "verify")),
     ("embedding", "ragplatform.v1.EmbeddingService/EmbedQueries"),
-    ("retrieval", "ragplatform.v1.RetrievalService/SearchAhead"),
     ("retrieval", "ragplatform.v1.RetrievalService/Search"),
     ("generation", "ragplatform.v1.GenerationService/Generate"),
 }
@@ -108,16 +107,10 @@ def test_one_question_is_one_trace_across_five_services(
     assert parent_of(ask) == ("gateway", gateway)
     downstream = {
         "embed": server_span("embedding", "ragplatform.v1.EmbeddingService/EmbedQueries"),
+        # The answer cache repeats the search under "cache_pin" to pin document versions.
+        "retrieve": server_span("retrieval", "ragplatform.v1.RetrievalService/Search", "retrieve"),
         "generate": server_span("generation", "ragplatform.v1.GenerationService/Generate"),
-        # The answer cache repeats the search (dense, one call) to pin document versions.
-        "cache_pin": server_span(
-            "retrieval", "ragplatform.v1.RetrievalService/Search", "cache_pin"
-        ),
     }
-    # The hybrid search goes out before the question is embedded, so its keyword
-    # leg runs meanwhile (SearchAhead, the default): under the ask itself.
-    ahead = server_span("retrieval", "ragplatform.v1.RetrievalService/SearchAhead")
-    assert parent_of(ahead) == ("query", ask)
     for stage, callee in downstream.items():
         service, stage_span = parent_of(callee)
         assert (service, stage_span.name) == ("query", stage), f"{callee.name} under {stage_span}"

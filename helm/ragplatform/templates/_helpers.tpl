@@ -199,10 +199,6 @@ true
 {{- $_ := set $env "RAG_VECTOR_SEARCH_DEPLOYED_INDEX_ID" $v.backends.retrieval.vertex.deployedIndexId -}}
 {{- end }}
 {{- end }}
-{{- if and (eq .component "query") (ne $v.backends.retrieval.backend "edge") }}
-{{- /* Only the embedded engine runs a keyword leg ahead of the vector. */}}
-{{- $_ := set $env "RAG_QUERY_SEARCH_AHEAD" "false" -}}
-{{- end }}
 {{- if eq .component "generation" }}
 {{- $g := $v.backends.generation }}
 {{- $_ := set $env "RAG_GENERATION_SIMPLE_CHAIN" $g.simpleChain -}}
