@@ -303,8 +303,9 @@ class LeaseTable:
             await asyncio.to_thread(_write_atomically, self._horizon_path, repr(horizon))
         self._horizon = horizon
 
-    def open_session(self) -> LeaseSession:
+    async def open_session(self) -> LeaseSession:
         """A new session, alive for session_seconds (the opening keep-alive)."""
+        await self.cover(self.session_seconds)
         now = self.clock()
         for stale in [s for s in self._sessions.values() if now >= s.expiry]:
             stale.end()

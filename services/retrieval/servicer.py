@@ -291,7 +291,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         first = await anext(steps, None)
         if first is None or first.WhichOneof("kind") != "keep_alive":
             raise InvalidInputError("a WatchLeases stream begins with a keep_alive")
-        session = self._leases.open_session()
+        session = await self._leases.open_session()
         holder = asyncio.create_task(_follow_holder(steps, session))
         try:
             yield retrieval_pb2.WatchLeasesResponse(

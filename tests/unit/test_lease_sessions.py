@@ -108,7 +108,7 @@ def revocations(outcome: str) -> float:
 
 async def test_a_write_revokes_a_session_lease_and_waits_only_for_the_acknowledgement() -> None:
     leases, time = table()
-    session = leases.open_session()
+    session = await leases.open_session()
     assert await lease(leases, session.session_id, "a", "b") == Grant(session=True)
     await write(leases, "c")  # leased to nobody: at once
     acknowledged = revocations("acknowledged")
@@ -131,7 +131,7 @@ async def test_a_write_revokes_a_session_lease_and_waits_only_for_the_acknowledg
 
 async def test_a_silent_holder_delays_a_write_until_its_session_expires() -> None:
     leases, time = table()
-    session = leases.open_session()
+    session = await leases.open_session()
     await lease(leases, session.session_id, "a")
     await time.advance(4.0)
     expired = revocations("expired")
@@ -151,7 +151,7 @@ async def test_a_silent_holder_delays_a_write_until_its_session_expires() -> Non
 
 async def test_the_renewal_withheld_during_a_revocation_follows_its_acknowledgement() -> None:
     leases, time = table()
-    session = leases.open_session()
+    session = await leases.open_session()
     await lease(leases, session.session_id, "a")
     writer = asyncio.create_task(write(leases, "a"))
     await settle()
@@ -167,7 +167,7 @@ async def test_the_renewal_withheld_during_a_revocation_follows_its_acknowledgem
 
 async def test_a_broken_stream_is_waited_out_and_a_closed_one_is_not() -> None:
     leases, time = table()
-    broken, closed = leases.open_session(), leases.open_session()
+    broken, closed = await leases.open_session(), await leases.open_session()
     await lease(leases, broken.session_id, "a")
     await lease(leases, closed.session_id, "b")
     broken.disconnect()
@@ -185,7 +185,7 @@ async def test_a_broken_stream_is_waited_out_and_a_closed_one_is_not() -> None:
 
 async def test_renewals_keep_a_session_and_its_leases_alive() -> None:
     leases, time = table(duration=2.0)
-    session = leases.open_session()
+    session = await leases.open_session()
     await lease(leases, session.session_id, "a")
     for sequence in range(1, 6):
         await time.advance(SESSION_SECONDS / 2)
@@ -202,7 +202,7 @@ async def test_renewals_keep_a_session_and_its_leases_alive() -> None:
 async def test_without_a_live_session_the_lease_is_timed() -> None:
     leases, _time = table(duration=2.0)
     assert await lease(leases, "no-such-session", "a") == Grant(seconds=2.0)
-    session = leases.open_session()
+    session = await leases.open_session()
     session.disconnect()
     assert await lease(leases, session.session_id, "a") == Grant(seconds=2.0)
 
@@ -218,7 +218,7 @@ async def test_the_horizon_makes_a_restart_wait_only_for_leases_still_held(
     assert await lease(fresh, "", "a") == Grant(seconds=2.0)
     recorded = float(horizon.read_text())
     assert recorded == 5000.0 + 2 * SESSION_SECONDS, "recorded ahead, for the longest lease"
-    session = fresh.open_session()
+    session = await fresh.open_session()
     await session.keep_alive(1)
     assert float(horizon.read_text()) == recorded, "already covered: not written again"
 
@@ -231,6 +231,13 @@ async def test_the_horizon_makes_a_restart_wait_only_for_leases_still_held(
 
     long_after, _ = table(duration=2.0, horizon=horizon, wall=5000.0 + 60.0)
     await write(long_after, "a")  # the horizon has passed: at once
+
+
+async def test_opening_a_session_records_the_horizon_before_any_lease(tmp_path: Path) -> None:
+    horizon = tmp_path / "lease-horizon"
+    leases, _time = table(horizon=horizon)
+    await leases.open_session()
+    assert float(horizon.read_text()) >= 5000.0 + SESSION_SECONDS
 
 
 # --------------------------------------------------------------------------- over gRPC
