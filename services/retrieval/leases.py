@@ -270,6 +270,7 @@ class LeaseTable:
         """Epochs of the lookups in progress (they bound what must be remembered)."""
         self._swept_at = _MIN_SWEEP
         self._sessions: dict[str, LeaseSession] = {}
+        self._recording = asyncio.Lock()
         self.revocation_ids = itertools.count(1)
 
     @property
@@ -295,13 +296,15 @@ class LeaseTable:
         """Make sure the recorded horizon covers a lease of `seconds` from now,
         recording one twice as far ahead when it does not (so the file is
         written at most once per lease duration)."""
-        needed = self._wall() + seconds
-        if needed <= self._horizon:
+        if self._wall() + seconds <= self._horizon:
             return
-        horizon = self._wall() + 2 * self._longest
-        if self._horizon_path is not None:
-            await asyncio.to_thread(_write_atomically, self._horizon_path, repr(horizon))
-        self._horizon = horizon
+        async with self._recording:  # one write at a time: they share a temporary file
+            if self._wall() + seconds <= self._horizon:
+                return
+            horizon = self._wall() + 2 * self._longest
+            if self._horizon_path is not None:
+                await asyncio.to_thread(_write_atomically, self._horizon_path, repr(horizon))
+            self._horizon = horizon
 
     async def open_session(self) -> LeaseSession:
         """A new session, alive for session_seconds (the opening keep-alive)."""

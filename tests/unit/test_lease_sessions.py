@@ -421,3 +421,12 @@ async def test_a_grant_overtaken_by_a_revocation_is_not_kept() -> None:
     assert (ACME, "doc") not in cache._leases, "revoked while in flight: not leased"
     acknowledgement = cache.session._outbox.get_nowait()
     assert acknowledgement is not None and acknowledgement.revoked == 1, "and acknowledged"
+
+
+async def test_concurrent_grants_record_the_horizon_once(tmp_path: Path) -> None:
+    horizon = tmp_path / "lease-horizon"
+    leases, _time = table(duration=2.0, horizon=horizon)
+    grants = await asyncio.gather(*(lease(leases, "", f"doc-{i}") for i in range(20)))
+    assert all(grant == Grant(seconds=2.0) for grant in grants)
+    assert float(horizon.read_text()) == 5000.0 + 2 * SESSION_SECONDS
+    assert not horizon.with_name("lease-horizon.tmp").exists()
