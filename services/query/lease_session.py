@@ -94,13 +94,13 @@ class LeaseSessionClient:
             self._task = asyncio.create_task(self._keep_open())
 
     async def close(self) -> None:
-        """Stop trusting the session, then close its stream: the service ends it
-        at once and no write waits for it."""
+        """Stop trusting the session, then release it: the service ends it at
+        once and no write waits for it."""
         self._closing = True
         self._session_id, self._valid_until = "", 0.0
         if self._task is None:
             return
-        self._outbox.put_nowait(None)
+        self._release()
         with suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(self._task), 2.0)
         self._task.cancel()
@@ -172,10 +172,16 @@ class LeaseSessionClient:
             await asyncio.sleep(every)
             if self._clock() >= rotate_at:
                 self._session_id, self._valid_until = "", 0.0  # stop trusting it, then
-                self._outbox.put_nowait(None)  # close our side: the service ends it
+                self._release()  # give it up: the service ends it
                 return
             sent[sequence] = self._clock()
             self._outbox.put_nowait(retrieval_pb2.WatchLeasesRequest(keep_alive=sequence))
+
+    def _release(self) -> None:
+        """Give the session up (call once it is no longer trusted), then close
+        this side of the stream."""
+        self._outbox.put_nowait(retrieval_pb2.WatchLeasesRequest(release=True))
+        self._outbox.put_nowait(None)
 
     async def _requests(self) -> AsyncIterator[retrieval_pb2.WatchLeasesRequest]:
         """What the stream sends, until close() (which half-closes it)."""

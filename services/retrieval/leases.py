@@ -183,7 +183,7 @@ class LeaseSession:
             yield event
 
     def close(self) -> None:
-        """The holder closed its side: it gave its leases up, the session ends now."""
+        """The holder released the session: it gave its leases up, it ends now."""
         self.end()
 
     def disconnect(self) -> None:

@@ -89,21 +89,25 @@ def _lister(request: retrieval_pb2.ListDocumentsRequest) -> tuple[str, tuple[str
 async def _follow_holder(
     steps: AsyncIterator[retrieval_pb2.WatchLeasesRequest], session: LeaseSession
 ) -> None:
-    """Renewals and acknowledgements from the holder; its closing its side ends
-    the session, a broken stream or a bad message disconnects it."""
+    """Renewals, acknowledgements and the release from the holder. Only a
+    release ends the session at once: a stream that ends without one may have
+    been cut (grpc ends a cancelled call's requests as if they were done), and
+    its holder may still trust its leases."""
     try:
         async for step in steps:
-            if step.WhichOneof("kind") == "keep_alive":
+            kind = step.WhichOneof("kind")
+            if kind == "keep_alive":
                 await session.keep_alive(step.keep_alive)
-            elif step.WhichOneof("kind") == "revoked":
+            elif kind == "revoked":
                 if not await session.acknowledge(step.revoked):
                     raise InvalidInputError(f"revoked: no revocation {step.revoked} is pending")
+            elif kind == "release" and step.release:
+                session.close()
+                return
             else:
-                raise InvalidInputError("a WatchLeases message sets keep_alive or revoked")
-    except BaseException:
+                raise InvalidInputError("a WatchLeases message sets keep_alive, revoked or release")
+    finally:
         session.disconnect()
-        raise
-    session.close()
 
 
 def _event_message(event: SessionEvent) -> retrieval_pb2.WatchLeasesResponse:

@@ -9,6 +9,8 @@ caches with the query service's lease session, and Redis (a real redis-server)
 with the semantic cache on and timed leases only.
 """
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -89,6 +91,8 @@ class Running:
 
 TIMED_LEASE_SECONDS = 2.0
 """RAG_RETRIEVAL_LEASE_SECONDS's default."""
+SESSION_SECONDS = 3.0
+"""Lease sessions of the default platform: how long a write waits for a dead holder."""
 
 
 def wait_until(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
@@ -111,7 +115,8 @@ def revocations(running: Running) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def memory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    with Platform(tmp_path_factory.mktemp("caching"), env=ports("5255")) as platform:
+    env = {**ports("5255"), "RAG_RETRIEVAL_LEASE_SESSION_SECONDS": str(SESSION_SECONDS)}
+    with Platform(tmp_path_factory.mktemp("caching"), env=env) as platform:
         stubs = Stubs(platform)
         yield Running(platform, stubs)
         stubs.close()
@@ -231,6 +236,35 @@ def test_an_update_or_delete_invalidates_the_answers_citing_the_document(
     deleted = memory.ask(question)
     assert not deleted.HasField("cache"), "the cited document is gone"
     assert "8:40" not in deleted.answer
+
+
+def test_a_crashed_holder_delays_a_write_only_until_its_session_expires(
+    memory: Running,
+) -> None:
+    """The query service dies holding a session lease: the retrieval service can
+    send the revocation nowhere, so the write waits for the session to expire
+    (RAG_RETRIEVAL_LEASE_SESSION_SECONDS, shortened on this platform), then
+    goes on; the restarted query service answers from the new version."""
+    wait_until(
+        lambda: memory.metric("retrieval", "rag_retrieval_lease_sessions") >= 1,
+        "the query service opened its lease session",
+    )
+    question = "Which room is the Lyon office's library in?"
+    memory.upload(ACME, "library", "# Library\n\nThe Lyon office's library is in room 204.\n")
+    assert "204" in memory.ask(question).answer
+    revoked = revocations(memory)
+    waits = memory.metric("retrieval", "rag_retrieval_lease_wait_seconds_count")
+    os.kill(memory.platform.pids()["query"], signal.SIGKILL)
+    try:
+        memory.upload(ACME, "library", "# Library\n\nThe Lyon office's library is in room 310.\n")
+        assert revocations(memory) == {**revoked, "expired": revoked["expired"] + 1}, (
+            "the write waited out the dead holder's session"
+        )
+        assert memory.metric("retrieval", "rag_retrieval_lease_wait_seconds_count") == waits + 1
+    finally:
+        memory.platform.restart("query")
+    answer = memory.ask(question).answer
+    assert "310" in answer and "204" not in answer
 
 
 def test_without_a_lease_session_a_write_waits_for_the_timed_lease(on_redis: Running) -> None:

@@ -165,7 +165,7 @@ async def test_the_renewal_withheld_during_a_revocation_follows_its_acknowledgem
     assert writer.done()
 
 
-async def test_a_broken_stream_is_waited_out_and_a_closed_one_is_not() -> None:
+async def test_a_broken_stream_is_waited_out_and_a_released_session_is_not() -> None:
     leases, time = table()
     broken, closed = await leases.open_session(), await leases.open_session()
     await lease(leases, broken.session_id, "a")
@@ -173,7 +173,7 @@ async def test_a_broken_stream_is_waited_out_and_a_closed_one_is_not() -> None:
     broken.disconnect()
     closed.close()
     await write(leases, "b")
-    assert time.now == 1000.0, "the closed session gave its leases up"
+    assert time.now == 1000.0, "the released session gave its leases up"
     writer = asyncio.create_task(write(leases, "a"))
     await settle()
     assert not writer.done(), "the broken stream's holder may still trust its lease"
@@ -337,6 +337,46 @@ async def test_the_holder_keeps_its_session_alive_and_rotates_it_cleanly(
             await holder.close()
             await clients.close()
         await until(lambda: not leases._sessions, "the last session ended on the service")
+
+
+async def test_a_stream_that_ends_without_a_release_is_waited_out(tmp_path: Path) -> None:
+    """grpc ends a cancelled call's requests as if the holder had finished: only
+    an explicit release may spare a write the wait."""
+    async with serving(tmp_path, session_seconds=1.0) as (address, store, leases):
+        record, chunks, vectors = document(ACME, "doc", 2)
+        store.replace_document(record, chunks, vectors)
+        clients = clients_for(address)
+        try:
+            opened: asyncio.Event = asyncio.Event()
+            stop: asyncio.Event = asyncio.Event()
+
+            async def requests() -> AsyncIterator[retrieval_pb2.WatchLeasesRequest]:
+                yield retrieval_pb2.WatchLeasesRequest(keep_alive=0)
+                await opened.wait()
+                await stop.wait()  # then end without a release
+
+            call = clients.retrieval.WatchLeases(requests(), timeout=30)
+            first = await call.read()
+            session_id = first.session.session_id
+            reply = await clients.retrieval.LookupDocuments(
+                retrieval_pb2.LookupDocumentsRequest(
+                    caller=common_pb2.Caller(tenant=ACME),
+                    document_ids=["doc"],
+                    lease=True,
+                    lease_session=session_id,
+                )
+            )
+            assert reply.session_lease
+            opened.set()
+            stop.set()
+            await until(lambda: not leases._sessions[session_id].connected, "the stream ended")
+            expired = revocations("expired")
+            await clients.retrieval.ReplaceDocument(replace_request(record, chunks, vectors))
+            assert revocations("expired") == expired + 1, "the write waited out the session"
+            assert session_id not in leases._sessions
+            call.cancel()
+        finally:
+            await clients.close()
 
 
 async def test_watch_leases_refuses_without_sessions_and_checks_its_first_message(
