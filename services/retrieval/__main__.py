@@ -36,10 +36,11 @@ class RetrievalSettings(PlatformSettings):
         ge=0,
         le=60,
         description=(
-            "Read leases for the answer cache, backend edge only (see docs/caching.md): "
-            "how long a leased document version is guaranteed, so cache hits need no "
-            "version check meanwhile; a write to a leased document waits that long at "
-            "most. 0 turns leases off."
+            "Timed read leases for the answer cache (see docs/caching.md): how long a "
+            "leased document version is guaranteed, so cache hits need no version check "
+            "meanwhile; a write to a leased document waits that long at most. Backend "
+            "qdrant keeps them in its registry (replicas' clocks must agree to well "
+            "within a tenth of it). 0 turns them off."
         ),
     )
     retrieval_lease_session_seconds: float = Field(
@@ -97,9 +98,10 @@ def open_store(settings: RetrievalSettings) -> VectorStore:
 
 
 def lease_table(settings: RetrievalSettings) -> LeaseTable:
-    """The read leases the backend allows: replicas sharing a Qdrant server cannot
-    see each other's leases, so none there; the embedded index records its lease
-    horizon beside it."""
+    """The read leases this process keeps: with the embedded engine, timed leases
+    and lease sessions, the index's lease horizon recorded beside it. Replicas
+    sharing a Qdrant server keep none in process: that store keeps timed leases in
+    its registry (see services/retrieval/qdrant.py), and sessions need one writer."""
     if settings.retrieval_backend != "edge":
         return LeaseTable(0.0)
     return LeaseTable(
@@ -115,9 +117,10 @@ def main() -> None:
     async def build() -> Service:
         store = await asyncio.to_thread(open_store, settings)
         leases = lease_table(settings)
+        shared = settings.retrieval_lease_seconds if settings.retrieval_backend != "edge" else 0.0
         binding = ServiceBinding(
             retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server,
-            RetrievalServicer(store, settings.retrieval_default_mode, leases),
+            RetrievalServicer(store, settings.retrieval_default_mode, leases, shared),
             retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name,
         )
 

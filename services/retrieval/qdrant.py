@@ -77,6 +77,21 @@ changed while they ran (optimistic reads, as in a seqlock):
   deleting the dead writer's chunks. A writer gives up before flipping if
   half the lease has passed, so a slow writer never flips after a takeover.
 
+Read leases (for the answer cache, `lookup_and_lease`): a record carries
+`read_lease_until`, a wall-clock time before which its document will not
+change. A leased lookup reads the records; if one is busy it grants nothing;
+it extends the lease of every record whose lease ends within half a duration,
+with a conditional upsert on the revision it read that also changes the
+revision, then reads them back; if one did not take (a writer took it
+meanwhile), it grants nothing. It grants until the earliest lease end. A
+writer, once it holds the document (so no lease is extended any more), sleeps
+until the `read_lease_until` of the record it took: that value is the last,
+since the take was conditional on the revision it read and every extension
+changes the revision. A lookup whose read preceded a write therefore either
+fails its extension or relies on a lease the writer waits for. The holder
+counts from when it sent the lookup and relies on 90 % of the lease, so the
+replicas' clocks may disagree by up to a tenth of the lease (0.2 s at 2 s).
+
 Stats are exact at rest; while a replacement runs, `chunk_count` includes
 the chunks being written or deleted.
 
@@ -134,6 +149,7 @@ from services.common.errors import (
 )
 from services.common.tenancy import validate_tenant
 from services.retrieval.fusion import RRF_K
+from services.retrieval.leases import LEASE_WAIT
 from services.retrieval.mmr import mmr_order
 from services.retrieval.store import (
     DENSE_SEARCH,
@@ -488,6 +504,63 @@ class QdrantServerStore:
         if payload is None or not payload.get("indexed"):
             return None
         return record_from_payload(payload)
+
+    def lookup_and_lease(
+        self, caller: Caller, document_ids: Sequence[str], seconds: float
+    ) -> tuple[list[DocumentRecord], float]:
+        """`lookup_documents` with a read lease on the found documents (see "Read
+        leases" in the module docstring): the records, and how long from now
+        every one of them is guaranteed unchanged (0.0 when one is being written,
+        or another replica's write took it meanwhile)."""
+        ids = validate_lookup(caller, document_ids)
+        with self._engine() as client:
+            found = client.retrieve(
+                self._registry, [_record_id(caller.tenant, d) for d in ids], with_payload=True
+            )
+        payloads = [dict(p.payload) for p in found if p.payload and p.payload.get("indexed")]
+        records = visible_records(caller, ids, [record_from_payload(p) for p in payloads])
+        visible = {record.document_id for record in records}
+        held = [p for p in payloads if p["document_id"] in visible]
+        if any(p.get("busy") for p in held):
+            return records, 0.0
+        now = time.time()
+        until = {p["document_id"]: float(p.get("read_lease_until", 0.0)) for p in held}
+        stale = [p for p in held if until[p["document_id"]] < now + seconds / 2]
+        if stale and not self._extend_read_leases(caller.tenant, stale, now + seconds):
+            return records, 0.0
+        for payload in stale:
+            until[payload["document_id"]] = now + seconds
+        return records, max(0.0, min(until.values(), default=now + seconds) - time.time())
+
+    def _extend_read_leases(
+        self, tenant: str, payloads: Sequence[dict[str, Any]], until: float
+    ) -> bool:
+        """Set `read_lease_until` on these records, each only if unchanged since it
+        was read (a new revision, so a writer that read it before retries and
+        sees the lease); whether every one took."""
+        revisions = {p["document_id"]: uuid.uuid4().hex for p in payloads}
+        points = [
+            models.PointStruct(
+                id=_record_id(tenant, p["document_id"]),
+                vector={},
+                payload={**p, "read_lease_until": until, "revision": revisions[p["document_id"]]},
+            )
+            for p in payloads
+        ]
+        # Revisions are unique random ids: "one of the revisions read" is, for each
+        # point, "the revision it had when read".
+        unchanged = _match_any("revision", [str(p["revision"]) for p in payloads])
+        with self._engine() as client:
+            client.upsert(
+                self._registry, points, wait=True, update_filter=models.Filter(must=[unchanged])
+            )
+            again = client.retrieve(
+                self._registry, [point.id for point in points], with_payload=True
+            )
+        taken = {
+            (p.payload or {}).get("document_id"): (p.payload or {}).get("revision") for p in again
+        }
+        return all(taken.get(d) == revision for d, revision in revisions.items())
 
     def lookup_documents(self, caller: Caller, document_ids: Sequence[str]) -> list[DocumentRecord]:
         """Return the caller's visible records of `document_ids`, in request order
@@ -895,6 +968,7 @@ class QdrantServerStore:
                             document_id,
                             tenant,
                         )
+                    _wait_for_read_leases(current)
                     return _Lease(record_id, token, tenant, document_id, record=current)
             if time.monotonic() >= deadline:
                 raise FailedPreconditionError(
@@ -967,6 +1041,16 @@ class QdrantServerStore:
             client.set_payload(
                 self._registry, dict(fields), models.FilterSelector(filter=_held(lease)), wait=True
             )
+
+
+def _wait_for_read_leases(record: Mapping[str, Any] | None) -> None:
+    """Sleep until the read leases granted on the record have ended (the writer
+    holds it: no more are granted). Its value is the latest: the writer took the
+    record on the revision it read, and every extension changes the revision."""
+    delay = float((record or {}).get("read_lease_until", 0.0)) - time.time()
+    if delay > 0:
+        LEASE_WAIT.observe(delay)
+        time.sleep(delay)
 
 
 def _held(lease: _Lease) -> models.Filter:

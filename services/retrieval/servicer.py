@@ -9,7 +9,9 @@ a missing one with INVALID_ARGUMENT, so no request ever reads across tenants.
 Writes and leased lookups go through a LeaseTable (see leases.py): a lookup
 may promise the answer cache that documents stay unchanged, for a moment or for
 as long as its lease session (WatchLeases) lives, and a write to such a document
-waits for the promise to run out or to be given back.
+waits for the promise to run out or to be given back. A store shared by several
+replicas (Qdrant server) keeps timed leases in its own data instead
+(`LeasingStore`), so that they hold whichever replica writes.
 
 Each search records its best score and how many chunks it returned: a falling
 top score or empty results tell retrieval (or ingestion) is why answers decline.
@@ -26,11 +28,19 @@ from ragplatform.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from services.common.errors import FailedPreconditionError, InvalidInputError, NotFoundError
 from services.common.search import search_filter_from_proto
 from services.common.tenancy import validate_caller, validate_tenant
-from services.retrieval.leases import Grant, LeaseSession, LeaseTable, Renewed, SessionEvent
+from services.retrieval.leases import (
+    LEASES_GRANTED,
+    Grant,
+    LeaseSession,
+    LeaseTable,
+    Renewed,
+    SessionEvent,
+)
 from services.retrieval.store import (
     Caller,
     DocumentRecord,
     KeywordLeg,
+    LeasingStore,
     RetrievalMode,
     SearchFilter,
     SearchOptions,
@@ -134,10 +144,13 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         store: VectorStore,
         default_mode: RetrievalMode = RetrievalMode.DENSE,
         leases: LeaseTable | None = None,
+        store_lease_seconds: float = 0.0,
     ) -> None:
         self._store = store
         self._default_mode = default_mode
         self._leases = leases or LeaseTable(0.0)
+        self._store_lease_seconds = store_lease_seconds if isinstance(store, LeasingStore) else 0.0
+        """Timed read leases a store shared between replicas keeps itself."""
 
     def _mode(self, mode: common_pb2.RetrievalMode.ValueType) -> RetrievalMode:
         if mode == common_pb2.RETRIEVAL_MODE_UNSPECIFIED:
@@ -261,7 +274,14 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         def read() -> Awaitable[list[DocumentRecord]]:
             return asyncio.to_thread(self._store.lookup_documents, caller, ids)
 
-        if request.lease:
+        if request.lease and self._store_lease_seconds > 0:
+            assert isinstance(self._store, LeasingStore)
+            records, seconds = await asyncio.to_thread(
+                self._store.lookup_and_lease, caller, ids, self._store_lease_seconds
+            )
+            LEASES_GRANTED.labels("granted" if seconds > 0 else "refused").inc()
+            grant = Grant(seconds=seconds)
+        elif request.lease:
             validate_tenant(caller.tenant)
             records, grant = await self._leases.leased_read(
                 caller.tenant,

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -511,3 +511,19 @@ def chunk_from_payload(payload: Mapping[str, Any]) -> StoredChunk:
 def record_from_payload(payload: Mapping[str, Any]) -> DocumentRecord:
     """The record stored in `payload`; keys other than its fields are ignored."""
     return DocumentRecord(**_from_payload(payload, _RECORD_FIELDS))
+
+
+@runtime_checkable
+class LeasingStore(Protocol):
+    """A store whose read leases live in the data it shares with other retrieval
+    replicas (the Qdrant server backend): a lease granted through one replica
+    delays writes through every other. The embedded engine has one replica, so
+    its leases are the servicer's (`leases.LeaseTable`)."""
+
+    def lookup_and_lease(
+        self, caller: Caller, document_ids: Sequence[str], seconds: float
+    ) -> tuple[list[DocumentRecord], float]:
+        """`lookup_documents`, plus a read lease on every found document: (the
+        records, `seconds`), or (the records, 0.0) when one of them could not be
+        leased (a write to it is waiting or running)."""
+        ...
