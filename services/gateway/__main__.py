@@ -30,6 +30,7 @@ def main() -> None:
         port=settings.gateway_port,
         http="httptools",  # C parser: the pure-Python default (h11) costs ~1 ms a request
         log_config=None,  # keep the JSON handler configure_logging installed
+        access_log=settings.gateway_access_log == "all",
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=math.ceil(settings.drain_seconds),
     )

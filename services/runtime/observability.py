@@ -11,6 +11,7 @@ seconds, and they would drown the request rate and fill traces with noise.
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -240,18 +241,27 @@ def _routes_of(openapi: Mapping[str, Any]) -> list[_Route]:
     return sorted(routes, key=lambda r: (r.template.count("{"), -len(r.template)))
 
 
+ACCESS_LOG = logging.getLogger("ragplatform.access")
+
+
 class HttpTelemetryMiddleware:
     """Counts, times and traces every HTTP request (pure ASGI, so streamed
     responses are timed to their last byte and the span stays current in the
-    endpoint). Requests are labelled by their route's template from the OpenAPI
-    document (`/v1/documents/{document_id}`), never by the concrete path, and
-    every documented (route, method, status) starts at 0."""
+    endpoint), and with `log_failures` logs each that failed (status 400 and
+    up: a warning for 5xx, info for 4xx). Requests are labelled by their route's
+    template from the OpenAPI document (`/v1/documents/{document_id}`), never by
+    the concrete path, and every documented (route, method, status) starts at 0."""
 
     def __init__(
-        self, app: ASGIApp, openapi: Callable[[], Mapping[str, Any]], metrics: bool = True
+        self,
+        app: ASGIApp,
+        openapi: Callable[[], Mapping[str, Any]],
+        metrics: bool = True,
+        log_failures: bool = False,
     ) -> None:
         self.app = app
         self.metrics = metrics
+        self.log_failures = log_failures
         self.routes = _routes_of(openapi())
         if metrics:
             init_http_series(
@@ -271,7 +281,7 @@ class HttpTelemetryMiddleware:
         if (
             scope["type"] != "http"
             or scope["path"] in UNOBSERVED_HTTP_PATHS
-            or not (self.metrics or tracing)
+            or not (self.metrics or tracing or self.log_failures)
         ):
             await self.app(scope, receive, send)
             return
@@ -303,9 +313,23 @@ class HttpTelemetryMiddleware:
         try:
             await self.app(scope, receive, send_observed)
         finally:
+            seconds = time.perf_counter() - started
             if self.metrics:
                 HTTP_REQUESTS.labels(route, method, str(status)).inc()
-                HTTP_DURATION.labels(route, method).observe(time.perf_counter() - started)
+                HTTP_DURATION.labels(route, method).observe(seconds)
+            if self.log_failures and status >= 400:
+                ACCESS_LOG.log(
+                    logging.WARNING if status >= 500 else logging.INFO,
+                    "%s %s %d",
+                    method,
+                    scope["path"],
+                    status,
+                    extra={
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(seconds * 1e3, 1),
+                    },
+                )
             _leave_server_span(
                 span,
                 token,

@@ -726,6 +726,52 @@ async def test_auth_rejects_missing_and_wrong_keys(secured: httpx.AsyncClient) -
     assert response.status_code == 401
 
 
+async def test_failed_requests_are_logged_and_others_only_counted(
+    secured: httpx.AsyncClient, fakes: Fakes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RAG_GATEWAY_ACCESS_LOG=errors (the default): a line per failure, with its
+    route and status, never the key; nothing for a success."""
+    with caplog.at_level(logging.INFO, logger="ragplatform.access"):
+        assert (await secured.post("/v1/ask", json={"question": "q"})).status_code == 401
+        ok = await secured.get("/v1/documents", headers=_key("key-one"))
+        assert ok.status_code == 200
+        missing = await secured.get("/v1/documents/nope", headers=_key("key-one"))
+        assert missing.status_code == 404
+    lines = [r for r in caplog.records if r.name == "ragplatform.access"]
+    assert [(r.levelno, r.getMessage()) for r in lines] == [
+        (logging.INFO, "POST /v1/ask 401"),
+        (logging.INFO, "GET /v1/documents/nope 404"),
+    ]
+    assert [getattr(r, "route", None) for r in lines] == ["/v1/ask", "/v1/documents/{document_id}"]
+    assert "key-one" not in caplog.text
+
+
+async def test_server_errors_are_logged_as_warnings(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client(raise_app_exceptions=False)
+
+    async def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    client._transport.app.add_api_route("/v1/boom", boom)
+    with caplog.at_level(logging.INFO, logger="ragplatform.access"):
+        assert (await client.get("/v1/boom")).status_code == 500
+    [line] = [r for r in caplog.records if r.name == "ragplatform.access"]
+    assert (line.levelno, line.getMessage()) == (logging.WARNING, "GET /v1/boom 500")
+
+
+async def test_access_log_all_or_off_logs_no_failures_here(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With all, uvicorn's access log (started by __main__) logs every request."""
+    for setting in ("all", "off"):
+        client = await make_client(gateway_api_keys=json.dumps(KEYS), gateway_access_log=setting)
+        with caplog.at_level(logging.INFO, logger="ragplatform.access"):
+            assert (await client.post("/v1/ask", json={"question": "q"})).status_code == 401
+    assert not [r for r in caplog.records if r.name == "ragplatform.access"]
+
+
 async def test_auth_accepts_bearer_and_x_api_key(secured: httpx.AsyncClient) -> None:
     response = await secured.post("/v1/ask", json={"question": "q"}, headers=_key("key-one"))
     assert response.status_code == 200
