@@ -73,6 +73,7 @@ class LeaseSessionClient:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._opened = False
+        self._told_no_sessions = False
 
     def current(self) -> str:
         """The id of the session that is valid now, or ""."""
@@ -115,7 +116,9 @@ class LeaseSessionClient:
                 await self._session()
             except grpc.aio.AioRpcError as error:
                 if error.code() in (grpc.StatusCode.FAILED_PRECONDITION, UNIMPLEMENTED):
-                    log.info("the retrieval service grants no lease sessions; timed leases only")
+                    if not self._told_no_sessions:
+                        log.info("the retrieval service grants no lease sessions; timed leases")
+                        self._told_no_sessions = True
                     await asyncio.sleep(NO_SESSIONS_RETRY_SECONDS)
                     continue
                 if not self._closing:

@@ -378,6 +378,10 @@ class LeaseTable:
         self._epoch += 1
         self._forget_the_past()
         try:
+            now = self.clock()
+            for session in list(self._sessions.values()):
+                if not session.connected and now >= session.expiry:
+                    session.end()  # gone, and nobody may trust it any more
             waits: list[Awaitable[None]] = [
                 s.revoke(key) for s in list(self._sessions.values()) if key in s.documents
             ]
