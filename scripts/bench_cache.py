@@ -200,6 +200,7 @@ def post_ask(gateway: GatewayClient, question: str, bypass: bool) -> dict[str, o
     return gateway.request("POST", "/v1/ask", {"question": question, "bypass_cache": bypass})
 
 
+SETTLE_SECONDS = 0.005
 PATHS = ("lease", "retrieval")
 """Where a hit found its cited documents' versions: a read lease the query
 service held, or a LookupDocuments call to the retrieval service."""
@@ -234,8 +235,11 @@ def version_checks(platform: Platform) -> dict[str, float]:
 
 def timed_hit(platform: Platform, gateway: GatewayClient, claim: str, asks: Asks) -> None:
     """Ask `claim` as a hit; file its latency and cache stage under the path its
-    version check took (from the query service's metrics around it, untimed)."""
+    version check took (from the query service's metrics around it, untimed).
+    The query service renders /metrics in a thread of its own: the hit waits
+    SETTLE_SECONDS after that scrape, so as not to time the scrape's tail."""
     before = version_checks(platform)
+    time.sleep(SETTLE_SECONDS)
     start = time.perf_counter()
     body = post_ask(gateway, claim, bypass=False)
     seconds = time.perf_counter() - start
