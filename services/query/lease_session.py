@@ -31,7 +31,7 @@ from contextlib import contextmanager, suppress
 
 import grpc
 
-from ragplatform.v1 import retrieval_pb2
+from ragplatform.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.runtime.clients import PlatformClients
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,15 @@ class LeaseSessionClient:
         self._closing = False
         self._opened = False
         self._told_no_sessions = False
+        self._stub: retrieval_pb2_grpc.RetrievalServiceStub | None = None
+
+    def _retrieval(self) -> retrieval_pb2_grpc.RetrievalServiceStub:
+        """The stub on this session's own channel (see PlatformClients.own_channel)."""
+        if self._stub is None:
+            self._stub = retrieval_pb2_grpc.RetrievalServiceStub(
+                self._clients.own_channel("retrieval")
+            )
+        return self._stub
 
     def current(self) -> str:
         """The id of the session that is valid now, or ""."""
@@ -135,7 +144,7 @@ class LeaseSessionClient:
         self._outbox = asyncio.Queue()
         sent: dict[int, float] = {0: self._clock()}
         self._outbox.put_nowait(retrieval_pb2.WatchLeasesRequest(keep_alive=0))
-        call = self._clients.retrieval.WatchLeases(self._requests(), timeout=STREAM_SECONDS)
+        call = self._retrieval().WatchLeases(self._requests(), timeout=STREAM_SECONDS)
         keep_alive: asyncio.Task[None] | None = None
         try:
             replies = aiter(call)

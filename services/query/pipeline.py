@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ragplatform.v1 import (
     common_pb2,
@@ -152,6 +152,16 @@ def _served_from_cache(
     return response
 
 
+async def _send(call: Any, message: retrieval_pb2.SearchAheadRequest) -> None:
+    """Write to a SearchAhead stream; if the call has already ended (the retrieval
+    service was unreachable, say), raise its status, not grpc's InvalidStateError."""
+    try:
+        await call.write(message)
+    except asyncio.InvalidStateError:
+        await call  # raises the call's AioRpcError
+        raise
+
+
 class QueryPipeline:
     """Answers questions by calling the embedding, retrieval and generation services."""
 
@@ -212,7 +222,7 @@ class QueryPipeline:
         if ahead:
             with downstream("retrieval", settings.retrieval_addr):
                 call = self._clients.retrieval.SearchAhead()
-                await call.write(retrieval_pb2.SearchAheadRequest(search=search))
+                await _send(call, retrieval_pb2.SearchAheadRequest(search=search))
         try:
             with timer.stage("embed"), downstream("embedding", settings.embedding_addr):
                 embedded = await self._clients.embedding.EmbedQueries(
@@ -224,7 +234,7 @@ class QueryPipeline:
                     search.vector.CopyFrom(vector)
                     results = list((await self._clients.retrieval.Search(search)).results)
                 else:
-                    await call.write(retrieval_pb2.SearchAheadRequest(vector=vector))
+                    await _send(call, retrieval_pb2.SearchAheadRequest(vector=vector))
                     await call.done_writing()
                     found: retrieval_pb2.SearchAheadResponse = await call
                     results = list(found.results)

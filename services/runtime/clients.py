@@ -84,23 +84,42 @@ class PlatformClients:
     def __init__(self, settings: PlatformSettings) -> None:
         self.settings = settings
         self._channels: dict[str, aio.Channel] = {}
+        self._own: list[aio.Channel] = []
 
     def channel(self, address: str) -> aio.Channel:
         """The shared channel to `address`."""
         if address not in self._channels:
-            self._channels[address] = aio.insecure_channel(
-                address,
-                options=[
-                    ("grpc.max_send_message_length", self.settings.max_message_bytes),
-                    ("grpc.max_receive_message_length", self.settings.max_message_bytes),
-                    # gRPC's reconnect backoff grows to two minutes by default; a peer
-                    # restarted by Kubernetes would look down long after it serves.
-                    ("grpc.initial_reconnect_backoff_ms", 200),
-                    ("grpc.max_reconnect_backoff_ms", 2000),
-                ],
-                interceptors=call_defaults(self.settings.rpc_timeout_seconds),
-            )
+            self._channels[address] = self._open(address)
         return self._channels[address]
+
+    def own_channel(self, service: str) -> aio.Channel:
+        """A channel to `service` of its own (closed with the others), for a
+        long-lived stream that reconnects by itself: its attempts while the peer
+        restarts leave the shared channel alone, which would otherwise be in
+        reconnect backoff when the peer is back, so that the first requests
+        would fail fast instead of connecting."""
+        # Channels with equal arguments share their connections (gRPC's global
+        # subchannel pool): this one must not.
+        channel = self._open(
+            self.settings.address_of(service), [("grpc.use_local_subchannel_pool", 1)]
+        )
+        self._own.append(channel)
+        return channel
+
+    def _open(self, address: str, extra: list[tuple[str, Any]] | None = None) -> aio.Channel:
+        return aio.insecure_channel(
+            address,
+            options=[
+                *(extra or []),
+                ("grpc.max_send_message_length", self.settings.max_message_bytes),
+                ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+                # gRPC's reconnect backoff grows to two minutes by default; a peer
+                # restarted by Kubernetes would look down long after it serves.
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
+            interceptors=call_defaults(self.settings.rpc_timeout_seconds),
+        )
 
     def _stub(self, service: str, factory: Callable[[aio.Channel], StubT]) -> StubT:
         return factory(self.channel(self.settings.address_of(service)))
@@ -132,6 +151,7 @@ class PlatformClients:
 
     async def close(self) -> None:
         """Close every channel (after the server has drained)."""
-        for channel in self._channels.values():
+        for channel in [*self._channels.values(), *self._own]:
             await channel.close()
         self._channels.clear()
+        self._own.clear()
