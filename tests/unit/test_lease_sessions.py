@@ -244,12 +244,8 @@ async def test_opening_a_session_records_the_horizon_before_any_lease(tmp_path: 
 
 
 @asynccontextmanager
-async def serving(
-    tmp_path: Path, session_seconds: float = SESSION_SECONDS
-) -> AsyncIterator[tuple[str, EdgeVectorStore, LeaseTable]]:
-    """A retrieval server on an embedded index, with timed leases of 2 s."""
-    store = EdgeVectorStore.open(tmp_path / "index", DIM)
-    leases = LeaseTable(2.0, session_seconds, horizon=tmp_path / "lease-horizon")
+async def servicer_on_port(store: EdgeVectorStore, leases: LeaseTable) -> AsyncIterator[str]:
+    """The retrieval servicer over gRPC (errors mapped as in the services): its address."""
     server = aio.server(interceptors=[ErrorMappingInterceptor()])
     retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(
         RetrievalServicer(store, leases=leases), server
@@ -257,11 +253,21 @@ async def serving(
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        yield f"127.0.0.1:{port}", store, leases
+        yield f"127.0.0.1:{port}"
     finally:
         leases.drain()
         await server.stop(1)
-        store.close()
+
+
+@asynccontextmanager
+async def serving(
+    tmp_path: Path, session_seconds: float = SESSION_SECONDS
+) -> AsyncIterator[tuple[str, EdgeVectorStore, LeaseTable]]:
+    """A retrieval server on an embedded index, with timed leases of 2 s."""
+    leases = LeaseTable(2.0, session_seconds, horizon=tmp_path / "lease-horizon")
+    with EdgeVectorStore.open(tmp_path / "index", DIM) as store:
+        async with servicer_on_port(store, leases) as address:
+            yield address, store, leases
 
 
 @pytest.fixture
@@ -393,23 +399,17 @@ async def test_watch_leases_refuses_without_sessions_and_checks_its_first_messag
               retrieval_pb2.WatchLeasesRequest(revoked=3)],
              grpc.StatusCode.INVALID_ARGUMENT),
         ]:  # fmt: skip
-            server = aio.server(interceptors=[ErrorMappingInterceptor()])
-            retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(
-                RetrievalServicer(store, leases=leases), server
-            )
-            port = server.add_insecure_port("127.0.0.1:0")
-            await server.start()
-            try:
-                async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                    call = retrieval_pb2_grpc.RetrievalServiceStub(channel).WatchLeases(
-                        iter(messages), timeout=10
-                    )
-                    with pytest.raises(aio.AioRpcError) as failure:
-                        async for _ in call:
-                            pass
-                    assert failure.value.code() == code, failure.value.details()
-            finally:
-                await server.stop(0)
+            async with (
+                servicer_on_port(store, leases) as address,
+                aio.insecure_channel(address) as channel,
+            ):
+                call = retrieval_pb2_grpc.RetrievalServiceStub(channel).WatchLeases(
+                    iter(messages), timeout=10
+                )
+                with pytest.raises(aio.AioRpcError) as failure:
+                    async for _ in call:
+                        pass
+                assert failure.value.code() == code, failure.value.details()
             assert leases._sessions == {}
 
 
