@@ -276,6 +276,21 @@ async def retrieval(tmp_path: Path) -> AsyncIterator[tuple[str, EdgeVectorStore,
         yield served
 
 
+async def lease_in_session(
+    clients: PlatformClients, session: str
+) -> retrieval_pb2.LookupDocumentsResponse:
+    """A leased lookup of ACME's "doc" in `session`."""
+    reply: retrieval_pb2.LookupDocumentsResponse = await clients.retrieval.LookupDocuments(
+        retrieval_pb2.LookupDocumentsRequest(
+            caller=common_pb2.Caller(tenant=ACME),
+            document_ids=["doc"],
+            lease=True,
+            lease_session=session,
+        )
+    )
+    return reply
+
+
 def clients_for(address: str) -> PlatformClients:
     return PlatformClients(PlatformSettings(retrieval_addr=address))
 
@@ -301,14 +316,7 @@ async def test_a_holder_over_grpc_acknowledges_and_the_write_does_not_wait_out_i
     try:
         await until(holder.current, "the session opened")
         session = holder.current()
-        reply = await clients.retrieval.LookupDocuments(
-            retrieval_pb2.LookupDocumentsRequest(
-                caller=common_pb2.Caller(tenant=ACME),
-                document_ids=["doc"],
-                lease=True,
-                lease_session=session,
-            )
-        )
+        reply = await lease_in_session(clients, session)
         assert reply.session_lease and reply.lease_seconds == 0.0
         acknowledged, expired = revocations("acknowledged"), revocations("expired")
         await clients.retrieval.ReplaceDocument(replace_request(record, chunks, vectors))
@@ -364,14 +372,7 @@ async def test_a_stream_that_ends_without_a_release_is_waited_out(tmp_path: Path
             call = clients.retrieval.WatchLeases(requests(), timeout=30)
             first = await call.read()
             session_id = first.session.session_id
-            reply = await clients.retrieval.LookupDocuments(
-                retrieval_pb2.LookupDocumentsRequest(
-                    caller=common_pb2.Caller(tenant=ACME),
-                    document_ids=["doc"],
-                    lease=True,
-                    lease_session=session_id,
-                )
-            )
+            reply = await lease_in_session(clients, session_id)
             assert reply.session_lease
             opened.set()
             stop.set()
