@@ -31,7 +31,8 @@ each retrieval mode costs, measured in one run on one machine.
    keyword (BM25) and hybrid (RRF), with the query service's default top_k;
    and the hybrid search as the query service makes it, through `SearchAhead`:
    the search sent 10 ms before its vector, timed from the vector to the
-   results (what a miss waits for once its query is embedded). The searches
+   results (what a miss waits for once its query is embedded). Every search
+   starts after the same 10 ms of quiet, as in a miss. The searches
    use an asyncio client, as the query service does (a synchronous client
    feeds a stream from another thread, which costs more).
 4. Misses through the gateway with the query service's keyword leg run ahead
@@ -374,7 +375,10 @@ async def measure_search(
     platform: Platform, claims: Sequence[str], top_k: int
 ) -> dict[str, list[float]]:
     """Per claim, each mode through Search, then the hybrid search through
-    SearchAhead; from an asyncio client, as the query service calls."""
+    SearchAhead; from an asyncio client, as the query service calls. Every
+    search starts after `EMBED_STAND_IN_SECONDS` of quiet, as in a miss (the
+    retrieval service idles while the question is embedded), so that the
+    modes and SearchAhead are timed alike."""
     settings = platform.settings
     caller = common_pb2.Caller(tenant=DEFAULT_TENANT)
     seconds: dict[str, list[float]] = {mode: [] for mode in [*MODES, AHEAD]}
@@ -393,6 +397,7 @@ async def measure_search(
                     request = retrieval_pb2.SearchRequest(
                         vector=vector, top_k=top_k, query_text=claim, mode=mode, caller=caller
                     )
+                    await asyncio.sleep(EMBED_STAND_IN_SECONDS)  # idle, as during a miss's embed
                     start = time.perf_counter()
                     await retrieval.Search(request, timeout=30)
                     spent[name] = time.perf_counter() - start
@@ -471,7 +476,8 @@ def report(
             "at p50.",
             "",
             f"`RetrievalService.Search` over gRPC, top_k {top_k}, the same claims "
-            "(vectors embedded beforehand; modes interleaved per claim, after a warm-up round); "
+            "(vectors embedded beforehand; modes interleaved per claim, after a warm-up round; "
+            f"each search after {EMBED_STAND_IN_SECONDS * 1000:.0f} ms of quiet, as in a miss); "
             "last row: the hybrid search through `SearchAhead`, its search sent "
             f"{EMBED_STAND_IN_SECONDS * 1000:.0f} ms before its vector (a stand-in for the "
             "query's embedding), timed from the vector on:",

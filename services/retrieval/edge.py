@@ -502,13 +502,15 @@ class EdgeVectorStore:
                 with_vector=with_vector,
             )
         else:
+            # Ids and scores only: the legs' union (see `best_first`) is cut to
+            # `limit` before any payload or vector is read (`_read_winners`).
             request = QueryRequest(
-                limit=2 * candidate_count(top_k),  # the legs' union: see `best_first`
+                limit=2 * candidate_count(top_k),
                 prefetches=legs,
                 query=_RRF,
                 filter=engine_filter,
-                with_payload=True,
-                with_vector=with_vector,
+                with_payload=False,
+                with_vector=False,
             )
         fused: Sequence[ScoredPoint | _Candidate] | None = None
         if keyword_leg is not None and len(legs) > 1:
@@ -519,7 +521,10 @@ class EdgeVectorStore:
             with self._lock.read():
                 chunk_shard, _ = self._require_open()
                 found = chunk_shard.query(request)
-            fused = best_first(found, limit) if len(legs) > 1 else found
+                if len(legs) > 1:
+                    fused = _read_winners(chunk_shard, found, limit)
+            if fused is None:
+                fused = found
         points = fused
         if mmr:
             points = _mmr_points(points, top_k, options.mmr_lambda)
@@ -576,12 +581,7 @@ class EdgeVectorStore:
                 _Candidate(point_id, score)
                 for point_id, score in engine_rrf([dense, list(keyword_leg.ranking)], RRF_K)
             ]
-            best = best_first(fused, limit)
-            records = chunk_shard.retrieve(
-                [c.id for c in best], with_payload=True, with_vector=[DENSE]
-            )
-        by_id = {str(record.id): record for record in records}
-        return [_Candidate(c.id, c.score, by_id[c.id].payload, by_id[c.id].vector) for c in best]
+            return _read_winners(chunk_shard, fused, limit)
 
     def _legs(
         self,
@@ -984,6 +984,24 @@ class _Candidate:
     score: float
     payload: Mapping[str, Any] | None = None
     vector: Any = None
+
+
+def _read_winners(
+    chunk_shard: EdgeShard, fused: Sequence[ScoredPoint | _Candidate], limit: int
+) -> list[_Candidate]:
+    """The `limit` best of `fused` (ids and scores), with their payloads and
+    dense vectors read from `chunk_shard`: only the winners are read, because
+    reading the whole union of the legs costs more than both legs' queries.
+    Call under the read lock that covered the query, so both see one snapshot."""
+    best = best_first(fused, limit)
+    records = chunk_shard.retrieve(
+        [str(point.id) for point in best], with_payload=True, with_vector=[DENSE]
+    )
+    by_id = {str(record.id): record for record in records}
+    return [
+        _Candidate(str(p.id), float(p.score), by_id[str(p.id)].payload, by_id[str(p.id)].vector)
+        for p in best
+    ]
 
 
 def _vectors(dense: list[float], title: str, text: str) -> dict[str, Any]:
