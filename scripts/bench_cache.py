@@ -36,7 +36,7 @@ each retrieval mode costs, measured in one run on one machine.
    use an asyncio client, as the query service does (a synchronous client
    feeds a stream from another thread, which costs more).
 4. Misses through the gateway with the query service's keyword leg run ahead
-   (`RAG_QUERY_SEARCH_AHEAD=true`) and without (the default), the query service
+   (`RAG_QUERY_SEARCH_AHEAD=true`, the default) and without, the query service
    restarted with each setting in turn, in alternating rounds, with the
    embedding cache off (each question embedded as a new one is).
 
@@ -434,6 +434,10 @@ def report(
     ahead: dict[bool, list[float]],
     top_k: int,
 ) -> str:
+    on_by_default = QuerySettings().query_search_ahead
+    default = {
+        setting: " (default)" if setting == on_by_default else "" for setting in (True, False)
+    }
     return "\n".join(
         [
             f"Measured {dt.date.today():%Y-%m-%d} on {pyplatform.machine()}, "
@@ -493,8 +497,10 @@ def report(
             "",
             "| miss | p50 | p95 |",
             "|---|---|---|",
-            row("keyword leg run ahead, while the question is embedded", ahead[True]),
-            row("one `Search` once the question is embedded (default)", ahead[False]),
+            row(
+                f"keyword leg run ahead, while the question is embedded{default[True]}", ahead[True]
+            ),
+            row(f"one `Search` once the question is embedded{default[False]}", ahead[False]),
             "",
             "Ahead / one call at p50: "
             f"{percentile(ahead[True], 50) / percentile(ahead[False], 50):.3f}.",

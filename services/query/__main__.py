@@ -21,12 +21,12 @@ class QuerySettings(PlatformSettings):
     query_default_top_k: int = Field(default=3, ge=1, description="Chunks retrieved per question.")
     query_max_top_k: int = Field(default=20, ge=1, description="Largest top_k a caller may ask.")
     query_search_ahead: bool = Field(
-        default=False,
+        default=True,
         description=(
             "Send a hybrid search before the question is embedded (SearchAhead), so its "
-            "keyword leg runs while the question is embedded; off by default: on a machine "
-            "where the embedding model shares the CPUs, misses measured slower with it "
-            "(docs/retrieval.md)."
+            "keyword leg runs while the question is embedded. Turn it off where every "
+            "service shares two cores: the leg then takes CPU from the embedding model and "
+            "measured no faster (docs/retrieval.md)."
         ),
     )
     query_max_question_chars: int = Field(

@@ -41,9 +41,6 @@ TEST_ENV = {
     "RAG_GATEWAY_PORT": "52180",
     "RAG_INGESTION_MAX_DOCUMENT_BYTES": str(MAX_DOCUMENT_BYTES),
     "RAG_DRAIN_SECONDS": "2",
-    # The shared platform sends hybrid searches ahead of the vector (off by
-    # default; the other platforms of the suite cover the default path).
-    "RAG_QUERY_SEARCH_AHEAD": "true",
 }
 
 

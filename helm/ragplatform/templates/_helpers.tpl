@@ -199,6 +199,11 @@ true
 {{- $_ := set $env "RAG_VECTOR_SEARCH_DEPLOYED_INDEX_ID" $v.backends.retrieval.vertex.deployedIndexId -}}
 {{- end }}
 {{- end }}
+{{- if eq .component "query" }}
+{{- /* Only the embedded engine runs a keyword leg ahead; the Qdrant and Vertex
+       backends run both legs in one request, so a SearchAhead stream gains nothing. */}}
+{{- $_ := set $env "RAG_QUERY_SEARCH_AHEAD" (eq $v.backends.retrieval.backend "edge") -}}
+{{- end }}
 {{- if eq .component "generation" }}
 {{- $g := $v.backends.generation }}
 {{- $_ := set $env "RAG_GENERATION_SIMPLE_CHAIN" $g.simpleChain -}}
