@@ -36,13 +36,14 @@ each retrieval mode costs, measured in one run on one machine.
    use an asyncio client, as the query service does (a synchronous client
    feeds a stream from another thread, which costs more).
 4. Misses through the gateway with the query service's keyword leg run ahead
-   (`RAG_QUERY_SEARCH_AHEAD=true`, the default) and without, the query service
+   (`RAG_QUERY_SEARCH_AHEAD=on`) and off, the query service
    restarted with each setting in turn, in alternating rounds, with the
    embedding cache off (each question embedded as a new one is).
 
 The figures go between the `cache-bench:` markers of the file given to `--write`.
 
-Usage: `python -m scripts.bench_cache [--docs N] [--questions N] [--write docs/caching.md]`.
+Usage: `python -m scripts.bench_cache [--docs N] [--questions N] [--write docs/caching.md]`;
+`--ahead-only` runs step 4 alone (after the indexing) and prints its table.
 """
 
 import argparse
@@ -337,7 +338,7 @@ def measure_misses_ahead(platform: Platform, claims: Sequence[str]) -> dict[bool
     for round_number in range(AHEAD_ROUNDS):
         order = (True, False) if round_number % 2 == 0 else (False, True)
         for ahead in order:
-            platform.env["RAG_QUERY_SEARCH_AHEAD"] = str(ahead).lower()
+            platform.env["RAG_QUERY_SEARCH_AHEAD"] = "on" if ahead else "off"
             platform.restart("query")
             with closing(GatewayClient(platform.address("gateway"))) as gateway:
                 for claim in claims[:10]:
@@ -434,14 +435,10 @@ def report(
     ahead: dict[bool, list[float]],
     top_k: int,
 ) -> str:
-    on_by_default = QuerySettings().query_search_ahead
-    default = {
-        setting: " (default)" if setting == on_by_default else "" for setting in (True, False)
-    }
     return "\n".join(
         [
             f"Measured {dt.date.today():%Y-%m-%d} on {pyplatform.machine()}, "
-            f"{os.cpu_count()} CPUs, Python {pyplatform.python_version()}: {documents} "
+            f"{cores()} CPUs, Python {pyplatform.python_version()}: {documents} "
             f"SciFact abstracts indexed; {len(asks.answered)} claims answered (of "
             f"{asks.asked} asked; declined answers are not cached), each asked as a miss "
             "then at once as a hit, one at a time; then, after a restart of the retrieval "
@@ -490,22 +487,36 @@ def report(
             "|---|---|---|",
             *(row(name, values) for name, values in searches.items()),
             "",
-            "Misses through the gateway with the keyword leg run ahead "
-            "(`RAG_QUERY_SEARCH_AHEAD`) and without, the query service restarted with "
-            f"each in turn, {AHEAD_ROUNDS} alternating rounds of every claim, every "
-            "question embedded afresh (the embedding cache off, as for a new question):",
-            "",
-            "| miss | p50 | p95 |",
-            "|---|---|---|",
-            row(
-                f"keyword leg run ahead, while the question is embedded{default[True]}", ahead[True]
-            ),
-            row(f"one `Search` once the question is embedded{default[False]}", ahead[False]),
-            "",
-            "Ahead / one call at p50: "
-            f"{percentile(ahead[True], 50) / percentile(ahead[False], 50):.3f}.",
+            *ahead_section(ahead),
         ]
     )
+
+
+def cores() -> int:
+    """The CPUs this process may run on (what `taskset` leaves it)."""
+    return len(os.sched_getaffinity(0))
+
+
+def ahead_section(ahead: dict[bool, list[float]]) -> list[str]:
+    """The A/B of misses with the keyword leg run ahead and without."""
+    on_by_default = QuerySettings().search_ahead()  # auto, as resolved on this machine
+    default = {
+        setting: " (default)" if setting == on_by_default else "" for setting in (True, False)
+    }
+    return [
+        "Misses through the gateway with the keyword leg run ahead "
+        "(`RAG_QUERY_SEARCH_AHEAD`) and without, the query service restarted with "
+        f"each in turn, {AHEAD_ROUNDS} alternating rounds of every claim, every "
+        "question embedded afresh (the embedding cache off, as for a new question):",
+        "",
+        "| miss | p50 | p95 |",
+        "|---|---|---|",
+        row(f"keyword leg run ahead, while the question is embedded{default[True]}", ahead[True]),
+        row(f"one `Search` once the question is embedded{default[False]}", ahead[False]),
+        "",
+        "Ahead / one call at p50: "
+        f"{percentile(ahead[True], 50) / percentile(ahead[False], 50):.3f}.",
+    ]
 
 
 def write(path: Path, text: str) -> None:
@@ -521,6 +532,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--docs", type=int, default=300, help="abstracts to index (300)")
     parser.add_argument("--questions", type=int, default=100, help="answered claims (100)")
     parser.add_argument("--write", type=Path, help="put the figures into this Markdown file")
+    parser.add_argument(
+        "--ahead-only",
+        action="store_true",
+        help="only the misses with the keyword leg run ahead and without (printed, not written)",
+    )
     args = parser.parse_args(argv)
     if not (REPO / SCIFACT / "corpus.jsonl").exists():
         print(f"SciFact not found at {SCIFACT} (relative to {REPO})", file=sys.stderr)
@@ -533,6 +549,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"starting the platform; {len(abstracts)} abstracts, {len(claims)} candidate claims")
     with Platform(data, env=BENCH_ENV) as platform:
         documents = ingest(platform, BENCH_DIR / "scifact")
+        if args.ahead_only:
+            with closing(GatewayClient(platform.address("gateway"))) as gateway:
+                answered = [c for c in claims if not post_ask(gateway, c, bypass=True)["declined"]]
+            ahead = measure_misses_ahead(platform, answered[: args.questions])
+            print(f"{cores()} CPUs", *ahead_section(ahead), sep="\n")
+            return 0
         say(f"{documents} documents indexed; asking through the gateway")
         asks = measure_asks(platform, claims, args.questions)
         say("searching in each mode")

@@ -1,8 +1,11 @@
 """Run the query service: `python -m services.query`."""
 
+import logging
+import os
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ragplatform.v1 import debug_pb2, debug_pb2_grpc, query_pb2, query_pb2_grpc
 from services.query.answer_cache import EXACT_CACHE, AnswerCache, SemanticIndex
@@ -14,19 +17,30 @@ from services.runtime.clients import PlatformClients
 from services.runtime.server import Service, ServiceBinding, run
 from services.runtime.settings import PlatformSettings
 
+log = logging.getLogger(__name__)
+
+
+AUTO_AHEAD_MIN_CPUS = 8
+"""CPUs from which `RAG_QUERY_SEARCH_AHEAD=auto` runs the keyword leg ahead. It
+measured faster on 16 and slower on 2 (docs/retrieval.md); between them it is
+unmeasured, and the loss on 2 CPUs was larger than the gain on 16, so auto
+asks for plenty of spare cores."""
+_BOOLEAN_WORDS = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}
+
 
 class QuerySettings(PlatformSettings):
     """Query service settings (env prefix RAG_)."""
 
     query_default_top_k: int = Field(default=3, ge=1, description="Chunks retrieved per question.")
     query_max_top_k: int = Field(default=20, ge=1, description="Largest top_k a caller may ask.")
-    query_search_ahead: bool = Field(
-        default=True,
+    query_search_ahead: Literal["auto", "on", "off"] = Field(
+        default="auto",
         description=(
             "Send a hybrid search before the question is embedded (SearchAhead), so its "
-            "keyword leg runs while the question is embedded. Turn it off where every "
-            "service shares two cores: the leg then takes CPU from the embedding model and "
-            "measured no faster (docs/retrieval.md)."
+            "keyword leg runs while the question is embedded. auto: on where this process "
+            f"may use {AUTO_AHEAD_MIN_CPUS} CPUs or more (misses measured 3 % faster with it "
+            "on 16 CPUs, 5-8 % slower on 2, where the leg takes CPU from the embedding "
+            "model: docs/retrieval.md); true/false are read as on/off."
         ),
     )
     query_max_question_chars: int = Field(
@@ -85,6 +99,22 @@ class QuerySettings(PlatformSettings):
         default=1000, ge=1, description="Questions the semantic cache keeps per tenant (LRU)."
     )
 
+    @field_validator("query_search_ahead", mode="before")
+    @classmethod
+    def _on_or_off(cls, value: object) -> object:
+        """Booleans (and their spellings in the environment) as on/off."""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str) and value.strip().lower() in _BOOLEAN_WORDS:
+            return _BOOLEAN_WORDS[value.strip().lower()]
+        return value
+
+    def search_ahead(self) -> bool:
+        """Whether to run the keyword leg ahead (`query_search_ahead`, auto resolved)."""
+        if self.query_search_ahead == "auto":
+            return len(os.sched_getaffinity(0)) >= AUTO_AHEAD_MIN_CPUS
+        return self.query_search_ahead == "on"
+
 
 def build_answer_cache(settings: QuerySettings, clients: PlatformClients) -> AnswerCache | None:
     """The answer cache the settings ask for, or None."""
@@ -121,13 +151,17 @@ def main() -> None:
             else None
         )
         answers = build_answer_cache(settings, clients)
+        search_ahead = settings.search_ahead()
+        log.info(
+            "keyword leg ahead of the vector: %s",
+            "on" if search_ahead else "off",
+            extra={"setting": settings.query_search_ahead, "cpus": len(os.sched_getaffinity(0))},
+        )
         bindings = [
             ServiceBinding(
                 query_pb2_grpc.add_QueryServiceServicer_to_server,
                 QueryServicer(
-                    QueryPipeline(
-                        clients, limits, answers, search_ahead=settings.query_search_ahead
-                    ),
+                    QueryPipeline(clients, limits, answers, search_ahead=search_ahead),
                     requests,
                 ),
                 query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name,

@@ -140,9 +140,9 @@ def on_redis(
         "RAG_REDIS_URL": redis_server.url,
         "RAG_SEMANTIC_CACHE_ENABLED": "true",
         "RAG_ANSWER_CACHE_LEASE_SESSION": "false",  # timed leases, the path without a session
-        # One Search once the question is embedded: the suite's other platforms
-        # send hybrid searches ahead of the vector (the default).
-        "RAG_QUERY_SEARCH_AHEAD": "false",
+        # One Search once the question is embedded; the shared platform sends
+        # hybrid searches ahead of the vector.
+        "RAG_QUERY_SEARCH_AHEAD": "off",
     }
     with Platform(tmp_path_factory.mktemp("caching-redis"), env=env) as platform:
         stubs = Stubs(platform)

@@ -200,9 +200,10 @@ true
 {{- end }}
 {{- end }}
 {{- if eq .component "query" }}
-{{- /* Only the embedded engine runs a keyword leg ahead; the Qdrant and Vertex
-       backends run both legs in one request, so a SearchAhead stream gains nothing. */}}
-{{- $_ := set $env "RAG_QUERY_SEARCH_AHEAD" (eq $v.backends.retrieval.backend "edge") -}}
+{{- /* On with the embedded engine: in a cluster the embedding runs in its own pods,
+       so the leg does not take its CPU. The Qdrant and Vertex backends run both legs
+       in one request, so a SearchAhead stream gains nothing there. */}}
+{{- $_ := set $env "RAG_QUERY_SEARCH_AHEAD" (ternary "on" "off" (eq $v.backends.retrieval.backend "edge")) -}}
 {{- end }}
 {{- if eq .component "generation" }}
 {{- $g := $v.backends.generation }}
