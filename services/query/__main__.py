@@ -39,8 +39,8 @@ class QuerySettings(PlatformSettings):
             "Send a hybrid search before the question is embedded (SearchAhead), so its "
             "keyword leg runs while the question is embedded. auto: on where this process "
             f"may use {AUTO_AHEAD_MIN_CPUS} CPUs or more (misses measured 3 % faster with it "
-            "on 16 CPUs, 5-8 % slower on 2, where the leg takes CPU from the embedding "
-            "model: docs/retrieval.md); true/false are read as on/off."
+            "on 16 CPUs; 4-13 % slower on 2 in five runs of six, where the leg takes CPU "
+            "from the embedding model: docs/retrieval.md); true/false are read as on/off."
         ),
     )
     query_max_question_chars: int = Field(
