@@ -51,7 +51,6 @@ import asyncio
 import datetime as dt
 import http.client
 import json
-import os
 import platform as pyplatform
 import re
 import shutil
@@ -83,6 +82,7 @@ from scripts.bench import SCIFACT, percentile, say
 from services.cli.supervisor import Platform, metrics_url
 from services.common.tenancy import DEFAULT_TENANT
 from services.query.__main__ import QuerySettings
+from services.runtime.settings import usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO / ".bench" / "cache"
@@ -438,7 +438,7 @@ def report(
     return "\n".join(
         [
             f"Measured {dt.date.today():%Y-%m-%d} on {pyplatform.machine()}, "
-            f"{cores()} CPUs, Python {pyplatform.python_version()}: {documents} "
+            f"{usable_cpus()} CPUs, Python {pyplatform.python_version()}: {documents} "
             f"SciFact abstracts indexed; {len(asks.answered)} claims answered (of "
             f"{asks.asked} asked; declined answers are not cached), each asked as a miss "
             "then at once as a hit, one at a time; then, after a restart of the retrieval "
@@ -490,11 +490,6 @@ def report(
             *ahead_section(ahead),
         ]
     )
-
-
-def cores() -> int:
-    """The CPUs this process may run on (what `taskset` leaves it)."""
-    return len(os.sched_getaffinity(0))
 
 
 def ahead_section(ahead: dict[bool, list[float]]) -> list[str]:
@@ -553,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with closing(GatewayClient(platform.address("gateway"))) as gateway:
                 answered = [c for c in claims if not post_ask(gateway, c, bypass=True)["declined"]]
             ahead = measure_misses_ahead(platform, answered[: args.questions])
-            print(f"{cores()} CPUs", *ahead_section(ahead), sep="\n")
+            print(f"{usable_cpus()} CPUs", *ahead_section(ahead), sep="\n")
             return 0
         say(f"{documents} documents indexed; asking through the gateway")
         asks = measure_asks(platform, claims, args.questions)

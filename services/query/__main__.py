@@ -1,7 +1,6 @@
 """Run the query service: `python -m services.query`."""
 
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
@@ -15,7 +14,7 @@ from services.query.servicer import QueryServicer
 from services.runtime.cache import build_cache
 from services.runtime.clients import PlatformClients
 from services.runtime.server import Service, ServiceBinding, run
-from services.runtime.settings import PlatformSettings
+from services.runtime.settings import PlatformSettings, usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +111,7 @@ class QuerySettings(PlatformSettings):
     def search_ahead(self) -> bool:
         """Whether to run the keyword leg ahead (`query_search_ahead`, auto resolved)."""
         if self.query_search_ahead == "auto":
-            return len(os.sched_getaffinity(0)) >= AUTO_AHEAD_MIN_CPUS
+            return usable_cpus() >= AUTO_AHEAD_MIN_CPUS
         return self.query_search_ahead == "on"
 
 
@@ -155,7 +154,7 @@ def main() -> None:
         log.info(
             "keyword leg ahead of the vector: %s",
             "on" if search_ahead else "off",
-            extra={"setting": settings.query_search_ahead, "cpus": len(os.sched_getaffinity(0))},
+            extra={"setting": settings.query_search_ahead, "cpus": usable_cpus()},
         )
         bindings = [
             ServiceBinding(

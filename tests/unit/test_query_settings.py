@@ -4,8 +4,8 @@ runs the keyword leg ahead only where the process has plenty of CPUs."""
 import pytest
 from pydantic import ValidationError
 
-from services.query import __main__ as query_main
 from services.query.__main__ import AUTO_AHEAD_MIN_CPUS, QuerySettings
+from services.runtime import settings as runtime_settings
 
 
 @pytest.mark.parametrize(
@@ -38,7 +38,7 @@ def test_auto_follows_the_cpus_the_process_may_use(
     monkeypatch: pytest.MonkeyPatch, cpus: int, ahead: bool
 ) -> None:
     monkeypatch.delenv("RAG_QUERY_SEARCH_AHEAD", raising=False)
-    monkeypatch.setattr(query_main.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    monkeypatch.setattr(runtime_settings.os, "sched_getaffinity", lambda pid: set(range(cpus)))
     assert QuerySettings().search_ahead() is ahead
 
 
@@ -48,6 +48,14 @@ def test_on_and_off_ignore_the_cpus(
 ) -> None:
     monkeypatch.setenv("RAG_QUERY_SEARCH_AHEAD", value)
     monkeypatch.setattr(
-        query_main.os, "sched_getaffinity", lambda pid: set(range(64 if not ahead else 1))
+        runtime_settings.os, "sched_getaffinity", lambda pid: set(range(64 if not ahead else 1))
     )
     assert QuerySettings().search_ahead() is ahead
+
+
+def test_without_an_affinity_the_machines_cpus_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS has no sched_getaffinity: auto then counts the machine's CPUs."""
+    monkeypatch.delattr(runtime_settings.os, "sched_getaffinity")
+    monkeypatch.setattr(runtime_settings.os, "cpu_count", lambda: AUTO_AHEAD_MIN_CPUS)
+    monkeypatch.delenv("RAG_QUERY_SEARCH_AHEAD", raising=False)
+    assert QuerySettings().search_ahead() is True
