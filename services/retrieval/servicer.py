@@ -305,16 +305,20 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         context: aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[retrieval_pb2.WatchLeasesResponse]:
         """One lease session per stream: the holder's messages are followed in a
-        task, the session's events are sent from here until it ends."""
+        task, the session's events are sent from here until it ends.
+
+        The opening keep-alive is read before anything is refused: a holder's
+        write that crosses the refusal fails in grpc with INTERNAL, which would
+        hide the status (FAILED_PRECONDITION tells the holder to stop asking)."""
+        steps = aiter(request_iterator)
+        first = await anext(steps, None)
+        if first is None or first.WhichOneof("kind") != "keep_alive":
+            raise InvalidInputError("a WatchLeases stream begins with a keep_alive")
         if not self._leases.sessions_enabled:
             raise FailedPreconditionError(
                 "this retrieval service grants no lease sessions (backend qdrant, or "
                 "RAG_RETRIEVAL_LEASE_SESSION_SECONDS=0)"
             )
-        steps = aiter(request_iterator)
-        first = await anext(steps, None)
-        if first is None or first.WhichOneof("kind") != "keep_alive":
-            raise InvalidInputError("a WatchLeases stream begins with a keep_alive")
         session = await self._leases.open_session()
         holder = asyncio.create_task(_follow_holder(steps, session))
         try:

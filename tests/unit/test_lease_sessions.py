@@ -386,6 +386,16 @@ async def test_a_stream_that_ends_without_a_release_is_waited_out(tmp_path: Path
             await clients.close()
 
 
+async def held_open(
+    messages: list[retrieval_pb2.WatchLeasesRequest],
+) -> AsyncIterator[retrieval_pb2.WatchLeasesRequest]:
+    """`messages`, then the stream kept open, as a holder keeps it: a half-close
+    crossing the service's refusal would fail in grpc with INTERNAL instead."""
+    for message in messages:
+        yield message
+    await asyncio.Event().wait()
+
+
 async def test_watch_leases_refuses_without_sessions_and_checks_its_first_message(
     tmp_path: Path,
 ) -> None:
@@ -405,7 +415,7 @@ async def test_watch_leases_refuses_without_sessions_and_checks_its_first_messag
                 aio.insecure_channel(address) as channel,
             ):
                 call = retrieval_pb2_grpc.RetrievalServiceStub(channel).WatchLeases(
-                    iter(messages), timeout=10
+                    held_open(messages), timeout=10
                 )
                 with pytest.raises(aio.AioRpcError) as failure:
                     async for _ in call:
