@@ -19,7 +19,8 @@ top score or empty results tell retrieval (or ingestion) is why answers decline.
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any
+from contextlib import suppress
+from typing import Any, NoReturn
 
 from grpc import aio
 from prometheus_client import Histogram
@@ -82,6 +83,23 @@ def _settle(task: "asyncio.Task[Any]") -> None:
         task.cancel()
     elif not task.cancelled():
         task.exception()
+
+
+REFUSAL_DRAIN_MESSAGES = 3
+REFUSAL_DRAIN_SECONDS = 1.0
+
+
+async def _refuse_after_the_stream(steps: AsyncIterator[Any], error: Exception) -> NoReturn:
+    """Raise `error` once the client has finished writing (its half-close, or at
+    most REFUSAL_DRAIN_MESSAGES more messages or REFUSAL_DRAIN_SECONDS): a client
+    write that crosses the refusal fails in grpc.aio with INTERNAL, which would
+    replace the status that names the problem."""
+    with suppress(Exception):
+        async with asyncio.timeout(REFUSAL_DRAIN_SECONDS):
+            for _ in range(REFUSAL_DRAIN_MESSAGES):
+                if await anext(steps, None) is None:
+                    break
+    raise error
 
 
 def _lister(request: retrieval_pb2.ListDocumentsRequest) -> tuple[str, tuple[str, ...] | None]:
@@ -218,8 +236,17 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         context: aio.ServicerContext[Any, Any],
     ) -> retrieval_pb2.SearchAheadResponse:
         """The keyword leg runs (in a worker thread) while the vector is awaited;
-        the search starts on the vector, while the stream's end is awaited."""
+        the search starts on the vector, while the stream's end is awaited.
+        A refusal waits for the rest of the stream (`_refuse_after_the_stream`)."""
         steps = aiter(request_iterator)
+        try:
+            return await self._search_ahead(steps)
+        except InvalidInputError as error:
+            await _refuse_after_the_stream(steps, error)
+
+    async def _search_ahead(
+        self, steps: AsyncIterator[retrieval_pb2.SearchAheadRequest]
+    ) -> retrieval_pb2.SearchAheadResponse:
         first = await anext(steps, None)
         if first is None or not first.HasField("search"):
             raise InvalidInputError("a SearchAhead stream must begin with its search")
