@@ -991,8 +991,9 @@ def _read_winners(
 ) -> list[_Candidate]:
     """The `limit` best of `fused` (ids and scores), with their payloads and
     dense vectors read from `chunk_shard`: only the winners are read, because
-    reading the whole union of the legs costs more than both legs' queries.
-    Call under the read lock that covered the query, so both see one snapshot."""
+    reading those of the legs' whole union took about a third of a hybrid
+    search. Call under the read lock that covered the query, so both see one
+    snapshot."""
     best = best_first(fused, limit)
     records = chunk_shard.retrieve(
         [str(point.id) for point in best], with_payload=True, with_vector=[DENSE]
