@@ -1,10 +1,8 @@
 """Run the query service: `python -m services.query`."""
 
-import logging
 from collections.abc import Awaitable, Callable
-from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ragplatform.v1 import debug_pb2, debug_pb2_grpc, query_pb2, query_pb2_grpc
 from services.query.answer_cache import EXACT_CACHE, AnswerCache, SemanticIndex
@@ -14,17 +12,7 @@ from services.query.servicer import QueryServicer
 from services.runtime.cache import build_cache
 from services.runtime.clients import PlatformClients
 from services.runtime.server import Service, ServiceBinding, run
-from services.runtime.settings import PlatformSettings, usable_cpus
-
-log = logging.getLogger(__name__)
-
-
-AUTO_AHEAD_MIN_CPUS = 8
-"""CPUs from which `RAG_QUERY_SEARCH_AHEAD=auto` runs the keyword leg ahead. It
-measured faster on 16 and slower on 2 (docs/retrieval.md); between them it is
-unmeasured, and the loss on 2 CPUs was larger than the gain on 16, so auto
-asks for plenty of spare cores."""
-_BOOLEAN_WORDS = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}
+from services.runtime.settings import PlatformSettings
 
 
 class QuerySettings(PlatformSettings):
@@ -32,16 +20,6 @@ class QuerySettings(PlatformSettings):
 
     query_default_top_k: int = Field(default=3, ge=1, description="Chunks retrieved per question.")
     query_max_top_k: int = Field(default=20, ge=1, description="Largest top_k a caller may ask.")
-    query_search_ahead: Literal["auto", "on", "off"] = Field(
-        default="auto",
-        description=(
-            "Send a hybrid search before the question is embedded (SearchAhead), so its "
-            "keyword leg runs while the question is embedded. auto: on where this process "
-            f"may use {AUTO_AHEAD_MIN_CPUS} CPUs or more (misses measured 3 % faster with it "
-            "on 16 CPUs; 4-13 % slower on 2 in five runs of six, where the leg takes CPU "
-            "from the embedding model: docs/retrieval.md); true/false are read as on/off."
-        ),
-    )
     query_max_question_chars: int = Field(
         default=2000, ge=1, description="Longest question accepted, in characters."
     )
@@ -65,14 +43,6 @@ class QuerySettings(PlatformSettings):
     )
     answer_cache_ttl_seconds: float = Field(
         default=3600.0, gt=0, description="Longest a cached answer is served."
-    )
-    answer_cache_lease_session: bool = Field(
-        default=True,
-        description=(
-            "Hold a lease session with the retrieval service (WatchLeases): the versions "
-            "of looked-up documents stay trusted until a write revokes them, so cache hits "
-            "check nothing remotely; off: timed leases only (docs/caching.md)."
-        ),
     )
     index_version: str = Field(
         default="",
@@ -98,22 +68,6 @@ class QuerySettings(PlatformSettings):
         default=1000, ge=1, description="Questions the semantic cache keeps per tenant (LRU)."
     )
 
-    @field_validator("query_search_ahead", mode="before")
-    @classmethod
-    def _on_or_off(cls, value: object) -> object:
-        """Booleans (and their spellings in the environment) as on/off."""
-        if isinstance(value, bool):
-            return "on" if value else "off"
-        if isinstance(value, str) and value.strip().lower() in _BOOLEAN_WORDS:
-            return _BOOLEAN_WORDS[value.strip().lower()]
-        return value
-
-    def search_ahead(self) -> bool:
-        """Whether to run the keyword leg ahead (`query_search_ahead`, auto resolved)."""
-        if self.query_search_ahead == "auto":
-            return usable_cpus() >= AUTO_AHEAD_MIN_CPUS
-        return self.query_search_ahead == "on"
-
 
 def build_answer_cache(settings: QuerySettings, clients: PlatformClients) -> AnswerCache | None:
     """The answer cache the settings ask for, or None."""
@@ -130,7 +84,6 @@ def build_answer_cache(settings: QuerySettings, clients: PlatformClients) -> Ans
         ttl_seconds=settings.answer_cache_ttl_seconds,
         index_label=settings.index_version,
         semantic=semantic,
-        lease_session=settings.answer_cache_lease_session,
     )
 
 
@@ -150,17 +103,11 @@ def main() -> None:
             else None
         )
         answers = build_answer_cache(settings, clients)
-        search_ahead = settings.search_ahead()
-        log.info(
-            "keyword leg ahead of the vector: %s",
-            "on" if search_ahead else "off",
-            extra={"setting": settings.query_search_ahead, "cpus": usable_cpus()},
-        )
         bindings = [
             ServiceBinding(
                 query_pb2_grpc.add_QueryServiceServicer_to_server,
                 QueryServicer(
-                    QueryPipeline(clients, limits, answers, search_ahead=search_ahead),
+                    QueryPipeline(clients, limits, answers),
                     requests,
                 ),
                 query_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name,
@@ -173,7 +120,6 @@ def main() -> None:
         ]
         cleanups: list[Callable[[], Awaitable[None]]] = [clients.close]
         if answers is not None:
-            answers.start()
             cleanups.append(answers.close)
         return Service(bindings, cleanups=cleanups)
 

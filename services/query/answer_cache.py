@@ -13,13 +13,8 @@ when it was made, and the version (content SHA-256, indexed-at time, access
 labels) of every document it cites.
 
 Invalidation. A hit is served only after the cited documents' current versions,
-as the caller sees them, were found unchanged: read from the retrieval service
-(one LookupDocuments call for all of them), or taken from a read lease it
-granted with an earlier read (see services/retrieval/leases.py: a write to a
-leased document waits until the lease has expired or been revoked, so a leased
-version is current). Leases go to this process's lease session while it lives
-(services/query/lease_session.py), and then last until a write revokes them;
-without a session they are timed. Otherwise the entry is deleted and the
+as the caller sees them, were found unchanged: one LookupDocuments call to the
+retrieval service for all of them. Otherwise the entry is deleted and the
 question answered afresh. Nothing has to broadcast an update, so this holds in
 every deployment: any number of query replicas, the LRU or Redis, ingestion in
 another process. Declined answers and answers citing nothing are not cached:
@@ -47,8 +42,7 @@ import logging
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -58,8 +52,6 @@ from prometheus_client import Counter
 
 from ragplatform.v1 import common_pb2, embedding_pb2, query_pb2, retrieval_pb2
 from services.common.search import MAX_TOP_K
-from services.common.tenancy import may_see
-from services.query.lease_session import LEASE_MARGIN, LeaseSessionClient
 from services.runtime.cache import Cache
 from services.runtime.clients import PlatformClients
 from services.runtime.metrics import init_cache_series, record_cache_lookup
@@ -80,16 +72,11 @@ INDEX_INFO_SECONDS = 60.0
 a new model deployed behind the same address changes every key within a minute."""
 INVALIDATION_REASONS = ("changed", "deleted")
 
-MIN_LEASE_SWEEP = 1024
-
 VERSION_CHECKS = Counter(
     "rag_answer_cache_version_checks",
-    "Cited documents whose version a cache hit (or a stored answer) checked, by where "
-    "the version came from: a read lease held by this process, or the retrieval service.",
-    ["source"],
+    "Cited documents whose version a cache hit (or a stored answer) checked with the "
+    "retrieval service.",
 )
-for _source in ("lease", "retrieval"):
-    VERSION_CHECKS.labels(_source)
 
 INVALIDATIONS = Counter(
     "rag_cache_invalidations",
@@ -209,20 +196,6 @@ class DocumentVersion:
     @classmethod
     def of(cls, info: common_pb2.DocumentInfo) -> "DocumentVersion":
         return cls(info.content_sha256, info.indexed_at_unix, tuple(sorted(info.access_labels)))
-
-
-@dataclass(frozen=True)
-class _Lease:
-    """A document version the retrieval service promised unchanged: until
-    `until` (this process's monotonic clock), or while `session` is this
-    process's valid lease session and no revocation has named the document."""
-
-    version: DocumentVersion
-    until: float = 0.0
-    session: str = ""
-
-    def holds(self, now: float, session: str) -> bool:
-        return self.session == session if self.session else now < self.until
 
 
 @dataclass(frozen=True)
@@ -354,7 +327,6 @@ class AnswerCache:
         ttl_seconds: float,
         index_label: str,
         semantic: SemanticIndex | None = None,
-        lease_session: bool = False,
     ) -> None:
         self._store = store
         self._clients = clients
@@ -363,10 +335,6 @@ class AnswerCache:
         self.semantic = semantic
         self._index_version = ""
         self._index_checked_at = -INDEX_INFO_SECONDS
-        self._leases: dict[tuple[str, str], _Lease] = {}
-        self._leases_swept_at = MIN_LEASE_SWEEP
-        self.session = LeaseSessionClient(clients, self._revoke) if lease_session else None
-        """Started by start(); without it, leases are timed."""
         caches = [EXACT_CACHE]
         if semantic is not None:
             caches.append(SEMANTIC_CACHE)
@@ -374,16 +342,6 @@ class AnswerCache:
         for cache in caches:
             for reason in INVALIDATION_REASONS:
                 INVALIDATIONS.labels(cache, reason)
-
-    def start(self) -> None:
-        """Open the lease session in the background (on the running loop)."""
-        if self.session is not None:
-            self.session.start()
-
-    def _revoke(self, tenant: str, document_ids: Sequence[str]) -> None:
-        """The retrieval service revoked these leases: a write is about to begin."""
-        for document_id in document_ids:
-            self._leases.pop((tenant, document_id), None)
 
     async def index_version(self) -> str | None:
         """Embedding model, dimension and RAG_INDEX_VERSION; None while the
@@ -405,66 +363,18 @@ class AnswerCache:
         self, caller: common_pb2.Caller, document_ids: Collection[str]
     ) -> dict[str, DocumentVersion | None]:
         """Current version of each document as `caller` sees it (None: not indexed,
-        or not visible to the caller): from a valid lease, else from one leased
-        LookupDocuments call for the rest.
+        or not visible to the caller), from one LookupDocuments call.
 
         Raises grpc.RpcError when the retrieval service cannot answer.
         """
-        current: dict[str, DocumentVersion | None] = {}
-        unknown = []
-        now = time.monotonic()
-        session = self.session.current() if self.session is not None else ""
-        for document_id in document_ids:
-            held = self._leases.get((caller.tenant, document_id))
-            if held is None or not held.holds(now, session):
-                unknown.append(document_id)
-            elif may_see(caller.access_labels, held.version.access_labels):
-                current[document_id] = held.version
-            else:
-                current[document_id] = None
-        VERSION_CHECKS.labels("lease").inc(len(current))
-        if not unknown:
-            return current
-        VERSION_CHECKS.labels("retrieval").inc(len(unknown))
-        sent = time.monotonic()
-        request = retrieval_pb2.LookupDocumentsRequest(
-            caller=caller, document_ids=unknown, lease=True, lease_session=session
+        VERSION_CHECKS.inc(len(document_ids))
+        reply = await self._clients.retrieval.LookupDocuments(
+            retrieval_pb2.LookupDocumentsRequest(caller=caller, document_ids=list(document_ids))
         )
-        with self._revocations() as revoked:
-            reply = await self._clients.retrieval.LookupDocuments(request)
-        current.update(dict.fromkeys(unknown))
-        # A session grant counts only if the session is still the one it names.
-        held_by = session if reply.session_lease and self._session_is(session) else ""
-        until = sent + reply.lease_seconds * LEASE_MARGIN
+        current: dict[str, DocumentVersion | None] = dict.fromkeys(document_ids)
         for document in reply.found:
-            version = DocumentVersion.of(document)
-            current[document.document_id] = version
-            key = (caller.tenant, document.document_id)
-            if (held_by or reply.lease_seconds > 0) and key not in revoked:
-                self._leases[key] = _Lease(version, until, held_by)
-        self._forget_expired_leases(now, session)
+            current[document.document_id] = DocumentVersion.of(document)
         return current
-
-    def _session_is(self, session: str) -> bool:
-        return self.session is not None and self.session.current() == session
-
-    @contextmanager
-    def _revocations(self) -> Iterator[set[tuple[str, str]]]:
-        """The documents whose leases are revoked while the block runs: a grant
-        in flight meanwhile may predate the write, and is not kept for them."""
-        if self.session is None:
-            yield set()
-            return
-        with self.session.watching() as revoked:
-            yield revoked
-
-    def _forget_expired_leases(self, now: float, session: str) -> None:
-        """Drop leases that no longer hold once the table has doubled since the
-        last sweep."""
-        if len(self._leases) < 2 * self._leases_swept_at:
-            return
-        self._leases = {k: v for k, v in self._leases.items() if v.holds(now, session)}
-        self._leases_swept_at = max(MIN_LEASE_SWEEP, len(self._leases))
 
     async def _valid(self, cache: str, key: str, scope: AnswerScope, entry: CachedAnswer) -> bool:
         """Whether every document `entry` cites is unchanged; a stale entry is deleted.
@@ -576,6 +486,4 @@ class AnswerCache:
             self.semantic.add(scope.tenant, scope.scope_id, key, vector, data, self._ttl_seconds)
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
         await self._store.close()

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from ragplatform.v1 import (
     common_pb2,
@@ -38,9 +38,6 @@ from services.runtime.clients import PlatformClients
 from services.runtime.convert import from_proto
 from services.runtime.errors import downstream
 from services.runtime.telemetry import stage_span
-
-MAYBE_HYBRID = (common_pb2.RETRIEVAL_MODE_HYBRID, common_pb2.RETRIEVAL_MODE_UNSPECIFIED)
-"""Modes whose search goes out before the query vector (see `_retrieve`)."""
 
 
 @dataclass(frozen=True)
@@ -152,16 +149,6 @@ def _served_from_cache(
     return response
 
 
-async def _send(call: Any, message: retrieval_pb2.SearchAheadRequest) -> None:
-    """Write to a SearchAhead stream; if the call has already ended (the retrieval
-    service was unreachable, say), raise its status, not grpc's InvalidStateError."""
-    try:
-        await call.write(message)
-    except asyncio.InvalidStateError:
-        await call  # raises the call's AioRpcError
-        raise
-
-
 class QueryPipeline:
     """Answers questions by calling the embedding, retrieval and generation services."""
 
@@ -170,13 +157,10 @@ class QueryPipeline:
         clients: PlatformClients,
         limits: QueryLimits,
         answers: AnswerCache | None = None,
-        *,
-        search_ahead: bool = False,
     ) -> None:
         self._clients = clients
         self._limits = limits
         self._answers = answers
-        self._search_ahead = search_ahead
 
     def _validated(self, params: AskParams) -> tuple[str, int]:
         """(question, top_k) of a well-formed request; raises InvalidInputError naming
@@ -197,19 +181,17 @@ class QueryPipeline:
         return question, top_k
 
     async def _retrieve(self, params: AskParams) -> tuple[str, _Retrieved]:
-        """Embed the question, then search with the vector (one Search call).
-
-        With `search_ahead`, a search that may be hybrid (asked for, or the
-        retrieval service's default) goes out first, through SearchAhead, so
-        that its keyword leg runs while the question is embedded; the vector
-        follows. Dense and keyword searches never do: a stream costs more than
-        it could save there. Stage "retrieve" is the time from the vector to
-        the results either way."""
+        """Embed the question, then search with its vector."""
         question, top_k = self._validated(params)
         started = time.perf_counter()
         timer = _Timer()
         settings = self._clients.settings
+        with timer.stage("embed"), downstream("embedding", settings.embedding_addr):
+            embedded = await self._clients.embedding.EmbedQueries(
+                embedding_pb2.EmbedQueriesRequest(texts=[question])
+            )
         search = retrieval_pb2.SearchRequest(
+            vector=embedded.vectors[0],
             top_k=top_k,
             filter=params.filter,
             query_text=question,
@@ -217,32 +199,8 @@ class QueryPipeline:
             mmr_lambda=params.mmr_lambda,
             caller=params.caller,
         )
-        ahead = self._search_ahead and params.retrieval_mode in MAYBE_HYBRID
-        call = None
-        if ahead:
-            with downstream("retrieval", settings.retrieval_addr):
-                call = self._clients.retrieval.SearchAhead()
-                await _send(call, retrieval_pb2.SearchAheadRequest(search=search))
-        try:
-            with timer.stage("embed"), downstream("embedding", settings.embedding_addr):
-                embedded = await self._clients.embedding.EmbedQueries(
-                    embedding_pb2.EmbedQueriesRequest(texts=[question])
-                )
-            vector = embedded.vectors[0]
-            with timer.stage("retrieve"), downstream("retrieval", settings.retrieval_addr):
-                if call is None:
-                    search.vector.CopyFrom(vector)
-                    results = list((await self._clients.retrieval.Search(search)).results)
-                else:
-                    await _send(call, retrieval_pb2.SearchAheadRequest(vector=vector))
-                    await call.done_writing()
-                    found: retrieval_pb2.SearchAheadResponse = await call
-                    results = list(found.results)
-                    # Only now: a queued write may still refer to the message.
-                    search.vector.CopyFrom(vector)
-        finally:
-            if call is not None:
-                call.cancel()  # no-op once it has finished; stops the search otherwise
+        with timer.stage("retrieve"), downstream("retrieval", settings.retrieval_addr):
+            results = list((await self._clients.retrieval.Search(search)).results)
         sources = [
             generation_pb2.Source(number=n, chunk=r.chunk, score=r.score)
             for n, r in enumerate(results, start=1)

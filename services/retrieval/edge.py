@@ -122,13 +122,12 @@ from qdrant_edge import (
 
 from services.common.errors import FailedPreconditionError, InvalidInputError, NotFoundError
 from services.common.tenancy import DEFAULT_TENANT, validate_tenant
-from services.retrieval.fusion import RRF_K, engine_rrf
+from services.retrieval.fusion import RRF_K
 from services.retrieval.mmr import mmr_order
 from services.retrieval.store import (
     DENSE_SEARCH,
     Caller,
     DocumentRecord,
-    KeywordLeg,
     RetrievalMode,
     SearchFilter,
     SearchHit,
@@ -453,7 +452,6 @@ class EdgeVectorStore:
         top_k: int,
         filter: SearchFilter,
         options: SearchOptions = DENSE_SEARCH,
-        keyword_leg: KeywordLeg | None = None,
         *,
         exact: bool | None = None,
     ) -> list[SearchHit]:
@@ -471,12 +469,6 @@ class EdgeVectorStore:
         `exact` overrides `HnswSettings.exact` for this call (evaluation, recall
         checks). The search width is max(ef, limit) because HNSW cannot return
         more results than candidates it keeps.
-
-        With a `keyword_leg` (see `keyword_leg`) only the dense leg runs here and
-        the two are fused in Python (`fusion.engine_rrf`: the engine's formula
-        in its 32-bit arithmetic, so scores and MMR choices match it exactly),
-        all under one read lock and only if nothing was written since the
-        keyword leg ran; otherwise the search runs as if no leg had been given.
         """
         validate_caller(caller)
         validate_filter(filter)
@@ -512,76 +504,17 @@ class EdgeVectorStore:
                 with_payload=False,
                 with_vector=False,
             )
-        fused: Sequence[ScoredPoint | _Candidate] | None = None
-        if keyword_leg is not None and len(legs) > 1:
-            if not keyword_leg.matches(caller, top_k, filter, options):
-                raise ValueError("keyword_leg was run for another search")
-            fused = self._fuse_with(keyword_leg, legs[0], engine_filter, limit)
-        if fused is None:
-            with self._lock.read():
-                chunk_shard, _ = self._require_open()
-                found = chunk_shard.query(request)
-                if len(legs) > 1:
-                    fused = _read_winners(chunk_shard, found, limit)
-            if fused is None:
-                fused = found
-        points = fused
+        points: Sequence[ScoredPoint | _Candidate]
+        with self._lock.read():
+            chunk_shard, _ = self._require_open()
+            points = chunk_shard.query(request)
+            if len(legs) > 1:
+                points = _read_winners(chunk_shard, points, limit)
         if mmr:
             points = _mmr_points(points, top_k, options.mmr_lambda)
         if query_vector is None:
             return [SearchHit(chunk_from_payload(p.payload or {}), float(p.score)) for p in points]
         return _cosine_hits(points, query_vector)
-
-    def keyword_leg(
-        self, caller: Caller, top_k: int, filter: SearchFilter, options: SearchOptions
-    ) -> KeywordLeg | None:
-        """Run the keyword leg of a hybrid search now (chunk ids only), so that it
-        overlaps the query's embedding; None for the other modes."""
-        if options.mode is not RetrievalMode.HYBRID:
-            return None
-        validate_caller(caller)
-        validate_filter(filter)
-        validate_top_k(top_k)
-        validate_search_options(options)
-        engine_filter = _engine_filter(caller, filter)
-        (leg,) = self._legs(None, options, candidate_count(top_k), engine_filter, None)
-        request = QueryRequest(
-            limit=leg.limit,
-            query=leg.query,
-            filter=engine_filter,
-            with_payload=False,
-            with_vector=False,
-        )
-        with self._lock.read():
-            chunk_shard, _ = self._require_open()
-            points = chunk_shard.query(request)
-            generation = self._applied
-        ranking = tuple(str(point.id) for point in points)
-        return KeywordLeg(caller, top_k, filter, options, ranking, generation)
-
-    def _fuse_with(
-        self, keyword_leg: KeywordLeg, dense_leg: Prefetch, engine_filter: Filter, limit: int
-    ) -> list[_Candidate] | None:
-        """The `limit` best chunks of the dense leg fused with `keyword_leg`,
-        with payloads and dense vectors; None if a write came in between."""
-        request = QueryRequest(
-            limit=dense_leg.limit,
-            query=dense_leg.query,
-            filter=engine_filter,
-            params=dense_leg.params,
-            with_payload=False,
-            with_vector=False,
-        )
-        with self._lock.read():
-            chunk_shard, _ = self._require_open()
-            if self._applied != keyword_leg.generation:
-                return None
-            dense = [str(point.id) for point in chunk_shard.query(request)]
-            fused = [
-                _Candidate(point_id, score)
-                for point_id, score in engine_rrf([dense, list(keyword_leg.ranking)], RRF_K)
-            ]
-            return _read_winners(chunk_shard, fused, limit)
 
     def _legs(
         self,

@@ -12,8 +12,6 @@ any score normalisation.
 from collections.abc import Hashable, Sequence
 from typing import TypeVar
 
-import numpy as np
-
 RRF_K = 60
 """The usual constant: large k flattens the bonus of the very top ranks."""
 
@@ -44,19 +42,3 @@ def rrf(
             seen.add(item)
             scores[item] = scores.get(item, 0.0) + weight / (k + rank)
     return sorted(scores.items(), key=lambda pair: -pair[1])
-
-
-def engine_rrf(rankings: Sequence[Sequence[Key]], k: float = RRF_K) -> list[tuple[Key, float]]:
-    """`rrf` in the embedded engine's arithmetic: 32-bit floats, summed in the
-    order of `rankings`, so that scores (and what MMR makes of them) are
-    bit-identical to the engine's own fusion of the same legs."""
-    scores: dict[Key, np.float32] = {}
-    for ranking in rankings:
-        seen: set[Key] = set()
-        for rank, item in enumerate(ranking):
-            if item in seen:
-                continue
-            seen.add(item)
-            weight = np.float32(1.0) / (np.float32(rank) + np.float32(k))
-            scores[item] = np.float32(scores.get(item, np.float32(0.0)) + weight)
-    return sorted(((item, float(score)) for item, score in scores.items()), key=lambda p: -p[1])

@@ -37,12 +37,12 @@ not. The design instead makes one registry point per document decide which
 chunk version is live, and makes searches check that nothing they depend on
 changed while they ran (optimistic reads, as in a seqlock):
 
-* Writer (replace or remove), holding the document's *lease* (below):
-  acquire the lease (the record becomes `busy`, its `version` still the old
+* Writer (replace or remove), holding the document's *claim* (below):
+  acquire the claim (the record becomes `busy`, its `version` still the old
   one) -> write a fresh token into the tenant's write-token point -> write the
   new chunks under a new version -> flip the record's `version` (and record
   fields) to the new one -> delete the document's chunks of every other
-  version -> release the lease. Removal flips the version to "" (no chunks)
+  version -> release the claim. Removal flips the version to "" (no chunks)
   and deletes the record at the end.
 * Reader (search): read the tenant's write token, then the tenant's busy
   records; run the query with each busy document *pinned* to its recorded
@@ -65,32 +65,17 @@ changed while they ran (optimistic reads, as in a seqlock):
   retry when a replacement in the same tenant begins during the query.
   Sustained ingestion into a tenant makes some searches retry; a search
   fails only if all `search_attempts` race a write.
-* Lease (one writer per document): acquiring is a conditional upsert of the
+* Claim (one writer per document): acquiring is a conditional upsert of the
   record (`update_filter`: unchanged `revision`, or insert when absent),
   then a read-back; later record writes are `set_payload` filtered on the
-  writer's token, so a writer that lost its lease changes nothing. A second
+  writer's token, so a writer that lost its claim changes nothing. A second
   writer waits up to `lock_wait_seconds` for the first to finish
   (FAILED_PRECONDITION after that). A writer that dies leaves its document
   busy: searches keep pinning it to the recorded (correct) version, and the
-  next writer takes the lease over once `lease_seconds` have passed since it
+  next writer takes the claim over once `claim_seconds` have passed since it
   was taken (wall clocks of the replicas must agree to well within that),
   deleting the dead writer's chunks. A writer gives up before flipping if
-  half the lease has passed, so a slow writer never flips after a takeover.
-
-Read leases (for the answer cache, `lookup_and_lease`): a record carries
-`read_lease_until`, a wall-clock time before which its document will not
-change. A leased lookup reads the records; if one is busy it grants nothing;
-it extends the lease of every record whose lease ends within half a duration,
-with a conditional upsert on the revision it read that also changes the
-revision, then reads them back; if one did not take (a writer took it
-meanwhile), it grants nothing. It grants until the earliest lease end. A
-writer, once it holds the document (so no lease is extended any more), sleeps
-until the `read_lease_until` of the record it took: that value is the last,
-since the take was conditional on the revision it read and every extension
-changes the revision. A lookup whose read preceded a write therefore either
-fails its extension or relies on a lease the writer waits for. The holder
-counts from when it sent the lookup and relies on 90 % of the lease, so the
-replicas' clocks may disagree by up to a tenth of the lease (0.2 s at 2 s).
+  half the claim has passed, so a slow writer never flips after a takeover.
 
 Stats are exact at rest; while a replacement runs, `chunk_count` includes
 the chunks being written or deleted.
@@ -149,13 +134,11 @@ from services.common.errors import (
 )
 from services.common.tenancy import validate_tenant
 from services.retrieval.fusion import RRF_K
-from services.retrieval.leases import LEASE_WAIT
 from services.retrieval.mmr import mmr_order
 from services.retrieval.store import (
     DENSE_SEARCH,
     Caller,
     DocumentRecord,
-    KeywordLeg,
     RetrievalMode,
     SearchFilter,
     SearchHit,
@@ -244,7 +227,7 @@ class QdrantTuning:
     """Scan exactly instead of HNSW (evaluation, or very small corpora)."""
     upsert_batch: int = 256
     """Chunk points per upsert request: bounds one request's size (384-d: ~0.5 MiB)."""
-    lease_seconds: float = 60.0
+    claim_seconds: float = 60.0
     """How long a document's writer may hold it before another may take over."""
     lock_wait_seconds: float = 10.0
     """How long a writer waits for another writer of the same document."""
@@ -259,8 +242,8 @@ class QdrantTuning:
         for name in ("hnsw_ef", "upsert_batch", "search_attempts", "replication_factor"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.lease_seconds > 0 or self.lock_wait_seconds < 0:
-            raise InvalidInputError("lease_seconds must be > 0 and lock_wait_seconds >= 0")
+        if not self.claim_seconds > 0 or self.lock_wait_seconds < 0:
+            raise InvalidInputError("claim_seconds must be > 0 and lock_wait_seconds >= 0")
 
 
 @dataclass(frozen=True)
@@ -273,7 +256,7 @@ class _Snapshot:
 
 
 @dataclass
-class _Lease:
+class _Claim:
     """A writer's hold on one document's record (see the module docstring)."""
 
     record_id: str
@@ -406,34 +389,26 @@ class QdrantServerStore:
             )
             for chunk, row in zip(chunks, rows, strict=True)
         ]
-        with self._lease(tenant, document_id) as lease:
+        with self._claim(tenant, document_id) as claim:
             self._change_token(tenant)
-            lease.version = version
+            claim.version = version
             with self._engine() as client:
                 for start in range(0, len(points), self._tuning.upsert_batch):
                     batch = points[start : start + self._tuning.upsert_batch]
                     client.upsert(self._chunks, batch, wait=True)
             deleted = 0
-            if lease.live_version:
+            if claim.live_version:
                 superseded = models.Filter(
                     must=[
                         *_document_conditions(tenant, document_id),
-                        _match("version", lease.live_version),
+                        _match("version", claim.live_version),
                     ],
                     must_not=[_match_any("chunk_id", new_ids)] if new_ids else None,
                 )
                 deleted = self._count(self._chunks, superseded)
             fields = {**record_payload(document), "version": version, "indexed": True}
-            self._flip(lease, fields)
+            self._flip(claim, fields)
         return len(points), deleted
-
-    def keyword_leg(
-        self, caller: Caller, top_k: int, filter: SearchFilter, options: SearchOptions
-    ) -> KeywordLeg | None:
-        """None: the server runs both legs of a hybrid search in one request, and
-        running the keyword leg first would cost a second round trip (and a second
-        snapshot check) for a leg the server runs beside the dense one anyway."""
-        return None
 
     def search(
         self,
@@ -442,7 +417,6 @@ class QdrantServerStore:
         top_k: int,
         filter: SearchFilter,
         options: SearchOptions = DENSE_SEARCH,
-        keyword_leg: KeywordLeg | None = None,
     ) -> list[SearchHit]:
         """Return up to `top_k` of the chunks `caller` may see, ranked as
         `options` says, best first.
@@ -505,63 +479,6 @@ class QdrantServerStore:
             return None
         return record_from_payload(payload)
 
-    def lookup_and_lease(
-        self, caller: Caller, document_ids: Sequence[str], seconds: float
-    ) -> tuple[list[DocumentRecord], float]:
-        """`lookup_documents` with a read lease on the found documents (see "Read
-        leases" in the module docstring): the records, and how long from now
-        every one of them is guaranteed unchanged (0.0 when one is being written,
-        or another replica's write took it meanwhile)."""
-        ids = validate_lookup(caller, document_ids)
-        with self._engine() as client:
-            found = client.retrieve(
-                self._registry, [_record_id(caller.tenant, d) for d in ids], with_payload=True
-            )
-        payloads = [dict(p.payload) for p in found if p.payload and p.payload.get("indexed")]
-        records = visible_records(caller, ids, [record_from_payload(p) for p in payloads])
-        visible = {record.document_id for record in records}
-        held = [p for p in payloads if p["document_id"] in visible]
-        if any(p.get("busy") for p in held):
-            return records, 0.0
-        now = time.time()
-        until = {p["document_id"]: float(p.get("read_lease_until", 0.0)) for p in held}
-        stale = [p for p in held if until[p["document_id"]] < now + seconds / 2]
-        if stale and not self._extend_read_leases(caller.tenant, stale, now + seconds):
-            return records, 0.0
-        for payload in stale:
-            until[payload["document_id"]] = now + seconds
-        return records, max(0.0, min(until.values(), default=now + seconds) - time.time())
-
-    def _extend_read_leases(
-        self, tenant: str, payloads: Sequence[dict[str, Any]], until: float
-    ) -> bool:
-        """Set `read_lease_until` on these records, each only if unchanged since it
-        was read (a new revision, so a writer that read it before retries and
-        sees the lease); whether every one took."""
-        revisions = {p["document_id"]: uuid.uuid4().hex for p in payloads}
-        points = [
-            models.PointStruct(
-                id=_record_id(tenant, p["document_id"]),
-                vector={},
-                payload={**p, "read_lease_until": until, "revision": revisions[p["document_id"]]},
-            )
-            for p in payloads
-        ]
-        # Revisions are unique random ids: "one of the revisions read" is, for each
-        # point, "the revision it had when read".
-        unchanged = _match_any("revision", [str(p["revision"]) for p in payloads])
-        with self._engine() as client:
-            client.upsert(
-                self._registry, points, wait=True, update_filter=models.Filter(must=[unchanged])
-            )
-            again = client.retrieve(
-                self._registry, [point.id for point in points], with_payload=True
-            )
-        taken = {
-            (p.payload or {}).get("document_id"): (p.payload or {}).get("revision") for p in again
-        }
-        return all(taken.get(d) == revision for d, revision in revisions.items())
-
     def lookup_documents(self, caller: Caller, document_ids: Sequence[str]) -> list[DocumentRecord]:
         """Return the caller's visible records of `document_ids`, in request order
         (one registry read; a document whose first replacement is under way does
@@ -621,12 +538,12 @@ class QdrantServerStore:
             self._chunks, of_document
         ):
             raise not_found  # nothing to lock: no writer has touched it
-        with self._lease(tenant, document_id) as lease:
+        with self._claim(tenant, document_id) as claim:
             deleted = self._count(self._chunks, of_document)
-            if not lease.indexed and not deleted:
+            if not claim.indexed and not deleted:
                 raise not_found
             self._change_token(tenant)
-            self._flip(lease, {"version": "", "indexed": False})
+            self._flip(claim, {"version": "", "indexed": False})
         return deleted
 
     def stats(self) -> StoreStats:
@@ -904,18 +821,18 @@ class QdrantServerStore:
                 f"chunk_id '{chunk_id}' already belongs to document '{owner}', not '{document_id}'"
             )
 
-    # -- the document lease ---------------------------------------------------
+    # -- the document claim ---------------------------------------------------
 
     @contextmanager
-    def _lease(self, tenant: str, document_id: str) -> Iterator[_Lease]:
-        """Hold the document's lease for the block, then `_release` it; if the
+    def _claim(self, tenant: str, document_id: str) -> Iterator[_Claim]:
+        """Hold the document's claim for the block, then `_release` it; if the
         block fails, `_abandon` it instead (and raise the block's error)."""
-        lease = self._acquire(tenant, document_id)
+        claim = self._acquire(tenant, document_id)
         try:
-            yield lease
+            yield claim
         except BaseException:
             try:
-                self._abandon(lease)
+                self._abandon(claim)
             except Exception:
                 log.exception(
                     "could not clean up after a failed write of document %r (tenant %r); it "
@@ -924,9 +841,9 @@ class QdrantServerStore:
                     tenant,
                 )
             raise
-        self._release(lease)
+        self._release(claim)
 
-    def _acquire(self, tenant: str, document_id: str) -> _Lease:
+    def _acquire(self, tenant: str, document_id: str) -> _Claim:
         record_id = _record_id(tenant, document_id)
         deadline = time.monotonic() + self._tuning.lock_wait_seconds
         pause = 0.005
@@ -935,7 +852,7 @@ class QdrantServerStore:
             now = time.time()
             free = current is None or not current.get("busy")
             expired = not free and float((current or {}).get("writer_since", 0.0)) < (
-                now - self._tuning.lease_seconds
+                now - self._tuning.claim_seconds
             )
             if free or expired:
                 token = uuid.uuid4().hex
@@ -964,12 +881,11 @@ class QdrantServerStore:
                 if (self._record(record_id) or {}).get("writer") == token:
                     if expired:
                         log.warning(
-                            "took over the expired lease of document %r (tenant %r)",
+                            "took over the expired claim of document %r (tenant %r)",
                             document_id,
                             tenant,
                         )
-                    _wait_for_read_leases(current)
-                    return _Lease(record_id, token, tenant, document_id, record=current)
+                    return _Claim(record_id, token, tenant, document_id, record=current)
             if time.monotonic() >= deadline:
                 raise FailedPreconditionError(
                     f"document '{document_id}' of tenant '{tenant}' is being changed by another "
@@ -978,85 +894,75 @@ class QdrantServerStore:
             time.sleep(pause)
             pause = min(pause * 2, 0.25)
 
-    def _flip(self, lease: _Lease, fields: Mapping[str, Any]) -> None:
+    def _flip(self, claim: _Claim, fields: Mapping[str, Any]) -> None:
         """Make `fields` (the new live version and record) visible in one point
-        write, if this writer still holds the lease; on return `lease.record` is
+        write, if this writer still holds the claim; on return `claim.record` is
         the new live state, so the release keeps only its chunks."""
-        if time.monotonic() - lease.started > self._tuning.lease_seconds / 2:
+        if time.monotonic() - claim.started > self._tuning.claim_seconds / 2:
             raise UnavailableError(
-                f"writing document '{lease.document_id}' took longer than half its lease "
-                f"({self._tuning.lease_seconds:g} s); nothing was changed, retry"
+                f"writing document '{claim.document_id}' took longer than half its claim "
+                f"({self._tuning.claim_seconds:g} s); nothing was changed, retry"
             )
         revision = uuid.uuid4().hex
-        self._set_record(lease, {**fields, "revision": revision})
-        current = self._record(lease.record_id) or {}
+        self._set_record(claim, {**fields, "revision": revision})
+        current = self._record(claim.record_id) or {}
         if current.get("revision") != revision:
             raise FailedPreconditionError(
-                f"document '{lease.document_id}' of tenant '{lease.tenant}' was taken over by "
-                "another writer after this one's lease expired; nothing was changed"
+                f"document '{claim.document_id}' of tenant '{claim.tenant}' was taken over by "
+                "another writer after this one's claim expired; nothing was changed"
             )
-        lease.record = current
+        claim.record = current
 
-    def _release(self, lease: _Lease) -> None:
+    def _release(self, claim: _Claim) -> None:
         """Delete the document's chunks of every version but the live one, then
         free the record, or delete it when no document is indexed under it."""
-        stale = models.Filter(must=_document_conditions(lease.tenant, lease.document_id))
-        if lease.live_version:
-            stale.must_not = [_match("version", lease.live_version)]
+        stale = models.Filter(must=_document_conditions(claim.tenant, claim.document_id))
+        if claim.live_version:
+            stale.must_not = [_match("version", claim.live_version)]
         self._delete(self._chunks, stale)
-        if lease.indexed:
-            self._set_record(lease, {"busy": False, "writer": "", "revision": uuid.uuid4().hex})
+        if claim.indexed:
+            self._set_record(claim, {"busy": False, "writer": "", "revision": uuid.uuid4().hex})
         else:
-            self._delete(self._registry, _held(lease))
+            self._delete(self._registry, _held(claim))
 
-    def _abandon(self, lease: _Lease) -> None:
+    def _abandon(self, claim: _Claim) -> None:
         """Clean up after a failed write, from the record as it is now.
 
         A failure may come after the flip reached the server (its read-back
         failed), so the live version is read again rather than assumed. While
-        the lease is held and young, `_release` restores "only the live version's
+        the claim is held and young, `_release` restores "only the live version's
         chunks". Otherwise another writer may hold the document: delete only
         this writer's own chunks, and only if they are not live; whatever is
         left is the next writer's to clean, and searches pin the document meanwhile.
         """
-        current = self._record(lease.record_id)
-        held = current is not None and current.get("writer") == lease.token
-        if held and time.monotonic() - lease.started < self._tuning.lease_seconds / 2:
-            lease.record = current
-            self._release(lease)
-        elif lease.version and (current or {}).get("version") != lease.version:
+        current = self._record(claim.record_id)
+        held = current is not None and current.get("writer") == claim.token
+        if held and time.monotonic() - claim.started < self._tuning.claim_seconds / 2:
+            claim.record = current
+            self._release(claim)
+        elif claim.version and (current or {}).get("version") != claim.version:
             self._delete(
                 self._chunks,
                 models.Filter(
                     must=[
-                        *_document_conditions(lease.tenant, lease.document_id),
-                        _match("version", lease.version),
+                        *_document_conditions(claim.tenant, claim.document_id),
+                        _match("version", claim.version),
                     ]
                 ),
             )
 
-    def _set_record(self, lease: _Lease, fields: Mapping[str, Any]) -> None:
+    def _set_record(self, claim: _Claim, fields: Mapping[str, Any]) -> None:
         """Update the record's `fields` only if this writer still holds it."""
         with self._engine() as client:
             client.set_payload(
-                self._registry, dict(fields), models.FilterSelector(filter=_held(lease)), wait=True
+                self._registry, dict(fields), models.FilterSelector(filter=_held(claim)), wait=True
             )
 
 
-def _wait_for_read_leases(record: Mapping[str, Any] | None) -> None:
-    """Sleep until the read leases granted on the record have ended (the writer
-    holds it: no more are granted). Its value is the latest: the writer took the
-    record on the revision it read, and every extension changes the revision."""
-    delay = float((record or {}).get("read_lease_until", 0.0)) - time.time()
-    if delay > 0:
-        LEASE_WAIT.observe(delay)
-        time.sleep(delay)
-
-
-def _held(lease: _Lease) -> models.Filter:
-    """The lease's record, only while its writer holds it."""
+def _held(claim: _Claim) -> models.Filter:
+    """The claim's record, only while its writer holds it."""
     return models.Filter(
-        must=[models.HasIdCondition(has_id=[lease.record_id]), _match("writer", lease.token)]
+        must=[models.HasIdCondition(has_id=[claim.record_id]), _match("writer", claim.token)]
     )
 
 

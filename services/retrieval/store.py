@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -159,38 +159,6 @@ class SearchHit:
 
 
 @dataclass(frozen=True)
-class KeywordLeg:
-    """A hybrid search's keyword leg, run before its query vector exists
-    (`VectorStore.keyword_leg`); `search` fuses it with the dense leg.
-
-    It holds chunk ids only: the chunks themselves are read when the legs are
-    fused, in the same snapshot as the dense leg, and only if no write happened
-    since the keyword leg ran (`generation`); otherwise `search` runs both legs
-    again, so a search never mixes two versions of a document.
-    """
-
-    caller: Caller
-    top_k: int
-    filter: SearchFilter
-    options: SearchOptions
-    ranking: tuple[str, ...]
-    """Chunk ids, best first; `candidate_count(top_k)` at most."""
-    generation: int
-    """The store's count of writes when the leg ran."""
-
-    def matches(
-        self, caller: Caller, top_k: int, filter: SearchFilter, options: SearchOptions
-    ) -> bool:
-        """Whether the leg was run for exactly this search."""
-        return (self.caller, self.top_k, self.filter, self.options) == (
-            caller,
-            top_k,
-            filter,
-            options,
-        )
-
-
-@dataclass(frozen=True)
 class StoreStats:
     """Counts a health or admin endpoint reports."""
 
@@ -231,7 +199,6 @@ class VectorStore(Protocol):
         top_k: int,
         filter: SearchFilter,
         options: SearchOptions = DENSE_SEARCH,
-        keyword_leg: KeywordLeg | None = None,
     ) -> list[SearchHit]:
         """Return up to `top_k` of the chunks `caller` may see, ranked as
         `options` says, best first.
@@ -239,17 +206,7 @@ class VectorStore(Protocol):
         The tenant and access-label restriction is part of the engine query
         (never a post-filter), so it also bounds every candidate list.
         `vector` may be empty in keyword mode (it is not used there).
-        `keyword_leg`, from `keyword_leg` for this very search, saves running
-        that leg again; the results are the same with or without it.
         """
-        ...
-
-    def keyword_leg(
-        self, caller: Caller, top_k: int, filter: SearchFilter, options: SearchOptions
-    ) -> KeywordLeg | None:
-        """Run the keyword leg of a hybrid search now, before its query vector
-        is known, so that it overlaps the query's embedding; None when the
-        search is not hybrid or the backend gains nothing by it."""
         ...
 
     def get_document(self, tenant: str, document_id: str) -> DocumentRecord | None:
@@ -511,19 +468,3 @@ def chunk_from_payload(payload: Mapping[str, Any]) -> StoredChunk:
 def record_from_payload(payload: Mapping[str, Any]) -> DocumentRecord:
     """The record stored in `payload`; keys other than its fields are ignored."""
     return DocumentRecord(**_from_payload(payload, _RECORD_FIELDS))
-
-
-@runtime_checkable
-class LeasingStore(Protocol):
-    """A store whose read leases live in the data it shares with other retrieval
-    replicas (the Qdrant server backend): a lease granted through one replica
-    delays writes through every other. The embedded engine has one replica, so
-    its leases are the servicer's (`leases.LeaseTable`)."""
-
-    def lookup_and_lease(
-        self, caller: Caller, document_ids: Sequence[str], seconds: float
-    ) -> tuple[list[DocumentRecord], float]:
-        """`lookup_documents`, plus a read lease on every found document: (the
-        records, `seconds`), or (the records, 0.0) when one of them could not be
-        leased (a write to it is waiting or running)."""
-        ...

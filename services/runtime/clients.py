@@ -29,10 +29,10 @@ StubT = TypeVar("StubT")
 class _CallDefaults:
     """Every outgoing call: the default deadline, and the trace context when tracing.
 
-    grpc.aio files a channel's interceptor under the first of the four call
-    kinds it implements (an `elif` chain in `aio.Channel`), so one object
-    implementing all four would only ever see unary-unary calls: each kind
-    gets its own subclass below (`call_defaults`).
+    grpc.aio files a channel's interceptor under the first of the call kinds
+    it implements (an `elif` chain in `aio.Channel`), so one object
+    implementing several would only ever see unary-unary calls: each kind the
+    contract uses gets its own subclass below (`call_defaults`).
     """
 
     def __init__(self, seconds: float) -> None:
@@ -66,15 +66,10 @@ class _StreamUnaryDefaults(_CallDefaults, aio.StreamUnaryClientInterceptor):
         return await continuation(self._details(details), requests)
 
 
-class _StreamStreamDefaults(_CallDefaults, aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(self._details(details), requests)
-
-
 def call_defaults(seconds: float) -> list[aio.ClientInterceptor]:
     """The interceptors that give every kind of call the default deadline of
     `seconds` and, while tracing, the caller's trace context."""
-    kinds = (_UnaryUnaryDefaults, _UnaryStreamDefaults, _StreamUnaryDefaults, _StreamStreamDefaults)
+    kinds = (_UnaryUnaryDefaults, _UnaryStreamDefaults, _StreamUnaryDefaults)
     return [kind(seconds) for kind in kinds]
 
 
@@ -84,7 +79,6 @@ class PlatformClients:
     def __init__(self, settings: PlatformSettings) -> None:
         self.settings = settings
         self._channels: dict[str, aio.Channel] = {}
-        self._own: list[aio.Channel] = []
 
     def channel(self, address: str) -> aio.Channel:
         """The shared channel to `address`."""
@@ -92,25 +86,10 @@ class PlatformClients:
             self._channels[address] = self._open(address)
         return self._channels[address]
 
-    def own_channel(self, service: str) -> aio.Channel:
-        """A channel to `service` of its own (closed with the others), for a
-        long-lived stream that reconnects by itself: its attempts while the peer
-        restarts leave the shared channel alone, which would otherwise be in
-        reconnect backoff when the peer is back, so that the first requests
-        would fail fast instead of connecting."""
-        # Channels with equal arguments share their connections (gRPC's global
-        # subchannel pool): this one must not.
-        channel = self._open(
-            self.settings.address_of(service), [("grpc.use_local_subchannel_pool", 1)]
-        )
-        self._own.append(channel)
-        return channel
-
-    def _open(self, address: str, extra: list[tuple[str, Any]] | None = None) -> aio.Channel:
+    def _open(self, address: str) -> aio.Channel:
         return aio.insecure_channel(
             address,
             options=[
-                *(extra or []),
                 ("grpc.max_send_message_length", self.settings.max_message_bytes),
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                 # gRPC's reconnect backoff grows to two minutes by default; a peer
@@ -151,7 +130,6 @@ class PlatformClients:
 
     async def close(self) -> None:
         """Close every channel (after the server has drained)."""
-        for channel in [*self._channels.values(), *self._own]:
+        for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
-        self._own.clear()

@@ -46,8 +46,6 @@ class Service:
 
     bindings: Sequence[ServiceBinding]
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    on_drain: list[Callable[[], None]] = field(default_factory=list)
-    """Run as draining begins: end streams that would otherwise last the whole grace."""
 
 
 async def serve(
@@ -103,8 +101,6 @@ async def serve(
 
     log.info("draining", extra={"grace_seconds": settings.drain_seconds})
     await health_servicer.enter_graceful_shutdown()
-    for begin_draining in service.on_drain:
-        begin_draining()
     await server.stop(settings.drain_seconds)
     for cleanup in service.cleanups:
         await cleanup()

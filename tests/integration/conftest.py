@@ -41,9 +41,6 @@ TEST_ENV = {
     "RAG_GATEWAY_PORT": "52180",
     "RAG_INGESTION_MAX_DOCUMENT_BYTES": str(MAX_DOCUMENT_BYTES),
     "RAG_DRAIN_SECONDS": "2",
-    # Hybrid searches go ahead of the vector here whatever the machine's CPUs
-    # (auto); the Redis caching platform covers the one-call path.
-    "RAG_QUERY_SEARCH_AHEAD": "on",
 }
 
 

@@ -5,14 +5,10 @@ returns the model's own vectors, and with Redis as the store an outage of Redis
 costs no request.
 
 Two platforms of their own (ports 5255x and 5256x): the default in-process
-caches with the query service's lease session, and Redis (a real redis-server)
-with the semantic cache on and timed leases only.
+caches, and Redis (a real redis-server) with the semantic cache on.
 """
 
-import os
-import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -89,34 +85,14 @@ class Running:
         return response
 
 
-TIMED_LEASE_SECONDS = 2.0
-"""RAG_RETRIEVAL_LEASE_SECONDS's default."""
-SESSION_SECONDS = 3.0
-"""Lease sessions of the default platform: how long a write waits for a dead holder."""
-
-
-def wait_until(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.05)
-
-
-def version_checks(running: Running) -> dict[str, float]:
-    name = "rag_answer_cache_version_checks_total"
-    return {s: running.metric("query", name, source=s) for s in ("lease", "retrieval")}
-
-
-def revocations(running: Running) -> dict[str, float]:
-    name = "rag_retrieval_lease_revocations_total"
-    return {o: running.metric("retrieval", name, outcome=o) for o in ("acknowledged", "expired")}
+def version_checks(running: Running) -> float:
+    """Cited documents whose version the query service checked with retrieval."""
+    return running.metric("query", "rag_answer_cache_version_checks_total")
 
 
 @pytest.fixture(scope="module")
 def memory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    env = {**ports("5255"), "RAG_RETRIEVAL_LEASE_SESSION_SECONDS": str(SESSION_SECONDS)}
-    with Platform(tmp_path_factory.mktemp("caching"), env=env) as platform:
+    with Platform(tmp_path_factory.mktemp("caching"), env=ports("5255")) as platform:
         stubs = Stubs(platform)
         yield Running(platform, stubs)
         stubs.close()
@@ -139,10 +115,6 @@ def on_redis(
         "RAG_CACHE_BACKEND": "redis",
         "RAG_REDIS_URL": redis_server.url,
         "RAG_SEMANTIC_CACHE_ENABLED": "true",
-        "RAG_ANSWER_CACHE_LEASE_SESSION": "false",  # timed leases, the path without a session
-        # One Search once the question is embedded; the shared platform sends
-        # hybrid searches ahead of the vector.
-        "RAG_QUERY_SEARCH_AHEAD": "off",
     }
     with Platform(tmp_path_factory.mktemp("caching-redis"), env=env) as platform:
         stubs = Stubs(platform)
@@ -200,29 +172,18 @@ def test_a_repeated_question_is_served_from_the_cache(memory: Running) -> None:
 def test_an_update_or_delete_invalidates_the_answers_citing_the_document(
     memory: Running,
 ) -> None:
-    """With the query service's lease session: a hit long after the lookup still
-    checks nothing remotely, and a re-ingest revokes the lease (the query
-    service acknowledges it) instead of waiting for it to run out."""
-    wait_until(
-        lambda: memory.metric("retrieval", "rag_retrieval_lease_sessions") >= 1,
-        "the query service opened its lease session",
-    )
+    """Every hit checks the versions of the documents it cites with one lookup,
+    so the first ask after a re-ingest or a delete misses."""
     question = "When does the airport shuttle leave the Lyon office?"
     memory.upload(ACME, "shuttle", shuttle("7:15"))
-    assert "7:15" in memory.ask(question).answer
-    time.sleep(TIMED_LEASE_SECONDS + 0.5)  # only the session can still vouch for the version
+    first = memory.ask(question)
+    assert "7:15" in first.answer
     checks = version_checks(memory)
     assert memory.ask(question).HasField("cache")
-    after = version_checks(memory)
-    assert after["lease"] > checks["lease"] and after["retrieval"] == checks["retrieval"], (
-        "the hit trusted the session lease, longer after the lookup than a timed lease lasts"
-    )
+    cited = {citation.document_id for citation in first.citations}
+    assert version_checks(memory) == checks + len(cited), "the hit checked each cited document"
 
-    revoked = revocations(memory)
     memory.upload(ACME, "shuttle", shuttle("8:40"))
-    assert revocations(memory) == {**revoked, "acknowledged": revoked["acknowledged"] + 1}, (
-        "the write revoked the query service's lease, which acknowledged it"
-    )
     updated = memory.ask(question)
     assert not updated.HasField("cache"), "the cited document changed"
     assert "8:40" in updated.answer and "7:15" not in updated.answer
@@ -241,45 +202,12 @@ def test_an_update_or_delete_invalidates_the_answers_citing_the_document(
     assert "8:40" not in deleted.answer
 
 
-def test_a_crashed_holder_delays_a_write_only_until_its_session_expires(
-    memory: Running,
-) -> None:
-    """The query service dies holding a session lease: the retrieval service can
-    send the revocation nowhere, so the write waits for the session to expire
-    (RAG_RETRIEVAL_LEASE_SESSION_SECONDS, shortened on this platform), then
-    goes on; the restarted query service answers from the new version."""
-    wait_until(
-        lambda: memory.metric("retrieval", "rag_retrieval_lease_sessions") >= 1,
-        "the query service opened its lease session",
-    )
-    question = "Which room is the Lyon office's library in?"
-    memory.upload(ACME, "library", "# Library\n\nThe Lyon office's library is in room 204.\n")
-    assert "204" in memory.ask(question).answer
-    revoked = revocations(memory)
-    waits = memory.metric("retrieval", "rag_retrieval_lease_wait_seconds_count")
-    os.kill(memory.platform.pids()["query"], signal.SIGKILL)
-    try:
-        memory.upload(ACME, "library", "# Library\n\nThe Lyon office's library is in room 310.\n")
-        assert revocations(memory) == {**revoked, "expired": revoked["expired"] + 1}, (
-            "the write waited out the dead holder's session"
-        )
-        assert memory.metric("retrieval", "rag_retrieval_lease_wait_seconds_count") == waits + 1
-    finally:
-        memory.platform.restart("query")
-    answer = memory.ask(question).answer
-    assert "310" in answer and "204" not in answer
-
-
-def test_without_a_lease_session_a_write_waits_for_the_timed_lease(on_redis: Running) -> None:
+def test_on_redis_an_update_invalidates_the_cached_answer(on_redis: Running) -> None:
     question = "When does the canteen at the Lyon office open?"
     on_redis.upload(ACME, "canteen", canteen("11:30"))
     assert "11:30" in on_redis.ask(question).answer
     assert on_redis.ask(question).HasField("cache")
-    waits = on_redis.metric("retrieval", "rag_retrieval_lease_wait_seconds_count")
-    revoked = revocations(on_redis)
     on_redis.upload(ACME, "canteen", canteen("12:10"))
-    assert on_redis.metric("retrieval", "rag_retrieval_lease_wait_seconds_count") == waits + 1
-    assert revocations(on_redis) == revoked, "no session: nothing to revoke"
     updated = on_redis.ask(question)
     assert not updated.HasField("cache") and "12:10" in updated.answer
 

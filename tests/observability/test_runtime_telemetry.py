@@ -24,6 +24,7 @@ from ragplatform.v1 import (
     debug_pb2,
     generation_pb2,
     ingestion_pb2,
+    ingestion_pb2_grpc,
     query_pb2,
     retrieval_pb2,
     retrieval_pb2_grpc,
@@ -70,20 +71,22 @@ class Retrieval(retrieval_pb2_grpc.RetrievalServiceServicer):
             raise KeyError("bug")
         return retrieval_pb2.GetDocumentResponse()
 
-    async def SearchAhead(
+
+class Ingestion(ingestion_pb2_grpc.IngestionServiceServicer):
+    async def UploadDocument(
         self,
-        requests: AsyncIterator[retrieval_pb2.SearchAheadRequest],
+        requests: AsyncIterator[ingestion_pb2.UploadDocumentRequest],
         context: aio.ServicerContext[Any, Any],
-    ) -> retrieval_pb2.SearchAheadResponse:
-        """Echoes, as a chunk's text, the deadline left and the trace it was called in."""
+    ) -> ingestion_pb2.UploadDocumentResponse:
+        """Echoes, as the result message, the deadline left and the trace it was called in."""
         async for _ in requests:
             pass
         metadata = dict(context.invocation_metadata() or ())
         remaining = context.time_remaining()
-        chunk = common_pb2.Chunk(
-            text=f"{remaining is not None and remaining > 0}|{metadata.get('traceparent', '')}"
+        echo = f"{remaining is not None and remaining > 0}|{metadata.get('traceparent', '')}"
+        return ingestion_pb2.UploadDocumentResponse(
+            result=ingestion_pb2.IngestResult(message=echo)
         )
-        return retrieval_pb2.SearchAheadResponse(results=[common_pb2.ScoredChunk(chunk=chunk)])
 
 
 @pytest.fixture
@@ -95,6 +98,7 @@ async def retrieval_port() -> AsyncIterator[int]:
         ]
     )
     retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(Retrieval(), server)
+    ingestion_pb2_grpc.add_IngestionServiceServicer_to_server(Ingestion(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     yield port
@@ -151,14 +155,14 @@ async def test_streaming_calls_get_the_default_deadline_and_the_trace(
 ) -> None:
     """grpc.aio files an interceptor under one call kind only: each kind must
     have its own, or streaming calls go without deadline and trace context."""
-    clients = PlatformClients(PlatformSettings(retrieval_addr=f"127.0.0.1:{retrieval_port}"))
+    clients = PlatformClients(PlatformSettings(ingestion_addr=f"127.0.0.1:{retrieval_port}"))
     with telemetry.stage_span("caller"):
-        call = clients.retrieval.SearchAhead()
-        await call.write(retrieval_pb2.SearchAheadRequest(search=retrieval_pb2.SearchRequest()))
+        call = clients.ingestion.UploadDocument()
+        await call.write(ingestion_pb2.UploadDocumentRequest(data=b"text"))
         await call.done_writing()
         reply = await call
     await clients.close()
-    deadline, traceparent = reply.results[0].chunk.text.split("|")
+    deadline, traceparent = reply.result.message.split("|")
     caller = {span.name: span for span in spans.get_finished_spans()}["caller"]
     assert deadline == "True"
     assert traceparent.split("-")[1] == f"{caller.context.trace_id:032x}"

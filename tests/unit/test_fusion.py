@@ -19,7 +19,7 @@ from qdrant_edge import (
 from services.common.errors import InvalidInputError
 from services.common.tenancy import DEFAULT_TENANT, Caller
 from services.retrieval.edge import DENSE, EdgeVectorStore
-from services.retrieval.fusion import engine_rrf, rrf
+from services.retrieval.fusion import rrf
 from services.retrieval.store import (
     DocumentRecord,
     RetrievalMode,
@@ -303,13 +303,3 @@ def test_hybrid_ties_are_resolved_the_same_way_every_time(tmp_path: Path) -> Non
         assert tops == {expected}
         both = tied.search(CALLER, unit(1), 2, ALL, options)
         assert sorted(ids(both)) == ["near", "term"]
-
-
-def test_engine_rrf_is_rrf_in_32_bit_floats() -> None:
-    """Same order as `rrf`; each score the float32 sum, leg by leg."""
-    rankings = [["a", "b", "c", "a"], ["c", "d", "a"]]
-    fused = engine_rrf(rankings, k=60)
-    assert [item for item, _ in fused] == [item for item, _ in rrf(rankings, k=60)]
-    expected_a = np.float32(np.float32(1) / np.float32(60)) + np.float32(1) / np.float32(62)
-    assert dict(fused)["a"] == float(np.float32(expected_a))
-    assert dict(fused)["a"] != dict(rrf(rankings, k=60))["a"], "float64 sums differ"

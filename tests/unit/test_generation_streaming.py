@@ -51,13 +51,11 @@ class FakeEmbedding(embedding_pb2_grpc.EmbeddingServiceServicer):
 
 
 class FakeRetrieval(retrieval_pb2_grpc.RetrievalServiceServicer):
-    async def SearchAhead(self, requests: Any, context: Any) -> retrieval_pb2.SearchAheadResponse:
-        steps = [step async for step in requests]
-        assert [step.WhichOneof("step") for step in steps] == ["search", "vector"]
+    async def Search(self, request: Any, context: Any) -> retrieval_pb2.SearchResponse:
         chunk = common_pb2.Chunk(
             chunk_id="c1", document_id="leave", title="Leave policy", text=LEAVE
         )
-        return retrieval_pb2.SearchAheadResponse(
+        return retrieval_pb2.SearchResponse(
             results=[common_pb2.ScoredChunk(chunk=chunk, score=0.8)]
         )
 
@@ -91,7 +89,7 @@ async def platform() -> AsyncIterator[Platform]:
         embedding_addr=address, retrieval_addr=address, generation_addr=address, query_addr=address
     )
     backend_clients = PlatformClients(settings)
-    pipeline = QueryPipeline(backend_clients, QueryLimits(3, 20, 2000), search_ahead=True)
+    pipeline = QueryPipeline(backend_clients, QueryLimits(3, 20, 2000))
     embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(FakeEmbedding(), server)
     retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(FakeRetrieval(), server)
     generation_pb2_grpc.add_GenerationServiceServicer_to_server(GenerationServicer(engine), server)

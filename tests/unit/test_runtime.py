@@ -9,7 +9,6 @@ from grpc import aio
 
 from ragplatform.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from services.common.errors import InvalidInputError, NotFoundError, TooLargeError
-from services.query.pipeline import _send as pipeline_send
 from services.runtime.clients import PlatformClients
 from services.runtime.errors import DownstreamError, ErrorMappingInterceptor, downstream
 from services.runtime.settings import PlatformSettings
@@ -93,37 +92,6 @@ async def test_downstream_names_the_unreachable_service() -> None:
     await clients.close()
     assert caught.value.code_name == "UNAVAILABLE"
     assert "retrieval service at 127.0.0.1:1" in str(caught.value)
-
-
-async def test_an_own_channel_has_its_own_connection(server_port: int) -> None:
-    """A stream's reconnection attempts on its own channel cannot put the shared
-    channel into reconnect backoff: they share no connection."""
-    clients = clients_for(server_port)
-    own = retrieval_pb2_grpc.RetrievalServiceStub(clients.own_channel("retrieval"))
-    request = retrieval_pb2.GetDocumentRequest(document_id="peer")
-    via_shared = (await clients.retrieval.GetDocument(request)).document.title
-    via_own = (await own.GetDocument(request)).document.title
-    again = (await clients.retrieval.GetDocument(request)).document.title
-    await clients.close()
-    assert via_shared == again and via_own != via_shared
-
-
-async def test_a_search_ahead_write_to_an_ended_stream_raises_its_status() -> None:
-    class Ended:
-        async def write(self, message: object) -> None:
-            raise asyncio.InvalidStateError("RPC already finished")
-
-        def __await__(self) -> Any:
-            async def status() -> None:
-                raise aio.AioRpcError(
-                    grpc.StatusCode.UNAVAILABLE, aio.Metadata(), aio.Metadata(), "refused"
-                )
-
-            return status().__await__()
-
-    with pytest.raises(aio.AioRpcError) as caught:
-        await pipeline_send(Ended(), retrieval_pb2.SearchAheadRequest())
-    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_downstream_keeps_caller_errors(server_port: int) -> None:

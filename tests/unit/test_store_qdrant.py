@@ -505,7 +505,7 @@ class SerializedClient:
 
 def test_concurrent_writers_and_readers() -> None:
     """Four threads replace one document with versions of 2 to 5 chunks (as
-    replicas would) while two threads search: the lease makes the writers take
+    replicas would) while two threads search: the claim makes the writers take
     turns, no search sees a mix or an incomplete version, and no stale chunk
     survives. A search that raced writes on all its attempts is UNAVAILABLE:
     counted, and rare (it must not be every search)."""
@@ -620,7 +620,7 @@ def test_a_failed_write_leaves_the_old_version() -> None:
     assert store.replace_document(*NEW) == (5, 3)
 
 
-def test_a_writer_cut_off_for_good_is_taken_over_after_its_lease() -> None:
+def test_a_writer_cut_off_for_good_is_taken_over_after_its_claim() -> None:
     store, client = _faulty_store(lock_wait_seconds=0.05)
     client.arm(8, once=False)  # the server goes away mid-write, cleanup fails too
     with pytest.raises(UnavailableError):
@@ -630,8 +630,8 @@ def test_a_writer_cut_off_for_good_is_taken_over_after_its_lease() -> None:
     assert record is not None and record["busy"]  # left behind, pinned to version A
     _assert_old_version_only(store, chunk_count=4 + 3 + 2)  # + the two B chunks written
     with pytest.raises(FailedPreconditionError, match="being changed by another writer"):
-        store.replace_document(*NEW)  # the lease has not expired yet
-    client.set_payload(  # time passes: the lease was taken long ago
+        store.replace_document(*NEW)  # the claim has not expired yet
+    client.set_payload(  # time passes: the claim was taken long ago
         COLLECTION + "_documents", {"writer_since": 0.0}, [_record_id(TENANT, "doc")]
     )
     assert store.replace_document(*NEW) == (5, 3)
@@ -642,7 +642,7 @@ def test_a_writer_cut_off_for_good_is_taken_over_after_its_lease() -> None:
 
 def test_a_failure_after_the_flip_keeps_the_new_version() -> None:
     store, client = _faulty_store()
-    writer_calls = 1 + 3 + 1 + 5 + 1  # ownership, lease, token, chunks, count
+    writer_calls = 1 + 3 + 1 + 5 + 1  # ownership, claim, token, chunks, count
     client.arm(writer_calls + 2, once=True)  # the read-back after the flip
     with pytest.raises(UnavailableError):
         store.replace_document(*NEW)

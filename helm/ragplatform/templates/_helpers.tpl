@@ -199,12 +199,6 @@ true
 {{- $_ := set $env "RAG_VECTOR_SEARCH_DEPLOYED_INDEX_ID" $v.backends.retrieval.vertex.deployedIndexId -}}
 {{- end }}
 {{- end }}
-{{- if eq .component "query" }}
-{{- /* On with the embedded engine: in a cluster the embedding runs in its own pods,
-       so the leg does not take its CPU. The Qdrant and Vertex backends run both legs
-       in one request, so a SearchAhead stream gains nothing there. */}}
-{{- $_ := set $env "RAG_QUERY_SEARCH_AHEAD" (ternary "on" "off" (eq $v.backends.retrieval.backend "edge")) -}}
-{{- end }}
 {{- if eq .component "generation" }}
 {{- $g := $v.backends.generation }}
 {{- $_ := set $env "RAG_GENERATION_SIMPLE_CHAIN" $g.simpleChain -}}
