@@ -13,7 +13,8 @@ import math
 import uvicorn
 from pydantic import ValidationError
 
-from services.gateway.app import GatewaySettings, create_app
+from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
 from services.runtime.observability import start_observability
 
 

@@ -356,7 +356,7 @@ def test_dev_settings_are_accepted_by_the_services(
     """Every RAG_* variable the dev chart sets is a setting of that service, with a valid
     value (the services ignore unknown variables, so a typo would pass silently)."""
     from services.embedding.__main__ import EmbeddingSettings
-    from services.gateway.app import GatewaySettings
+    from services.gateway.settings import GatewaySettings
     from services.generation.__main__ import GenerationSettings
     from services.ingestion.__main__ import IngestionSettings
     from services.query.__main__ import QuerySettings
@@ -396,7 +396,7 @@ PLANNED_SETTINGS = {
 
 
 def test_prod_settings_are_known_or_planned(renders: dict[str, list[Obj]]) -> None:
-    from services.gateway.app import GatewaySettings
+    from services.gateway.settings import GatewaySettings
     from services.generation.__main__ import GenerationSettings
 
     known = set()

@@ -34,17 +34,11 @@ from ragplatform.v1 import (
     retrieval_pb2_grpc,
 )
 from services.common.tenancy import Caller, may_see
-from services.gateway.app import (
-    GRPC_TO_HTTP,
-    IDENTITY_FIELDS,
-    PROTO_MODELS,
-    UPLOAD_CHUNK_BYTES,
-    GatewaySettings,
-    create_app,
-    from_proto,
-    http_status_for,
-    parse_api_keys,
-)
+from services.gateway.app import create_app
+from services.gateway.errors import GRPC_TO_HTTP, http_status_for
+from services.gateway.routes.documents import UPLOAD_CHUNK_BYTES
+from services.gateway.schemas import IDENTITY_FIELDS, PROTO_MODELS, from_proto
+from services.gateway.settings import GatewaySettings, parse_api_keys
 from services.runtime.clients import PlatformClients
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -24,7 +24,8 @@ from ragplatform.v1 import (
     retrieval_pb2_grpc,
 )
 from services.common.errors import UnavailableError
-from services.gateway.app import GatewaySettings, create_app
+from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
 from services.generation.costs import PriceTable
 from services.generation.engine import Backend, GenerationEngine
 from services.generation.extractive import ExtractiveAnswerer
