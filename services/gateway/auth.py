@@ -95,7 +95,7 @@ async def caller_of_request(request: Request) -> common_pb2.Caller:
     """Whom the request acts for, as ApiKeyMiddleware decided (a route dependency).
 
     Async although it awaits nothing: FastAPI runs a plain `def` dependency in a
-    worker thread, and that hop alone cost about a millisecond per request.
+    worker thread, and that hop costs time on every request (docs/benchmarks.md).
     """
     caller: Caller | None = getattr(request.state, _CALLER_STATE, None)
     if caller is None:  # a /v1 route outside the middleware: a wiring bug, never a default
@@ -123,7 +123,8 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
 """Both ways to send a key, as /openapi.json and /docs describe them.
 
 Declared in the document only: enforcement is ApiKeyMiddleware's, and FastAPI
-security dependencies that never refuse cost about 0.1 ms of every request."""
+security dependencies that never refuse would still cost time on every request
+(docs/benchmarks.md)."""
 
 
 def with_security(app: FastAPI, prefix: str = "/v1/") -> Callable[[], dict[str, Any]]:

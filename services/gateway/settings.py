@@ -90,8 +90,8 @@ class GatewaySettings(PlatformSettings):
         description=(
             "Which requests get a log line: errors (status 400 and up; every request is "
             "counted in rag_http_requests_total and traced, and the load balancer logs "
-            "them all), all (uvicorn's access log, about 0.3 ms of CPU a request here), "
-            "or off."
+            "them all), all (uvicorn's access log, a line for every request at a CPU cost "
+            "each, see docs/benchmarks.md), or off."
         ),
     )
     gateway_default_tenant: str = Field(
