@@ -1,104 +1,16 @@
 """`VectorStore` on a Qdrant server, through the synchronous `qdrant-client`.
 
 The production backend: every retrieval replica talks to one Qdrant cluster,
-so nothing here may rely on a process-local lock. Same interface, validation,
-errors and ranking as the embedded engine (`edge.py`); the differences are
-how a replacement stays atomic for readers, and what needs a server.
-
-Layout, in two collections:
-
-* `<collection>`: a point per chunk *version*. Named dense vector "dense"
-  (cosine), named sparse vector "bm25" whose term weights are computed here
-  with the embedded engine's own BM25 (`qdrant_edge.Bm25`, same tokenizer,
-  stemmer and k1/b, from the same `keyword_text`), the server applying IDF
-  (`Modifier.IDF`) at query time, exactly as the embedded shard does. Payload =
-  every `StoredChunk` field plus `version` (see below). Payload indexes:
-  keyword on tenant (`is_tenant`, so the server keeps each tenant's points
-  together and builds its HNSW graph per tenant: `m=0, payload_m=16`; every
-  search filters by tenant), access_labels, tags, document_id, media_type,
-  source_uri, chunk_id, version; integer on document_date_unix. Point id =
-  uuid5(tenant/chunk_id/version), so two versions of a chunk coexist while a
-  replacement is under way.
-* `<collection>_documents`: the registry. A point per (tenant, document) whose
-  payload is the `DocumentRecord` plus the concurrency fields below, and a
-  point per tenant holding the tenant's write token. A 1-dimensional
-  placeholder vector is declared and never used, as in the embedded registry.
-
-Tenancy: the search filter is built exactly as the embedded engine builds it
-(tenant, access labels, metadata, dates; see `_search_filter`) and goes to
-every prefetch leg and to the fused query, so a chunk the caller may not see
-never takes a candidate slot.
-
-Atomic replacement across replicas. Qdrant applies each point update
-atomically, but neither a batch nor a filtered update is atomic as a whole,
-and it has no snapshot reads; so flipping a `live` flag on many points, even
-in one batch, lets a concurrent search see some points flipped and others
-not. The design instead makes one registry point per document decide which
-chunk version is live, and makes searches check that nothing they depend on
-changed while they ran (optimistic reads, as in a seqlock):
-
-* Writer (replace or remove), holding the document's *claim* (below):
-  acquire the claim (the record becomes `busy`, its `version` still the old
-  one) -> write a fresh token into the tenant's write-token point -> write the
-  new chunks under a new version -> flip the record's `version` (and record
-  fields) to the new one -> delete the document's chunks of every other
-  version -> release the claim. Removal flips the version to "" (no chunks)
-  and deletes the record at the end.
-* Reader (search): read the tenant's write token, then the tenant's busy
-  records; run the query with each busy document *pinned* to its recorded
-  version (`NOT (document_id = d AND version != v)`); read the busy records
-  again, then the token. If both reads agree, the result is that of a state
-  in which every document shows exactly one complete version; otherwise
-  retry (up to `search_attempts` times, then UNAVAILABLE).
-  Why this suffices: a document busy in both reads with the same record
-  `revision` kept its version throughout, and that version's chunks were all
-  written before it became live and are deleted only after it stops being
-  live, so the pin shows exactly them. A document busy in neither read was
-  either untouched during the query, or a writer acquired it after the
-  first read and finished before the second: that writer changed the token
-  after acquiring and before touching any chunk, i.e. between the first token
-  read (which precedes the first busy read) and the second (which follows the
-  second busy read), so the tokens differ. Any other case differs in the
-  busy sets. Tokens and revisions are random UUIDs, so a value never comes
-  back (no ABA).
-  The price: four small registry reads per search besides the query, and a
-  retry when a replacement in the same tenant begins during the query.
-  Sustained ingestion into a tenant makes some searches retry; a search
-  fails only if all `search_attempts` race a write.
-* Claim (one writer per document): acquiring is a conditional upsert of the
-  record (`update_filter`: unchanged `revision`, or insert when absent),
-  then a read-back; later record writes are `set_payload` filtered on the
-  writer's token, so a writer that lost its claim changes nothing. A second
-  writer waits up to `lock_wait_seconds` for the first to finish
-  (FAILED_PRECONDITION after that). A writer that dies leaves its document
-  busy: searches keep pinning it to the recorded (correct) version, and the
-  next writer takes the claim over once `claim_seconds` have passed since it
-  was taken (wall clocks of the replicas must agree to well within that),
-  deleting the dead writer's chunks. A writer gives up before flipping if
-  half the claim has passed, so a slow writer never flips after a takeover.
-
-Stats are exact at rest; while a replacement runs, `chunk_count` includes
-the chunks being written or deleted.
-
-Requirements and what local mode does not show. Conditional upserts
-(`update_filter`) and RRF with a chosen k need Qdrant >= 1.16; `open` refuses
-older servers (FAILED_PRECONDITION). With replication, registry reads must see
-acknowledged writes: create the collections with write_consistency_factor equal
-to replication_factor, which the store does when it creates them
-(`QdrantTuning.replication_factor`, RAG_QDRANT_REPLICATION_FACTOR). The tests
-run against qdrant-client's local mode (`QdrantClient(":memory:")` or `path=`),
-which implements this client API in Python: sparse vectors with IDF, prefetch +
-RRF fusion, conditional upserts, filtered set_payload and delete. It does not
-build HNSW (searches are exact, the server's are approximate: `hnsw_ef` widens
-them, `exact` makes them exact), ignores payload indexes and `is_tenant`,
-applies one call at a time (the server interleaves points of concurrent
-requests, which the interleaving tests approximate by writing one point per
-call), and has no network, timeouts, authentication or replication.
-
-BM25 statistics (IDF) are collection-wide, as in the embedded shard: the
-document frequencies count every tenant's chunks (and, briefly, a version
-being replaced), so keyword scores depend a little on other tenants' data,
-never their visibility.
+so nothing here may rely on a process-local lock. The data is laid out as
+`schema.py` says, in two collections (`<collection>` holds a point per chunk
+*version*, `<collection>_documents` the registry), and searches are planned
+and finished by `ranking.py`, exactly as in the embedded engine. What is this
+module's own is how a replacement stays atomic for readers of any replica: one
+registry record per document names its live chunk version, a writer claims
+the record while it writes a new version, and a search pins the documents
+being written to their live version and retries if a write began meanwhile.
+docs/qdrant.md gives the protocol, why it is safe, and what qdrant-client's
+local mode (the tests' engine) does not show.
 """
 
 from __future__ import annotations
@@ -117,11 +29,9 @@ from urllib.parse import urlsplit
 
 import grpc
 import httpx
-import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-from qdrant_edge import Bm25, Bm25Config
-from qdrant_edge import SparseVector as EdgeSparseVector
+from qdrant_edge import SparseVector
 
 from services.common.errors import (
     DeadlineError,
@@ -133,53 +43,46 @@ from services.common.errors import (
     UnavailableError,
 )
 from services.common.tenancy import validate_tenant
+from services.retrieval import filters
 from services.retrieval.fusion import RRF_K
-from services.retrieval.mmr import mmr_order
+from services.retrieval.ranking import Candidate, SearchPlan, best_first, hits, plan_search
+from services.retrieval.schema import (
+    CHUNK_INDEXES,
+    DENSE,
+    KEYWORD,
+    PLACEHOLDER,
+    SCROLL_BATCH,
+    IndexKind,
+    chunk_payload,
+    chunk_vectors,
+    ownership_error,
+    record_from_payload,
+    record_payload,
+    scoped_id,
+)
 from services.retrieval.store import (
     DENSE_SEARCH,
     Caller,
     DocumentRecord,
-    RetrievalMode,
     SearchFilter,
     SearchHit,
     SearchOptions,
     StoredChunk,
     StoreStats,
-    best_first,
-    candidate_count,
-    chunk_from_payload,
-    chunk_payload,
-    keyword_text,
     listing_page,
-    record_from_payload,
-    record_payload,
-    validate_caller,
-    validate_filter,
     validate_list_limit,
     validate_lookup,
     validate_replacement,
-    validate_search_options,
-    validate_top_k,
-    validate_vector,
     visible_records,
 )
 
 log = logging.getLogger(__name__)
 
 BACKEND: Final = "qdrant"
-DENSE: Final = "dense"
-"""Name of the chunk's dense (embedding) vector, as in the embedded engine."""
-KEYWORD: Final = "bm25"
-"""Name of the chunk's sparse BM25 vector, as in the embedded engine."""
 MIN_SERVER_VERSION: Final = (1, 16)
 """Conditional upserts and RRF with a chosen k appeared in Qdrant 1.16."""
 DEFAULT_GRPC_PORT: Final = 6334
 
-_BM25: Final = Bm25(Bm25Config())
-"""The embedded engine's BM25 with the same (default) config: English tokenizer,
-stemmer and stopwords, k=1.2, b=0.75, so both backends index identical weights."""
-_PLACEHOLDER: Final = "placeholder"
-"""The registry's declared-but-unused vector, as in the embedded registry."""
 _REGISTRY_SUFFIX: Final = "_documents"
 _DOCUMENT: Final = "document"
 _TOKEN: Final = "token"
@@ -192,16 +95,17 @@ _RECORD_NAMESPACE: Final = uuid.UUID("0b5e9a31-7c42-5f18-9d6e-3a2c8b4f1e07")
 _TOKEN_NAMESPACE: Final = uuid.UUID("d27c4e19-8b3a-5a61-8f0d-5c9e2b7a4d13")
 """Fixed namespaces of point ids: changing one orphans every stored point."""
 
+_INDEX_TYPES: Final = {
+    IndexKind.KEYWORD: models.PayloadSchemaType.KEYWORD,
+    IndexKind.INTEGER: models.PayloadSchemaType.INTEGER,
+}
 _CHUNK_INDEXES: Final[Mapping[str, models.PayloadSchemaType | models.KeywordIndexParams]] = {
+    **{name: _INDEX_TYPES[kind] for name, kind in CHUNK_INDEXES.items()},
+    # Tenant-aware: the server keeps each tenant's points together and builds
+    # its HNSW graph per tenant (`m=0, payload_m=16` below).
     "tenant": models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
-    "access_labels": models.PayloadSchemaType.KEYWORD,
-    "tags": models.PayloadSchemaType.KEYWORD,
-    "document_id": models.PayloadSchemaType.KEYWORD,
-    "media_type": models.PayloadSchemaType.KEYWORD,
-    "source_uri": models.PayloadSchemaType.KEYWORD,
     "chunk_id": models.PayloadSchemaType.KEYWORD,
     "version": models.PayloadSchemaType.KEYWORD,
-    "document_date_unix": models.PayloadSchemaType.INTEGER,
 }
 """Every chunk field a search, a delete or the ownership check filters on."""
 _REGISTRY_INDEXES: Final[Mapping[str, models.PayloadSchemaType]] = {
@@ -212,7 +116,6 @@ _REGISTRY_INDEXES: Final[Mapping[str, models.PayloadSchemaType]] = {
     "indexed": models.PayloadSchemaType.BOOL,
 }
 
-_SCROLL_BATCH: Final = 1024
 _ID_BATCH: Final = 1024
 """Chunk ids per ownership-check request (a MatchAny condition)."""
 
@@ -384,7 +287,7 @@ class QdrantServerStore:
         points = [
             models.PointStruct(
                 id=_chunk_point_id(tenant, chunk.chunk_id, version),
-                vector=_vectors(row, chunk.title, chunk.text),
+                vector=chunk_vectors(row, chunk.title, chunk.text, _sparse),
                 payload={**chunk_payload(chunk), "version": version},
             )
             for chunk, row in zip(chunks, rows, strict=True)
@@ -419,39 +322,18 @@ class QdrantServerStore:
         options: SearchOptions = DENSE_SEARCH,
     ) -> list[SearchHit]:
         """Return up to `top_k` of the chunks `caller` may see, ranked as
-        `options` says, best first.
+        `options` says, best first (`ranking.plan_search`).
 
-        One `query_points` call per attempt: dense or keyword nearest, or both
-        legs of `candidate_count(top_k)` prefetched and fused by RRF (k =
-        `RRF_K`) on the server. The filter (`_search_filter`, plus the pins of
-        busy documents) goes to every leg and to the fused query. Scores are
-        cosines to the query vector whenever there is one; MMR picks `top_k`
-        of `candidate_count(top_k)` candidates, as in the embedded store.
+        One `query_points` call per attempt, its filter the plan's plus the
+        pins of the documents being written; an attempt that raced the start of
+        a write in the tenant is retried (see the module docstring).
         """
-        validate_caller(caller)
-        validate_filter(filter)
-        validate_top_k(top_k)
-        validate_search_options(options)
-        query_vector = (
-            validate_vector(vector, self._dimension, "query vector")
-            if vector or options.mode is not RetrievalMode.KEYWORD
-            else None
-        )
-        terms = None
-        if options.mode is not RetrievalMode.DENSE:
-            terms = _sparse(_BM25.embed_query(options.text))
-        dense = query_vector if options.mode is not RetrievalMode.KEYWORD else None
-        mmr = options.mmr_lambda > 0
-        limit = candidate_count(top_k) if mmr else top_k
-        with_vectors = mmr or query_vector is not None
-        base = _search_filter(caller, filter)
+        plan = plan_search(caller, vector, top_k, filter, options, self._dimension)
         for attempt in range(self._tuning.search_attempts):
             if attempt:  # back off, with jitter so that racing searches spread out
                 time.sleep(random.uniform(0, 0.005 * 2**attempt))
             before = self._snapshot(caller.tenant, token_first=True)
-            points = self._query(
-                dense, terms, candidate_count(top_k), limit, _pinned(base, before), with_vectors
-            )
+            points = self._query(plan, _pinned(plan.filter, before))
             if self._snapshot(caller.tenant, token_first=False) == before:
                 break
         else:
@@ -459,14 +341,7 @@ class QdrantServerStore:
                 f"Qdrant: every search of tenant '{caller.tenant}' raced a document "
                 f"replacement ({self._tuning.search_attempts} attempts); retry"
             )
-        if mmr:
-            order = mmr_order(
-                [p.score for p in points], [_dense_of(p) for p in points], top_k, options.mmr_lambda
-            )
-            points = [points[i] for i in order]
-        if query_vector is None:
-            return [SearchHit(chunk_from_payload(p.payload or {}), float(p.score)) for p in points]
-        return _cosine_hits(points, query_vector)
+        return hits(plan, points)
 
     def get_document(self, tenant: str, document_id: str) -> DocumentRecord | None:
         """Return the tenant's record, or None when the tenant has no such document
@@ -591,7 +466,7 @@ class QdrantServerStore:
             self._ensure_collection(
                 client,
                 self._registry,
-                vectors={_PLACEHOLDER: models.VectorParams(size=1, distance=models.Distance.DOT)},
+                vectors={PLACEHOLDER: models.VectorParams(size=1, distance=models.Distance.DOT)},
                 sparse=None,
                 hnsw=None,
                 indexes=_REGISTRY_INDEXES,
@@ -672,33 +547,35 @@ class QdrantServerStore:
                 raise UnavailableError(f"Qdrant is unavailable: {exc.reason_phrase}") from exc
             raise
 
-    def _query(
-        self,
-        dense: list[float] | None,
-        terms: models.SparseVector | None,
-        leg_size: int,
-        limit: int,
-        query_filter: models.Filter,
-        with_vectors: bool,
-    ) -> list[models.ScoredPoint]:
+    def _query(self, plan: SearchPlan, spec: filters.AllOf) -> list[Candidate]:
         """One engine query: the dense leg, the keyword leg, or both fused by RRF."""
+        query_filter = _engine_filter(spec)
         legs: list[models.Prefetch] = []
-        if dense is not None:
+        if plan.dense is not None:
             params = models.SearchParams(
-                hnsw_ef=max(self._tuning.hnsw_ef, leg_size), exact=self._tuning.exact
+                hnsw_ef=max(self._tuning.hnsw_ef, plan.leg_size), exact=self._tuning.exact
             )
             legs.append(
                 models.Prefetch(
-                    query=dense, using=DENSE, limit=leg_size, filter=query_filter, params=params
+                    query=plan.dense,
+                    using=DENSE,
+                    limit=plan.leg_size,
+                    filter=query_filter,
+                    params=params,
                 )
             )
-        if terms is not None:
+        if plan.terms is not None:
             legs.append(
-                models.Prefetch(query=terms, using=KEYWORD, limit=leg_size, filter=query_filter)
+                models.Prefetch(
+                    query=_sparse(plan.terms),
+                    using=KEYWORD,
+                    limit=plan.leg_size,
+                    filter=query_filter,
+                )
             )
-        vectors: list[str] | bool = [DENSE] if with_vectors else False
+        vectors: list[str] | bool = [DENSE] if plan.needs_vectors else False
         with self._engine() as client:
-            if len(legs) == 1:
+            if not plan.fused:
                 (leg,) = legs
                 response = client.query_points(
                     self._chunks,
@@ -706,22 +583,21 @@ class QdrantServerStore:
                     using=leg.using,
                     query_filter=query_filter,
                     search_params=leg.params,
-                    limit=limit,
+                    limit=plan.fetch,
                     with_payload=True,
                     with_vectors=vectors,
                 )
-            else:
-                response = client.query_points(
-                    self._chunks,
-                    prefetch=legs,
-                    query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
-                    query_filter=query_filter,
-                    limit=2 * leg_size,  # the legs' union: see `best_first`
-                    with_payload=True,
-                    with_vectors=vectors,
-                )
-                return best_first(response.points, limit)
-        return response.points
+                return best_first([_candidate(p) for p in response.points], plan.limit)
+            response = client.query_points(
+                self._chunks,
+                prefetch=legs,
+                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+                query_filter=query_filter,
+                limit=plan.fetch,
+                with_payload=True,
+                with_vectors=vectors,
+            )
+        return best_first([_candidate(p) for p in response.points], plan.limit)
 
     def _snapshot(self, tenant: str, *, token_first: bool) -> _Snapshot:
         """Read the tenant's write token and busy records, in the order the
@@ -781,7 +657,7 @@ class QdrantServerStore:
                 records, offset = client.scroll(
                     collection,
                     scroll_filter=scan_filter,
-                    limit=_SCROLL_BATCH,
+                    limit=SCROLL_BATCH,
                     offset=offset,
                     with_payload=with_payload,
                     with_vectors=False,
@@ -792,9 +668,9 @@ class QdrantServerStore:
                 return
 
     def _check_chunk_ownership(self, tenant: str, document_id: str, chunk_ids: list[str]) -> None:
-        """Refuse chunk ids that belong to another document, with the embedded
-        store's messages. Point ids include the tenant and version, so nothing
-        would be overwritten here; the check keeps both backends' contracts equal."""
+        """Refuse chunk ids that belong to another document (`ownership_error`).
+        Point ids include the tenant and version, so nothing would be overwritten
+        here; the check keeps the backends' contracts equal."""
         own = models.Filter(must=_document_conditions(tenant, document_id))
         for start in range(0, len(chunk_ids), _ID_BATCH):
             others = models.Filter(
@@ -810,16 +686,16 @@ class QdrantServerStore:
                 )
             if not records:
                 continue
-            payload = records[0].payload or {}
-            chunk_id, owner = payload.get("chunk_id"), payload.get("document_id")
-            if payload.get("tenant") != tenant:
-                raise InvalidInputError(
-                    f"chunk_id '{chunk_id}' already belongs to another tenant's document, "
-                    f"not to '{document_id}' of tenant '{tenant}'"
-                )
-            raise InvalidInputError(
-                f"chunk_id '{chunk_id}' already belongs to document '{owner}', not '{document_id}'"
+            owner = records[0].payload or {}
+            error = ownership_error(
+                str(owner.get("chunk_id")),
+                owner.get("tenant"),
+                owner.get("document_id"),
+                tenant,
+                document_id,
             )
+            if error is not None:
+                raise error
 
     # -- the document claim ---------------------------------------------------
 
@@ -966,59 +842,45 @@ def _held(claim: _Claim) -> models.Filter:
     )
 
 
-def _pinned(base: models.Filter, snapshot: _Snapshot) -> models.Filter:
-    """`base`, with each busy document restricted to its live version (none if "")."""
-    pins: list[models.Condition] = []
+def _pinned(spec: filters.AllOf, snapshot: _Snapshot) -> filters.AllOf:
+    """`spec`, with each busy document restricted to its live version (none if "")."""
+    pins: list[filters.Condition] = []
     for document_id, version, _ in sorted(snapshot.busy):
+        document = filters.Match("document_id", document_id)
         if version:
-            pins.append(
-                models.Filter(
-                    must=[_match("document_id", document_id)],
-                    must_not=[_match("version", version)],
-                )
-            )
+            pins.append(filters.AllOf((document,), must_not=(filters.Match("version", version),)))
         else:
-            pins.append(_match("document_id", document_id))
-    if not pins:
-        return base
-    return models.Filter(must=base.must, must_not=[*(base.must_not or []), *pins])
+            pins.append(document)
+    return filters.AllOf(spec.must, (*spec.must_not, *pins))
 
 
-def _search_filter(caller: Caller, search_filter: SearchFilter) -> models.Filter:
-    """The engine filter of a search, condition for condition the embedded
-    store's (`edge._engine_filter`):
-
-        must: tenant == caller.tenant;
-              access_labels is empty OR has one of the caller's labels;
-              document_id / media_type / source_uri / tags: any of the filter's;
-              date_from_unix <= document_date_unix <= date_to_unix (given bounds)
-        must_not (only with a date bound): document_date_unix == 0 (undated)
-    """
-    unrestricted = models.IsEmptyCondition(is_empty=models.PayloadField(key="access_labels"))
-    access: models.Condition = unrestricted
-    if caller.access_labels:
-        access = models.Filter(
-            should=[unrestricted, _match_any("access_labels", caller.access_labels)]
-        )
-    conditions: list[models.Condition] = [_match("tenant", caller.tenant), access]
-    fields_and_values = (
-        ("document_id", search_filter.document_ids),
-        ("media_type", search_filter.media_types),
-        ("source_uri", search_filter.source_uris),
-        ("tags", search_filter.tags),
+def _engine_filter(spec: filters.AllOf) -> models.Filter:
+    """The qdrant-client filter of a neutral filter (`filters.py`)."""
+    return models.Filter(
+        must=[_condition(c) for c in spec.must],
+        must_not=[_condition(c) for c in spec.must_not] or None,
     )
-    conditions.extend(_match_any(key, values) for key, values in fields_and_values if values)
-    start, end = search_filter.date_from_unix, search_filter.date_to_unix
-    if start is None and end is None:
-        return models.Filter(must=conditions)
-    conditions.append(
-        models.FieldCondition(key="document_date_unix", range=models.Range(gte=start, lte=end))
-    )
-    return models.Filter(must=conditions, must_not=[_match("document_date_unix", 0)])
+
+
+def _condition(condition: filters.Condition) -> models.Condition:
+    match condition:
+        case filters.Match(field, value):
+            return _match(field, value)
+        case filters.MatchAny(field, values):
+            return _match_any(field, values)
+        case filters.IsEmpty(field):
+            return models.IsEmptyCondition(is_empty=models.PayloadField(key=field))
+        case filters.Range(field, gte, lte):
+            return models.FieldCondition(key=field, range=models.Range(gte=gte, lte=lte))
+        case filters.AnyOf(conditions):
+            return models.Filter(should=[_condition(c) for c in conditions])
+        case filters.AllOf():
+            return _engine_filter(condition)
 
 
 def _document_conditions(tenant: str, document_id: str) -> list[models.Condition]:
-    return [_match("tenant", tenant), _match("document_id", document_id)]
+    """The chunks (or the record) of one tenant's document."""
+    return [_condition(c) for c in filters.of_document(tenant, document_id).must]
 
 
 def _match(key: str, value: str | int | bool) -> models.FieldCondition:
@@ -1029,54 +891,31 @@ def _match_any(key: str, values: Sequence[str]) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchAny(any=list(values)))
 
 
-def _vectors(dense: list[float], title: str, text: str) -> dict[str, Any]:
-    """A chunk's named vectors; no BM25 vector when its text has no indexable
-    term, as in the embedded store (dense search still finds the chunk)."""
-    terms = _BM25.embed_document(keyword_text(title, text))
-    return {DENSE: dense, KEYWORD: _sparse(terms)} if terms.indices else {DENSE: dense}
-
-
-def _sparse(terms: EdgeSparseVector) -> models.SparseVector:
-    """The client's form of a BM25 vector computed by qdrant_edge."""
+def _sparse(terms: SparseVector) -> models.SparseVector:
+    """The client's form of a BM25 vector."""
     return models.SparseVector(indices=list(terms.indices), values=list(terms.values))
 
 
-def _dense_of(point: models.ScoredPoint) -> list[float]:
+def _candidate(point: models.ScoredPoint) -> Candidate:
+    """A scored point as `ranking.hits` takes it, named by its chunk id (point
+    ids are per version)."""
+    payload = point.payload or {}
     vector = point.vector
-    if not isinstance(vector, dict):
-        raise TypeError(f"point {point.id} came back without its named '{DENSE}' vector")
-    return list(vector[DENSE])  # type: ignore[arg-type]  # a dense vector is a list of floats
-
-
-def _cosine_hits(
-    points: Sequence[models.ScoredPoint], query_vector: Sequence[float]
-) -> list[SearchHit]:
-    """Hits in the engine's order, each scored by its cosine to the query (the
-    mode decides the order only; see `SearchHit`). Both sides are normalised
-    here: the server returns cosine vectors normalised, local mode need not."""
-    if not points:
-        return []
-    query = np.asarray(query_vector, dtype=np.float64)
-    matrix = np.asarray([_dense_of(p) for p in points], dtype=np.float64)
-    cosines = (matrix @ query) / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(query))
-    return [
-        SearchHit(chunk_from_payload(p.payload or {}), float(cosine))
-        for p, cosine in zip(points, cosines, strict=True)
-    ]
+    dense = vector.get(DENSE) if isinstance(vector, dict) else None
+    return Candidate(str(payload.get("chunk_id")), point.score, payload, dense)  # type: ignore[arg-type]
 
 
 def _chunk_point_id(tenant: str, chunk_id: str, version: str) -> str:
-    return str(uuid.uuid5(_CHUNK_NAMESPACE, f"{tenant}/{chunk_id}/{version}"))
+    """Two versions of a chunk coexist while a replacement is under way."""
+    return scoped_id(_CHUNK_NAMESPACE, tenant, chunk_id, version)
 
 
 def _record_id(tenant: str, document_id: str) -> str:
-    """Registry id of the tenant's document: "/" cannot occur in a tenant id, so
-    different (tenant, document_id) pairs never share one."""
-    return str(uuid.uuid5(_RECORD_NAMESPACE, f"{tenant}/{document_id}"))
+    return scoped_id(_RECORD_NAMESPACE, tenant, document_id)
 
 
 def _token_point_id(tenant: str) -> str:
-    return str(uuid.uuid5(_TOKEN_NAMESPACE, tenant))
+    return scoped_id(_TOKEN_NAMESPACE, tenant)
 
 
 def _parse_version(text: str) -> tuple[int, int] | None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import heapq
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
 import numpy as np
 
@@ -64,41 +64,6 @@ class SearchOptions:
 
 DENSE_SEARCH = SearchOptions()
 """The default options: dense search, no MMR."""
-
-
-def candidate_count(top_k: int) -> int:
-    """Chunks fetched per leg (and for MMR) to return `top_k` after re-ranking.
-
-    Fusion and MMR can only promote what a leg fetched: a chunk at rank 30 in
-    one leg and rank 2 in the other must be in both candidate lists to get its
-    fused credit, so each leg fetches several times top_k, at least 20.
-    """
-    return max(top_k * 4, 20)
-
-
-class _Ranked(Protocol):
-    """What an engine's scored point has (qdrant-edge's and qdrant-client's alike)."""
-
-    @property
-    def id(self) -> Any: ...
-    @property
-    def score(self) -> float: ...
-
-
-RankedT = TypeVar("RankedT", bound=_Ranked)
-
-
-def best_first(points: Sequence[RankedT], limit: int) -> list[RankedT]:
-    """The `limit` best of `points`, ties broken by point id.
-
-    RRF gives exactly equal scores to chunks at the same ranks of different legs
-    (dense rank 3 only, keyword rank 3 only), and the engines order such ties
-    arbitrarily, so the same request could cite different chunks from one call
-    to the next. Fused searches therefore fetch every fused candidate (up to
-    twice a leg's size: the union of both legs) and cut here, so identical
-    requests get identical results, MMR's candidate pool included.
-    """
-    return sorted(points, key=lambda point: (-point.score, str(point.id)))[:limit]
 
 
 @dataclass(frozen=True)
@@ -414,57 +379,3 @@ def validate_replacement(
         seen.add(chunk.chunk_id)
     names = [f"vector {i} (chunk '{chunk.chunk_id}')" for i, chunk in enumerate(chunks)]
     return validate_vectors(vectors, dimension, names)
-
-
-def keyword_text(title: str, text: str) -> str:
-    """The text BM25 indexes for a chunk: its title, then its text.
-
-    Titles name the topic in the words users search with, so every chunk of a
-    document carries them; when the text already starts with the title (a
-    plain-text document's first chunk) it is not counted twice. Shared by the
-    backends so that both index the same terms.
-    """
-    if not title or text.startswith(title):
-        return text
-    return f"{title}\n{text}"
-
-
-_CHUNK_FIELDS = tuple(f.name for f in fields(StoredChunk))
-_RECORD_FIELDS = tuple(f.name for f in fields(DocumentRecord))
-_LIST_FIELDS = ("access_labels", "tags")
-"""Tuple fields of the dataclasses, stored in an engine payload as lists."""
-
-
-def _to_payload(obj: StoredChunk | DocumentRecord, names: Sequence[str]) -> dict[str, Any]:
-    # Not dataclasses.asdict: it deep-copies every value, 20x slower per chunk.
-    payload = {name: getattr(obj, name) for name in names}
-    for name in _LIST_FIELDS:
-        payload[name] = list(payload[name])
-    return payload
-
-
-def _from_payload(payload: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
-    values = {name: payload[name] for name in names}
-    for name in _LIST_FIELDS:
-        values[name] = tuple(values[name])
-    return values
-
-
-def chunk_payload(chunk: StoredChunk) -> dict[str, Any]:
-    """The engine payload of a chunk: every field, tuples as lists (JSON)."""
-    return _to_payload(chunk, _CHUNK_FIELDS)
-
-
-def record_payload(record: DocumentRecord) -> dict[str, Any]:
-    """The engine payload of a registry record: every field, tuples as lists."""
-    return _to_payload(record, _RECORD_FIELDS)
-
-
-def chunk_from_payload(payload: Mapping[str, Any]) -> StoredChunk:
-    """The chunk stored in `payload`; keys other than its fields are ignored."""
-    return StoredChunk(**_from_payload(payload, _CHUNK_FIELDS))
-
-
-def record_from_payload(payload: Mapping[str, Any]) -> DocumentRecord:
-    """The record stored in `payload`; keys other than its fields are ignored."""
-    return DocumentRecord(**_from_payload(payload, _RECORD_FIELDS))

@@ -18,16 +18,16 @@ from qdrant_edge import (
 
 from services.common.errors import InvalidInputError
 from services.common.tenancy import DEFAULT_TENANT, Caller
-from services.retrieval.edge import DENSE, EdgeVectorStore
+from services.retrieval.edge import EdgeVectorStore
 from services.retrieval.fusion import rrf
+from services.retrieval.ranking import best_first, candidate_count
+from services.retrieval.schema import DENSE
 from services.retrieval.store import (
     DocumentRecord,
     RetrievalMode,
     SearchFilter,
     SearchOptions,
     StoredChunk,
-    best_first,
-    candidate_count,
 )
 
 TENANT = DEFAULT_TENANT  # the migration test writes points as a pre-tenancy store did

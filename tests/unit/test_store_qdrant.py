@@ -34,10 +34,8 @@ from services.common.errors import (
     UnavailableError,
 )
 from services.retrieval import qdrant as qdrant_module
-from services.retrieval.edge import _BM25 as EDGE_BM25
 from services.retrieval.edge import EdgeVectorStore
 from services.retrieval.qdrant import (
-    _BM25,
     BACKEND,
     QdrantServerStore,
     QdrantTuning,
@@ -55,7 +53,6 @@ from services.retrieval.store import (
     StoredChunk,
     StoreStats,
     VectorStore,
-    keyword_text,
 )
 from tests.unit.test_store_edge import Document, make_document, unit_vectors
 
@@ -196,15 +193,6 @@ def test_every_search_mode_with_mmr(store: QdrantServerStore) -> None:
     assert store.search(CALLER, [], 3, ALL, keyword) == []  # no chunk has the term
     without_vector = store.search(CALLER, [], 2, ALL, replace(keyword, text="chunk"))
     assert [hit.score > 0 for hit in without_vector] == [True, True]  # BM25 scores
-
-
-def test_the_bm25_is_the_embedded_engines() -> None:
-    text = keyword_text("Parental leave", "Employees receive twelve weeks of paid leave.")
-    ours, theirs = _BM25.embed_document(text), EDGE_BM25.embed_document(text)
-    assert (ours.indices, ours.values) == (theirs.indices, theirs.values)
-
-
-# -- opening ------------------------------------------------------------------
 
 
 def test_reopening_with_another_dimension_fails() -> None:

@@ -26,17 +26,16 @@ from qdrant_edge import (
 from ragplatform.v1 import common_pb2, embedding_pb2, retrieval_pb2
 from services.common.errors import InvalidInputError, NotFoundError
 from services.retrieval.edge import (
-    _LEGACY_RECORD_NAMESPACE,
-    DENSE,
-    LEGACY_TENANT,
     EdgeVectorStore,
     HnswSettings,
     _chunk_config,
+    _chunk_vectors,
     _record_id,
     _registry_config,
-    _vectors,
 )
+from services.retrieval.edge_migrations import LEGACY_RECORD_NAMESPACE, LEGACY_TENANT
 from services.retrieval.fusion import rrf
+from services.retrieval.schema import DENSE
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.store import (
     MAX_TOP_K,
@@ -560,14 +559,14 @@ def write_pre_tenancy_directory(data_dir: Path, *, keyword_vectors: bool = True)
     for chunk, vector in zip(chunks, vectors, strict=True):
         payload = {k: v for k, v in asdict(chunk).items() if k not in LEGACY_FIELDS}
         named: dict[str, Any] = (
-            _vectors(vector, chunk.title, chunk.text) if keyword_vectors else {DENSE: vector}
+            _chunk_vectors(vector, chunk) if keyword_vectors else {DENSE: vector}
         )
         points.append(Point(chunk.chunk_id, named, payload))
     chunk_shard.update(UpdateOperation.upsert_points(points))
     chunk_shard.flush()
     chunk_shard.close()
     registry = EdgeShard.create(str(data_dir / "documents"), _registry_config())
-    legacy_id = str(uuid.uuid5(_LEGACY_RECORD_NAMESPACE, record.document_id))
+    legacy_id = str(uuid.uuid5(LEGACY_RECORD_NAMESPACE, record.document_id))
     payload = {k: v for k, v in asdict(record).items() if k not in LEGACY_FIELDS}
     registry.update(UpdateOperation.upsert_points([Point(legacy_id, {}, payload)]))
     registry.flush()
