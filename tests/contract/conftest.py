@@ -2,15 +2,16 @@
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pytest
 
 from tests.contract.fakes.openai_fake import OpenAIFake
+from tests.contract.fakes.scripted import ScriptedFake
 from tests.contract.fakes.server import serve
 from tests.contract.fakes.vertex_fake import VertexFake
 
-FakeT = TypeVar("FakeT")
+FakeT = TypeVar("FakeT", bound=ScriptedFake[Any])
 
 
 @dataclass
@@ -21,39 +22,36 @@ class Running(Generic[FakeT]):
     url: str
 
 
-@pytest.fixture(scope="module")
-def openai_server() -> Iterator[Running[OpenAIFake]]:
-    fake = OpenAIFake()
+def _serving(fake: FakeT) -> Iterator[Running[FakeT]]:
     with serve(fake.app) as url:
         yield Running(fake, url)
+
+
+def _fresh(running: Running[FakeT]) -> Iterator[Running[FakeT]]:
+    """`running` with no scripted replies and no recorded requests; what the
+    test left held (``hang=True``) is released after it."""
+    running.fake.reset()
+    yield running
+    running.fake.release()
+
+
+@pytest.fixture(scope="module")
+def openai_server() -> Iterator[Running[OpenAIFake]]:
+    yield from _serving(OpenAIFake())
 
 
 @pytest.fixture(scope="module")
 def vertex_server() -> Iterator[Running[VertexFake]]:
-    fake = VertexFake()
-    with serve(fake.app) as url:
-        yield Running(fake, url)
+    yield from _serving(VertexFake())
 
 
 @pytest.fixture
-def openai(openai_server: Running[OpenAIFake]) -> Running[OpenAIFake]:
-    """The OpenAI fake with no scripted replies and no recorded requests."""
-    openai_server.fake.replies.clear()
-    openai_server.fake.requests.clear()
-    openai_server.fake.headers.clear()
-    return openai_server
+def openai(openai_server: Running[OpenAIFake]) -> Iterator[Running[OpenAIFake]]:
+    """The OpenAI fake, fresh for the test."""
+    yield from _fresh(openai_server)
 
 
 @pytest.fixture
-def vertex(vertex_server: Running[VertexFake]) -> Running[VertexFake]:
-    """The Vertex fake with no scripted replies and no recorded requests."""
-    fake = vertex_server.fake
-    for recorded in (
-        fake.replies,
-        fake.requests,
-        fake.paths,
-        fake.headers,
-        fake.grounding_requests,
-    ):
-        recorded.clear()
-    return vertex_server
+def vertex(vertex_server: Running[VertexFake]) -> Iterator[Running[VertexFake]]:
+    """The Vertex fake, fresh for the test."""
+    yield from _fresh(vertex_server)

@@ -21,7 +21,7 @@ from services.generation.gemini import GeminiChat
 from services.generation.llm import LlmAnswerer
 from services.generation.prompts import SYSTEM_INSTRUCTION, PromptBudget
 from tests.contract.conftest import Running
-from tests.contract.fakes.openai_fake import DEFAULT_TEXT
+from tests.contract.fakes.scripted import DEFAULT_TEXT
 from tests.contract.fakes.vertex_fake import GeminiReply, VertexFake
 
 MODEL = "gemini-2.5-pro"
@@ -110,10 +110,10 @@ async def test_malformed_reply_is_unavailable(vertex: Running[VertexFake]) -> No
         await chat(vertex.url).complete("system", "user")
 
 
-async def test_slow_model_is_a_deadline_error(vertex: Running[VertexFake]) -> None:
-    vertex.fake.script(GeminiReply(delay_seconds=1.0))
+async def test_model_that_never_answers_is_a_deadline_error(vertex: Running[VertexFake]) -> None:
+    vertex.fake.script(GeminiReply(hang=True))
     with pytest.raises(DeadlineError, match="gemini-pro"):
-        await chat(vertex.url, timeout_seconds=0.2).complete("system", "user")
+        await chat(vertex.url, timeout_seconds=0.01).complete("system", "user")
 
 
 async def test_unreachable_endpoint_is_unavailable() -> None:

@@ -19,7 +19,8 @@ from services.generation.backends import DECLINE_TEXT
 from services.generation.servicer import GenerationServicer
 from services.runtime.errors import ErrorMappingInterceptor
 from tests.contract.conftest import Running
-from tests.contract.fakes.openai_fake import DEFAULT_TEXT, OpenAIFake, Reply
+from tests.contract.fakes.openai_fake import OpenAIFake, Reply
+from tests.contract.fakes.scripted import DEFAULT_TEXT
 from tests.contract.fakes.vertex_fake import GeminiReply, VertexFake
 
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
@@ -43,7 +44,6 @@ def settings(openai: Running[OpenAIFake], vertex: Running[VertexFake], **overrid
             LLAMA: {"input": 0.10, "output": 0.20},
             "gemini-2.5-pro": {"input": 1.25, "output": 10.0},
         },
-        "generation_backend_deadlines": {"vllm": 0.3},
     }
     return GenerationSettings(**(values | overrides))
 
@@ -113,11 +113,11 @@ async def test_rate_limited_backend_falls_back_and_says_so(
     assert "rate limited" in attempt.message
 
 
-async def test_slow_backend_falls_back_after_its_deadline(
+async def test_stuck_backend_falls_back_after_its_deadline(
     make_stub: StubFactory, openai: Running[OpenAIFake]
 ) -> None:
-    stub = await make_stub()
-    openai.fake.script(Reply(delay_seconds=1.0))
+    stub = await make_stub(generation_backend_deadlines={"vllm": 0.01})
+    openai.fake.script(Reply(hang=True))
     reply = await stub.Generate(request())
     assert reply.backend == "gemini-flash"
     assert reply.route.fallbacks[0].error_code == "DEADLINE_EXCEEDED"

@@ -19,7 +19,8 @@ from services.generation.llm import Completion, LlmAnswerer
 from services.generation.prompts import SYSTEM_INSTRUCTION, PromptBudget
 from services.generation.vllm import VllmChat
 from tests.contract.conftest import Running
-from tests.contract.fakes.openai_fake import DEFAULT_TEXT, OpenAIFake, Reply
+from tests.contract.fakes.openai_fake import OpenAIFake, Reply
+from tests.contract.fakes.scripted import DEFAULT_TEXT
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 API_KEY = "test-key"
@@ -127,10 +128,10 @@ async def test_stream_cut_off_mid_answer_is_unavailable(openai: Running[OpenAIFa
     assert received and all(isinstance(e, str) for e in received)
 
 
-async def test_slow_server_is_a_deadline_error(openai: Running[OpenAIFake]) -> None:
-    openai.fake.script(Reply(delay_seconds=1.0))
+async def test_server_that_never_answers_is_a_deadline_error(openai: Running[OpenAIFake]) -> None:
+    openai.fake.script(Reply(hang=True))
     with pytest.raises(DeadlineError, match="vllm"):
-        await chat(openai.url, timeout_seconds=0.2).complete("system", "user")
+        await chat(openai.url, timeout_seconds=0.01).complete("system", "user")
 
 
 async def test_unreachable_server_is_unavailable() -> None:

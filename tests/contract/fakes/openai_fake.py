@@ -2,85 +2,74 @@
 
 It speaks the wire format the ``openai`` SDK expects (and vLLM produces):
 
-* plain: a ``chat.completion`` JSON object with ``choices[0].message.content``
-  and ``usage`` (``prompt_tokens``, ``completion_tokens``, ``total_tokens``);
+* plain: a ``chat.completion`` JSON object with ``choices[0].message.content``,
+  its ``finish_reason`` (``stop``, or ``length`` when the answer reached
+  ``max_tokens``) and ``usage`` (``prompt_tokens``, ``completion_tokens``,
+  ``total_tokens``);
 * ``"stream": true``: Server-Sent Events, one ``chat.completion.chunk`` per
   ``data:`` line (the first with the assistant role, then content deltas, then
   one with ``finish_reason``), a final chunk with empty ``choices`` and the
   ``usage`` when ``stream_options.include_usage`` is set, and ``data: [DONE]``;
-* errors: ``{"error": {"message", "type", "param", "code"}}`` with the HTTP
-  status (429 rate limit, 500 server error, 400 bad request).
+* errors: ``{"error": {"object", "message", "type", "param", "code"}}`` with the
+  HTTP status (429 rate limit, 500 server error, 400 bad request);
+* an error inside a stream, after the 200 and some deltas: vLLM's chat stream
+  catches the engine's exception and sends the same error object as one more
+  event, ``data: {"error": {...}}``, then ``data: [DONE]``. It says
+  ``BadRequestError`` and code 400 whatever went wrong (vLLM's default), so a
+  client must not read the code as the caller's fault.
 
-Tests script it reply by reply (:meth:`OpenAIFake.script`): an error status, a
-delay before answering (for deadlines), a malformed body, or a stream that
-breaks off after some chunks. Every request body and its headers are kept.
+Tests script it reply by reply (:meth:`OpenAIFake.script`, see
+:mod:`tests.contract.fakes.scripted`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-DEFAULT_TEXT = "Full-time employees get 25 days of paid leave per year [1]."
+from tests.contract.fakes.scripted import ScriptedFake, ScriptedReply, chunked, pieces, sse
 
 
 @dataclass(frozen=True)
-class Reply:
-    """How the fake answers one request."""
+class Reply(ScriptedReply):
+    """How the fake answers one chat completion."""
 
-    text: str = DEFAULT_TEXT
-    status: int = 200
-    delay_seconds: float = 0.0
-    malformed: bool = False
-    """200 with a body that is not a chat completion."""
-    break_after_chunks: int | None = None
-    """Streaming: drop the connection after this many content chunks."""
+    error_code: int = 400
+    finish_reason: str = "stop"
     prompt_tokens: int = 321
     completion_tokens: int = 17
 
 
 _ERROR_TYPES = {400: "BadRequestError", 429: "RateLimitError", 500: "InternalServerError"}
+DONE = "data: [DONE]\n\n"
 
 
-class OpenAIFake:
-    """The fake server's state: scripted replies and recorded requests."""
+class OpenAIFake(ScriptedFake[Reply]):
+    """The fake server: scripted replies and recorded requests."""
 
     def __init__(self) -> None:
-        self.replies: deque[Reply] = deque()
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self.app = FastAPI()
+        super().__init__(Reply())
         self.app.post("/v1/chat/completions")(self._chat_completions)
 
-    def script(self, *replies: Reply) -> None:
-        """Answer the next requests with `replies`, then with the default Reply()."""
-        self.replies.extend(replies)
+    def _error(self, code: int) -> dict[str, Any]:
+        return {
+            "object": "error",
+            "message": f"fake {code}",
+            "type": _ERROR_TYPES.get(code, "APIError"),
+            "param": None,
+            "code": code,
+        }
 
     async def _chat_completions(self, request: Request) -> Response:
         body = await request.json()
-        self.requests.append(body)
-        self.headers.append(dict(request.headers))
-        reply = self.replies.popleft() if self.replies else Reply()
-        if reply.delay_seconds:
-            await asyncio.sleep(reply.delay_seconds)
-        if reply.status != 200:
-            error = {
-                "message": f"fake {reply.status}",
-                "type": _ERROR_TYPES.get(reply.status, "APIError"),
-                "param": None,
-                "code": reply.status,
-            }
-            return JSONResponse({"error": error}, status_code=reply.status)
-        if reply.malformed:
-            return PlainTextResponse("<html>502 Bad Gateway</html>", media_type="application/json")
+        reply = await self._take(request, body)
+        if isinstance(reply, Response):
+            return reply
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(
@@ -97,7 +86,7 @@ class OpenAIFake:
                         "index": 0,
                         "message": {"role": "assistant", "content": reply.text},
                         "logprobs": None,
-                        "finish_reason": "stop",
+                        "finish_reason": reply.finish_reason,
                     }
                 ],
                 "usage": _usage(reply),
@@ -114,26 +103,20 @@ class OpenAIFake:
                 "choices": choices,
                 **extra,
             }
-            return f"data: {json.dumps(data)}\n\n"
+            return sse(data)
 
         yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}}])
-        for n, piece in enumerate(pieces(reply.text)):
-            if reply.break_after_chunks is not None and n == reply.break_after_chunks:
-                raise ConnectionAbortedError("fake: connection dropped mid-stream")
-            yield chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
-        yield chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+        events = [
+            chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+            for piece in pieces(reply.text)
+        ]
+        events.append(chunk([{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]))
         if include_usage:
-            yield chunk([], usage=_usage(reply))
-        yield "data: [DONE]\n\n"
-
-
-def pieces(text: str, size: int = 3) -> list[str]:
-    """`text` split into deltas of about `size` words (whitespace kept)."""
-    words = text.split(" ")
-    return [
-        " ".join(words[i : i + size]) + (" " if i + size < len(words) else "")
-        for i in range(0, len(words), size)
-    ]
+            events.append(chunk([], usage=_usage(reply)))
+        events.append(DONE)
+        error = sse({"error": self._error(reply.error_code)}) + DONE
+        async for event in chunked(events, reply, error):
+            yield event
 
 
 def _usage(reply: Reply) -> dict[str, int]:

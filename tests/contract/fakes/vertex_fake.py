@@ -9,8 +9,18 @@ Gemini (what ``google-genai`` with ``vertexai=True`` calls):
 * ``...:streamGenerateContent?alt=sse`` answers the same objects as
   Server-Sent Events (``data: {...}`` lines), one per text piece, the last one
   with ``finishReason`` and the full ``usageMetadata``;
+* ``finishReason`` other than ``STOP``: ``MAX_TOKENS`` (the answer, thinking
+  included, reached ``maxOutputTokens``), ``SAFETY`` (the answer was stopped by
+  the safety filter; the candidate's ``safetyRatings`` say which category),
+  ``RECITATION`` and the like;
+* a blocked prompt: ``promptFeedback.blockReason`` (and
+  ``blockReasonMessage``), no candidates at all (one event when streaming);
 * errors: ``{"error": {"code", "message", "status"}}`` with the HTTP status
-  (429 RESOURCE_EXHAUSTED, 500 INTERNAL, 400 INVALID_ARGUMENT).
+  (429 RESOURCE_EXHAUSTED, 500 INTERNAL, 400 INVALID_ARGUMENT);
+* an error inside a stream, after the 200 and some chunks: Vertex writes the
+  same error object into the body, pretty-printed over several lines outside
+  the SSE framing (``raw``), or as a ``data:`` event (``sse``), and ends the
+  stream; or the connection drops.
 
 Check grounding (what ``GroundedGenerationServiceClient`` with the REST
 transport calls): ``POST /v1/projects/{p}/locations/global/groundingConfigs/{config}:check``
@@ -20,51 +30,47 @@ The fake's "model": a claim (sentence) is supported when a fact contains it
 verbatim, ignoring case.
 
 Requests and headers are recorded; Gemini replies are scripted like the
-OpenAI fake's.
+OpenAI fake's (see :mod:`tests.contract.fakes.scripted`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from tests.contract.fakes.openai_fake import DEFAULT_TEXT, pieces
+from tests.contract.fakes.scripted import ScriptedFake, ScriptedReply, chunked, pieces, sse
 
 _STATUS_NAMES = {400: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL"}
+_SAFETY_RATING = {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}
 
 
 @dataclass(frozen=True)
-class GeminiReply:
+class GeminiReply(ScriptedReply):
     """How the fake answers one generateContent call."""
 
-    text: str = DEFAULT_TEXT
-    status: int = 200
-    delay_seconds: float = 0.0
-    malformed: bool = False
     finish_reason: str = "STOP"
+    block_reason: str = ""
+    """The prompt is blocked for this reason: no candidates, only promptFeedback."""
+    error_framing: Literal["raw", "sse"] = "raw"
+    """How an in-stream error is written (see the module docstring)."""
     prompt_tokens: int = 400
     candidates_tokens: int = 20
     thoughts_tokens: int = 30
 
 
-class VertexFake:
-    """The fake server's state: scripted Gemini replies, recorded requests."""
+class VertexFake(ScriptedFake[GeminiReply]):
+    """The fake server: scripted Gemini replies, recorded requests."""
 
     def __init__(self) -> None:
-        self.replies: deque[GeminiReply] = deque()
-        self.requests: list[dict[str, Any]] = []
+        super().__init__(GeminiReply())
         self.paths: list[str] = []
-        self.headers: list[dict[str, str]] = []
         self.grounding_requests: list[dict[str, Any]] = []
-        self.app = FastAPI()
         self.app.post(
             "/{version}/projects/{project}/locations/{location}/publishers/google/models/{target}"
         )(self._model_call)
@@ -72,31 +78,25 @@ class VertexFake:
             self._check_grounding
         )
 
-    def script(self, *replies: GeminiReply) -> None:
-        """Answer the next calls with `replies`, then with the default GeminiReply()."""
-        self.replies.extend(replies)
+    def reset(self) -> None:
+        super().reset()
+        self.paths.clear()
+        self.grounding_requests.clear()
 
-    def _record(self, request: Request, body: dict[str, Any]) -> None:
-        self.requests.append(body)
-        self.paths.append(request.url.path + ("?" + request.url.query if request.url.query else ""))
-        self.headers.append(dict(request.headers))
+    def _error(self, code: int) -> dict[str, Any]:
+        return {
+            "code": code,
+            "message": f"fake {code}",
+            "status": _STATUS_NAMES.get(code, "UNKNOWN"),
+        }
 
     async def _model_call(self, request: Request, target: str) -> Response:
         body = await request.json()
-        self._record(request, body)
+        self.paths.append(request.url.path + ("?" + request.url.query if request.url.query else ""))
+        reply = await self._take(request, body)
+        if isinstance(reply, Response):
+            return reply
         model, _, method = target.partition(":")
-        reply = self.replies.popleft() if self.replies else GeminiReply()
-        if reply.delay_seconds:
-            await asyncio.sleep(reply.delay_seconds)
-        if reply.status != 200:
-            error = {
-                "code": reply.status,
-                "message": f"fake {reply.status} for {model}",
-                "status": _STATUS_NAMES.get(reply.status, "UNKNOWN"),
-            }
-            return JSONResponse({"error": error}, status_code=reply.status)
-        if reply.malformed:
-            return PlainTextResponse("<html>502 Bad Gateway</html>", media_type="application/json")
         if method == "streamGenerateContent":
             return StreamingResponse(self._events(model, reply), media_type="text/event-stream")
         if method != "generateContent":
@@ -104,10 +104,17 @@ class VertexFake:
         return JSONResponse(_response(model, reply.text, reply, final=True))
 
     async def _events(self, model: str, reply: GeminiReply) -> AsyncIterator[str]:
-        parts = pieces(reply.text)
-        for n, piece in enumerate(parts):
-            data = _response(model, piece, reply, final=n == len(parts) - 1)
-            yield f"data: {json.dumps(data)}\r\n\r\n"
+        parts = [""] if reply.block_reason else pieces(reply.text)  # blocked: one event
+        events = [
+            sse(_response(model, piece, reply, final=n == len(parts) - 1), "\r\n")
+            for n, piece in enumerate(parts)
+        ]
+        error = {"error": self._error(reply.error_code)}
+        raw = json.dumps(error, indent=2).replace("\n", "\r\n") + "\r\n"
+        async for event in chunked(
+            events, reply, raw if reply.error_framing == "raw" else sse(error, "\r\n")
+        ):
+            yield event
 
     async def _check_grounding(self, request: Request, target: str) -> Response:
         if not target.endswith(":check"):
@@ -146,12 +153,21 @@ class VertexFake:
 
 
 def _response(model: str, text: str, reply: GeminiReply, *, final: bool) -> dict[str, Any]:
+    usage: dict[str, Any] = {"promptTokenCount": reply.prompt_tokens}
+    if reply.block_reason:
+        feedback = {
+            "blockReason": reply.block_reason,
+            "blockReasonMessage": "The prompt was blocked (fake).",
+            "safetyRatings": [_SAFETY_RATING],
+        }
+        return {"promptFeedback": feedback, "usageMetadata": usage, "modelVersion": model}
     candidate: dict[str, Any] = {"index": 0}
     if text:  # a blocked answer has no content at all
         candidate["content"] = {"role": "model", "parts": [{"text": text}]}
-    usage: dict[str, Any] = {"promptTokenCount": reply.prompt_tokens}
     if final:
         candidate["finishReason"] = reply.finish_reason
+        if reply.finish_reason == "SAFETY":
+            candidate["safetyRatings"] = [_SAFETY_RATING | {"blocked": True}]
         usage |= {
             "candidatesTokenCount": reply.candidates_tokens,
             "thoughtsTokenCount": reply.thoughts_tokens,
