@@ -18,12 +18,14 @@ up: setup ## Start every service in the foreground (Ctrl-C stops them)
 down: ## Stop services started with `ragctl up --detach`
 	@$(RAGCTL) down
 
-test: setup ## Lint, type-check and run the default test suite (slow tests excluded)
+# RAG_TESTS_STRICT=1: a skipped test fails the run (tests/conftest.py), so a missing
+# tool or data set cannot turn tests into silent skips.
+test: setup ## Lint, type-check and run the default test suite (slow tests excluded; no skips)
 	@$(MAKE) --no-print-directory lint
-	@$(PY) -m pytest
+	@RAG_TESTS_STRICT=1 $(PY) -m pytest
 
-test-all: setup ## Everything, slow tests included
-	@$(PY) -m pytest -m ''
+test-all: setup ## Everything, slow tests included (no skips)
+	@RAG_TESTS_STRICT=1 $(PY) -m pytest -m ''
 
 lint: ## ruff, mypy, buf lint
 	@$(VENV)/bin/ruff check services tests scripts

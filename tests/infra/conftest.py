@@ -1,20 +1,19 @@
 """Shared fixtures of the deployment checks: tools, chart renders, parsed Terraform.
 
 Every check here is offline and uses the real tools that scripts/infra_setup.sh
-installs. A test needing a tool that is not installed is skipped with the reason
-(set RAG_INFRA_REQUIRED=1 to make that a failure instead, as CI should).
+installs. A test needing a tool that is not installed is skipped with the reason,
+which `make test` (RAG_TESTS_STRICT=1, tests/conftest.py) turns into a failure.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -36,11 +35,8 @@ NAMESPACE = "ragplatform"
 SETUP_HINT = "run `bash scripts/infra_setup.sh` (installs the offline infra tools)"
 
 
-def _unavailable(what: str) -> None:
-    message = f"{what} is not installed: {SETUP_HINT}"
-    if os.environ.get("RAG_INFRA_REQUIRED") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+def _unavailable(what: str, hint: str = SETUP_HINT) -> NoReturn:
+    pytest.skip(f"{what} is not installed: {hint}")
 
 
 @dataclass(frozen=True)
@@ -78,7 +74,7 @@ def tools() -> Tools:
     found["terraform"] = Path(str(terraform))
     node = shutil.which("node")
     if node is None:
-        _unavailable("node")
+        _unavailable("node", "install Node.js and npm (README's prerequisites), then `make setup`")
     found["node"] = Path(str(node))
     return Tools(**found)
 

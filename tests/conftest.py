@@ -1,0 +1,66 @@
+"""The suite cannot pass on tests that did not run: strict mode fails on any skip.
+
+A test skips when something it needs is missing (a tool that `make setup`
+installs, the evaluation data in ../shared/eval, a model package), and its
+reason names what installs it. A plain `pytest` lists each skip (-rsx in
+pyproject) and may still pass. With RAG_TESTS_STRICT=1, which `make test` and
+`make test-all` (hence CI) set, a run in which any test or module was skipped,
+or an xfail marker hid a result, fails, and the summary names each one and why.
+"""
+
+import os
+
+import pytest
+
+STRICT_ENV = "RAG_TESTS_STRICT"
+
+pytest_plugins = ["pytester"]  # tests/test_strict_mode.py runs the hook on a tiny suite
+
+
+class StrictSkips:
+    """Collects every skipped (or xfail) report; in strict mode they fail the run."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.not_run: list[tuple[str, str]] = []
+
+    def note(self, report: pytest.CollectReport | pytest.TestReport) -> None:
+        if hasattr(report, "wasxfail"):
+            self.not_run.append((report.nodeid, f"xfail: {report.wasxfail or 'no reason'}"))
+        elif report.skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+            self.not_run.append((report.nodeid, str(reason).removeprefix("Skipped: ")))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.note(report)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        self.note(report)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        passing = (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
+        if self.strict and self.not_run and session.exitstatus in passing:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not self.not_run:
+            return
+        count = len(self.not_run)
+        if not self.strict:
+            terminalreporter.write_line(
+                f"{count} test(s) did not run: `make test` ({STRICT_ENV}=1) fails on them",
+                yellow=True,
+                bold=True,
+            )
+            return
+        terminalreporter.section(f"{STRICT_ENV}=1: {count} test(s) did not run", red=True)
+        for nodeid, reason in self.not_run:
+            terminalreporter.write_line(f"NOT RUN {nodeid} - {reason}", red=True)
+        terminalreporter.write_line(
+            "Strict mode fails the run on any skip: install what each reason names.", red=True
+        )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    strict = os.environ.get(STRICT_ENV) == "1"
+    config.pluginmanager.register(StrictSkips(strict), "ragplatform-strict-skips")
