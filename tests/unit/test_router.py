@@ -148,7 +148,7 @@ def test_no_sources_means_no_retrieval_features() -> None:
 
 def test_held_out_accuracy_meets_the_target() -> None:
     if not ROUTER_DATA.exists():
-        pytest.skip(f"{ROUTER_DATA} not present")
+        pytest.skip(f"{ROUTER_DATA} not found: put the shared evaluation data in ../shared (as CI)")
     held_out = [(e.question, e.label) for e in load(ROUTER_DATA) if e.half == "held-out"]
     report = evaluate_router(held_out, Router())
     assert report["questions"] > 600
