@@ -48,13 +48,13 @@ def test_strict_mode_fails_on_every_skip_and_names_it(
     result.assert_outcomes(passed=1, skipped=3, xfailed=1)
     result.stdout.fnmatch_lines(
         [
-            f"*{STRICT_ENV}=1: 4 test(s) did not run*",
-            "NOT RUN test_module_skip.py - `make setup` installs it",
-            "NOT RUN test_others.py::test_needs_a_tool - tool missing: run `make setup`",
-            "NOT RUN test_others.py::test_needs_data - data missing: clone ../shared",
-            "NOT RUN test_others.py::test_known_bug - xfail: known bug",
+            f"*{STRICT_ENV}=1: 3 skipped, so the run fails*",
+            "SKIPPED test_module_skip.py - `make setup` installs it",
+            "SKIPPED test_others.py::test_needs_a_tool - tool missing: run `make setup`",
+            "SKIPPED test_others.py::test_needs_data - data missing: clone ../shared",
         ]
     )
+    assert "test_known_bug -" not in result.stdout.str()  # an xfail is no skip
 
 
 def test_without_strict_mode_skips_pass_loudly(
@@ -63,5 +63,10 @@ def test_without_strict_mode_skips_pass_loudly(
     result = run(pytester, monkeypatch, strict=False)
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(
-        ["4 test(s) did not run: `make test`*", "SKIPPED *tool missing: run `make setup`"]
+        ["3 skipped: `make test`*", "SKIPPED *tool missing: run `make setup`"]
     )
+
+
+def test_an_xfail_that_passes_fails_the_run(pytestconfig: pytest.Config) -> None:
+    """A known failure that stops failing is reported (xfail_strict in pyproject)."""
+    assert pytestconfig.getini("xfail_strict") is True
