@@ -5,7 +5,6 @@ and limits agree across processes; a service adds its own fields by subclassing.
 In production the Helm chart sets the same variables.
 """
 
-import os
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -13,15 +12,6 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICE_NAMES = ("embedding", "retrieval", "generation", "ingestion", "query")
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity where the platform has one
-    (Linux: what `taskset` and cpusets leave it), else the machine's count."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    if affinity is not None:
-        return len(affinity(0))
-    return os.cpu_count() or 1
 
 
 class PlatformSettings(BaseSettings):
