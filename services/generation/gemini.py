@@ -16,13 +16,23 @@ SDK's retries are off (the engine falls back to the next backend instead).
 
 Failures become platform errors naming the backend and model: HTTP 429 →
 RateLimitedError, a timeout → DeadlineError, 5xx, no connection, bad
-credentials or a reply without answer text (blocked, truncated, malformed) →
-UnavailableError, other 4xx → FailedPreconditionError.
+credentials or a malformed reply → UnavailableError, other 4xx →
+FailedPreconditionError. An error object inside a stream that began with
+HTTP 200 (Vertex writes it into the body, raw or as an SSE event; the SDK
+raises it as an APIError with the object's code) → StreamFailedError
+(UNAVAILABLE), whatever its code: the request had been accepted.
+
+A reply is an answer only when its ``finishReason`` is ``STOP``: a prompt
+blocked by ``promptFeedback.blockReason`` (no candidates) →
+PromptBlockedError, ``MAX_TOKENS`` (thinking included) → TruncatedAnswerError,
+``SAFETY``, ``RECITATION`` and the other filters → AnswerBlockedError (all
+INTERNAL, see ``llm.py``), any other reason → UnavailableError.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from enum import Enum
 
 import google.auth.exceptions
 import httpx
@@ -39,7 +49,20 @@ from services.common.errors import (
     RateLimitedError,
     UnavailableError,
 )
-from services.generation.llm import Completion
+from services.generation.llm import (
+    Chunk,
+    Completion,
+    FinishReasons,
+    PromptBlockedError,
+    ReplyCheck,
+    StreamFailedError,
+)
+
+FINISH_REASONS = FinishReasons(
+    complete="STOP",
+    truncated="MAX_TOKENS",
+    blocked={"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII"},
+)
 
 
 def _text_of(response: types.GenerateContentResponse) -> str:
@@ -50,12 +73,9 @@ def _text_of(response: types.GenerateContentResponse) -> str:
     return "".join(p.text for p in parts if p.text and not p.thought)
 
 
-def _finish_reason(response: types.GenerateContentResponse | None) -> str:
-    if response is None or not response.candidates:
-        blocked = response.prompt_feedback if response is not None else None
-        return f"prompt blocked: {blocked.block_reason}" if blocked else "no candidates"
-    reason = response.candidates[0].finish_reason
-    return f"finish reason {reason.value if reason else 'unknown'}"
+def _name(value: Enum | str) -> str:
+    """An enum field's wire name (the SDK keeps unknown values as strings)."""
+    return str(value.value if isinstance(value, Enum) else value)
 
 
 class GeminiChat:
@@ -78,6 +98,7 @@ class GeminiChat:
         self.name = name
         self.model = model
         self._where = f"{name} ({model} on Vertex AI, {project}/{location})"
+        self._check = ReplyCheck(self._where, FINISH_REASONS, max_output_tokens + thinking_budget)
         self._config = types.GenerateContentConfig(
             temperature=temperature,
             max_output_tokens=max_output_tokens + thinking_budget,
@@ -100,7 +121,10 @@ class GeminiChat:
         """The platform error for a failed call, naming this backend."""
         where = self._where
         if isinstance(err, genai_errors.APIError):
-            detail = f"HTTP {err.code} {err.status or ''}: {err.message or err.details}"
+            detail = f"{err.code} {err.status or ''}: {err.message or err.details}"
+            if getattr(err.response, "status_code", None) == 200:  # the stream had begun
+                return StreamFailedError(f"{where}: error inside the stream ({detail})")
+            detail = f"HTTP {detail}"
             if err.code == 429:
                 return RateLimitedError(f"{where}: rate limited ({detail})")
             if err.code >= 500:
@@ -125,33 +149,37 @@ class GeminiChat:
             )
         except _FAILURES as err:
             raise self._error(err) from err
-        text = _text_of(response)
-        if not text:
-            raise UnavailableError(f"{self._where}: no answer text ({_finish_reason(response)})")
-        return Completion(text, *_usage(response))
+        return self._check.completion(self._chunk(response))
 
-    async def stream(self, system: str, user: str) -> AsyncGenerator[str | Completion, None]:
+    def stream(self, system: str, user: str) -> AsyncGenerator[str | Completion, None]:
         """Text deltas of streamGenerateContent, then the Completion with usage."""
-        parts: list[str] = []
-        last: types.GenerateContentResponse | None = None
-        usage = (0, 0)
+        return self._check.relay(self._chunks(system, user))
+
+    async def _chunks(self, system: str, user: str) -> AsyncGenerator[Chunk, None]:
         try:
             chunks = await self._client.aio.models.generate_content_stream(
                 model=self.model, contents=user, config=self._config_for(system)
             )
             async for chunk in chunks:
-                last = chunk
-                if chunk.usage_metadata is not None:  # cumulative: the last one counts
-                    usage = _usage(chunk)
-                text = _text_of(chunk)
-                if text:
-                    parts.append(text)
-                    yield text
+                yield self._chunk(chunk)
         except _FAILURES as err:
             raise self._error(err) from err
-        if not parts:
-            raise UnavailableError(f"{self._where}: no answer text ({_finish_reason(last)})")
-        yield Completion("".join(parts), *usage)
+
+    def _chunk(self, response: types.GenerateContentResponse) -> Chunk:
+        """A response (or streamed chunk) as a Chunk; raises if it blocks the prompt."""
+        feedback = response.prompt_feedback
+        if feedback is not None and feedback.block_reason is not None:
+            raise PromptBlockedError(
+                f"{self._where}: prompt blocked ({_name(feedback.block_reason)}: "
+                f"{feedback.block_reason_message or 'no message'})"
+            )
+        candidate = response.candidates[0] if response.candidates else None
+        reason = candidate.finish_reason if candidate is not None else None
+        return Chunk(
+            _text_of(response),
+            _name(reason) if reason is not None else None,
+            _usage(response) if response.usage_metadata is not None else None,
+        )
 
 
 _FAILURES = (

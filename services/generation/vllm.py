@@ -12,7 +12,14 @@ HTTP 429 → RateLimitedError (RESOURCE_EXHAUSTED), a timeout → DeadlineError
 (DEADLINE_EXCEEDED), no connection, HTTP 5xx or a malformed reply →
 UnavailableError (UNAVAILABLE), any other refusal (400 prompt too long, 401
 bad key, 404 unknown model) → FailedPreconditionError: the deployment, not the
-caller, must change.
+caller, must change. An error event inside a stream (vLLM sends
+``data: {"error": ...}`` then ``data: [DONE]``; the SDK raises a bare
+``APIError``) → StreamFailedError (UNAVAILABLE), whatever its code says.
+
+A reply is an answer only when its ``finish_reason`` is ``stop``: ``length``
+(cut at ``max_tokens``) → TruncatedAnswerError, ``content_filter`` →
+AnswerBlockedError (both INTERNAL, see ``llm.py``), anything else →
+UnavailableError.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from collections.abc import AsyncGenerator
 
 import openai
 import pydantic
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 
 from services.common.errors import (
     DeadlineError,
@@ -30,7 +38,16 @@ from services.common.errors import (
     RateLimitedError,
     UnavailableError,
 )
-from services.generation.llm import Completion
+from services.generation.llm import (
+    Chunk,
+    Completion,
+    FinishReasons,
+    ReplyCheck,
+    StreamFailedError,
+)
+
+FINISH_REASONS = FinishReasons(complete="stop", truncated="length", blocked={"content_filter"})
+_FAILURES = (openai.OpenAIError, pydantic.ValidationError, ValueError)
 
 
 class VllmChat:
@@ -52,6 +69,7 @@ class VllmChat:
         self._temperature = temperature
         self._max_output_tokens = max_output_tokens
         self._where = f"{name} ({model} at {base_url})"
+        self._check = ReplyCheck(self._where, FINISH_REASONS, max_output_tokens)
         self._client = openai.AsyncOpenAI(
             base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_seconds
         )
@@ -73,33 +91,37 @@ class VllmChat:
             if status >= 500:
                 return UnavailableError(f"{where}: server error: {err.message}")
             return FailedPreconditionError(f"{where}: request refused: {err.message}")
+        if type(err) is openai.APIError:  # only the SDK's stream raises the bare class
+            return StreamFailedError(
+                f"{where}: error inside the stream: {err.message} "
+                f"({err.type or 'no type'}, code {err.code})"
+            )
         return UnavailableError(f"{where}: malformed response: {err}")
 
     async def complete(self, system: str, user: str) -> Completion:
         """One non-streaming chat completion."""
         try:
-            response = await self._client.chat.completions.create(
+            response: ChatCompletion = await self._client.chat.completions.create(
                 model=self.model,
                 messages=self._messages(system, user),
                 temperature=self._temperature,
                 max_tokens=self._max_output_tokens,
             )
-            text = response.choices[0].message.content if response.choices else None
-            usage = response.usage
-        except (openai.OpenAIError, pydantic.ValidationError, ValueError) as err:
+            choice = response.choices[0] if response.choices else None
+            reply = Chunk(
+                (choice.message.content or "") if choice else "",
+                choice.finish_reason if choice else None,
+                _usage(response.usage),
+            )
+        except _FAILURES as err:
             raise self._error(err) from err
-        if not text:
-            raise UnavailableError(f"{self._where}: malformed response: no message content")
-        return Completion(
-            text,
-            usage.prompt_tokens if usage else 0,
-            usage.completion_tokens if usage else 0,
-        )
+        return self._check.completion(reply)
 
-    async def stream(self, system: str, user: str) -> AsyncGenerator[str | Completion, None]:
+    def stream(self, system: str, user: str) -> AsyncGenerator[str | Completion, None]:
         """Content deltas of a streamed completion, then the Completion with usage."""
-        parts: list[str] = []
-        input_tokens = output_tokens = 0
+        return self._check.relay(self._chunks(system, user))
+
+    async def _chunks(self, system: str, user: str) -> AsyncGenerator[Chunk, None]:
         try:
             chunks = await self._client.chat.completions.create(
                 model=self.model,
@@ -111,15 +133,17 @@ class VllmChat:
             )
             async with chunks:
                 async for chunk in chunks:
-                    if chunk.usage is not None:
-                        input_tokens = chunk.usage.prompt_tokens
-                        output_tokens = chunk.usage.completion_tokens
-                    for choice in chunk.choices:
-                        if choice.delta.content:
-                            parts.append(choice.delta.content)
-                            yield choice.delta.content
-        except (openai.OpenAIError, pydantic.ValidationError, ValueError) as err:
+                    yield _chunk(chunk)
+        except _FAILURES as err:
             raise self._error(err) from err
-        if not parts:
-            raise UnavailableError(f"{self._where}: malformed response: stream had no content")
-        yield Completion("".join(parts), input_tokens, output_tokens)
+
+
+def _chunk(chunk: ChatCompletionChunk) -> Chunk:
+    choice = chunk.choices[0] if chunk.choices else None
+    if choice is None:
+        return Chunk(usage=_usage(chunk.usage))
+    return Chunk(choice.delta.content or "", choice.finish_reason, _usage(chunk.usage))
+
+
+def _usage(usage: CompletionUsage | None) -> tuple[int, int] | None:
+    return (usage.prompt_tokens, usage.completion_tokens) if usage else None

@@ -1,11 +1,12 @@
 """Fake model servers for the contract tests, one per module, reset per test."""
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import pytest
 
+from services.generation.llm import Completion
 from tests.contract.fakes.openai_fake import OpenAIFake
 from tests.contract.fakes.scripted import ScriptedFake
 from tests.contract.fakes.server import serve
@@ -55,3 +56,11 @@ def openai(openai_server: Running[OpenAIFake]) -> Iterator[Running[OpenAIFake]]:
 def vertex(vertex_server: Running[VertexFake]) -> Iterator[Running[VertexFake]]:
     """The Vertex fake, fresh for the test."""
     yield from _fresh(vertex_server)
+
+
+async def received(stream: AsyncIterator[str | Completion], into: list[str]) -> None:
+    """Consume a chat model's `stream` into `into`, its text deltas; fails the
+    test if the stream ends in a Completion (the reply was taken as an answer)."""
+    async for event in stream:
+        assert isinstance(event, str), f"a reply that is no complete answer became {event!r}"
+        into.append(event)

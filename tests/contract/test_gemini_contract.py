@@ -6,6 +6,8 @@ usage metadata with thinking tokens, error bodies) and the platform errors the
 backend turns failures into.
 """
 
+import re
+
 import google.oauth2.credentials
 import pytest
 
@@ -18,9 +20,15 @@ from services.common.errors import (
 )
 from services.generation.backends import GeneratedAnswer, SourcePassage
 from services.generation.gemini import GeminiChat
-from services.generation.llm import LlmAnswerer
+from services.generation.llm import (
+    AnswerBlockedError,
+    LlmAnswerer,
+    PromptBlockedError,
+    StreamFailedError,
+    TruncatedAnswerError,
+)
 from services.generation.prompts import SYSTEM_INSTRUCTION, PromptBudget
-from tests.contract.conftest import Running
+from tests.contract.conftest import Running, received
 from tests.contract.fakes.scripted import DEFAULT_TEXT
 from tests.contract.fakes.vertex_fake import GeminiReply, VertexFake
 
@@ -31,6 +39,7 @@ SOURCES = [
     SourcePassage(1, "Full-time employees get 25 days of paid leave per year.", "Leave", 0.7)
 ]
 MODEL_PATH = f"/projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/{MODEL}"
+WHERE = f"gemini-pro ({MODEL} on Vertex AI, {PROJECT}/{LOCATION})"
 
 
 def chat(base_url: str, timeout_seconds: float = 10.0) -> GeminiChat:
@@ -92,16 +101,110 @@ async def test_http_errors_become_platform_errors_naming_the_backend(
                 pass
         else:
             await chat(vertex.url).complete("system", "user")
-    assert f"gemini-pro ({MODEL} on Vertex AI, {PROJECT}/{LOCATION})" in str(raised.value)
+    assert WHERE in str(raised.value)
     assert len(vertex.fake.requests) == 1, "the SDK must not retry: the engine falls back"
 
 
-async def test_blocked_answer_is_unavailable_with_the_finish_reason(
-    vertex: Running[VertexFake],
+@pytest.mark.parametrize("framing", ["raw", "sse"])
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [(400, "INVALID_ARGUMENT"), (429, "RESOURCE_EXHAUSTED"), (500, "INTERNAL")],
+)
+@pytest.mark.parametrize("after", [0, 2], ids=["before-any-chunk", "after-2-chunks"])
+async def test_error_inside_the_stream_is_unavailable_whatever_its_code(
+    vertex: Running[VertexFake], framing: str, code: int, status: str, after: int
 ) -> None:
-    vertex.fake.script(GeminiReply(text="", finish_reason="SAFETY"))
-    with pytest.raises(UnavailableError, match="SAFETY"):
-        await chat(vertex.url).complete("system", "user")
+    vertex.fake.script(
+        GeminiReply(error_after_chunks=after, error_code=code, error_framing=framing)  # type: ignore[arg-type]
+    )
+    deltas: list[str] = []
+    with pytest.raises(StreamFailedError) as raised:
+        await received(chat(vertex.url).stream("system", "user"), deltas)
+    assert len(deltas) == after
+    assert raised.value.code_name == "UNAVAILABLE", "the request was accepted: no caller fault"
+    assert str(raised.value) == f"{WHERE}: error inside the stream ({code} {status}: fake {code})"
+    assert len(vertex.fake.requests) == 1
+
+
+async def test_stream_cut_off_mid_answer_is_unavailable(vertex: Running[VertexFake]) -> None:
+    vertex.fake.script(GeminiReply(break_after_chunks=2))
+    deltas: list[str] = []
+    with pytest.raises(UnavailableError, match=re.escape(f"{WHERE}: connection failed")):
+        await received(chat(vertex.url).stream("system", "user"), deltas)
+    assert len(deltas) == 2
+
+
+@pytest.mark.parametrize(
+    ("reply", "error", "message"),
+    [
+        (
+            GeminiReply(block_reason="SAFETY"),
+            PromptBlockedError,
+            "prompt blocked (SAFETY: The prompt was blocked (fake).)",
+        ),
+        (
+            GeminiReply(finish_reason="MAX_TOKENS"),
+            TruncatedAnswerError,
+            "answer cut at the 640-token output limit (finish reason MAX_TOKENS)",
+        ),
+        (
+            GeminiReply(text="", finish_reason="MAX_TOKENS"),  # thinking used it all
+            TruncatedAnswerError,
+            "answer cut at the 640-token output limit (finish reason MAX_TOKENS)",
+        ),
+        (
+            GeminiReply(finish_reason="SAFETY"),
+            AnswerBlockedError,
+            "answer stopped by the provider's content filter (finish reason SAFETY)",
+        ),
+        (
+            GeminiReply(text="", finish_reason="SAFETY"),
+            AnswerBlockedError,
+            "answer stopped by the provider's content filter (finish reason SAFETY)",
+        ),
+        (
+            GeminiReply(finish_reason="RECITATION"),
+            AnswerBlockedError,
+            "answer stopped by the provider's content filter (finish reason RECITATION)",
+        ),
+        (
+            GeminiReply(finish_reason="OTHER"),
+            UnavailableError,
+            "answer did not finish (finish reason OTHER)",
+        ),
+        (GeminiReply(text=""), UnavailableError, "no answer text (finish reason STOP)"),
+    ],
+    ids=[
+        "prompt-blocked",
+        "max-tokens",
+        "max-tokens-thinking-only",
+        "safety",
+        "safety-no-text",
+        "recitation",
+        "other",
+        "stop-without-text",
+    ],
+)
+@pytest.mark.parametrize("streaming", [False, True], ids=["plain", "stream"])
+async def test_a_reply_that_did_not_stop_is_no_answer(
+    vertex: Running[VertexFake],
+    reply: GeminiReply,
+    error: type[PlatformError],
+    message: str,
+    streaming: bool,
+) -> None:
+    vertex.fake.script(reply)
+    deltas: list[str] = []
+    with pytest.raises(error) as raised:
+        if streaming:
+            await received(chat(vertex.url).stream("system", "user"), deltas)
+        else:
+            await chat(vertex.url).complete("system", "user")
+    assert type(raised.value) is error
+    assert str(raised.value) == f"{WHERE}: {message}"
+    sent = reply.text if streaming and not reply.block_reason else ""
+    assert "".join(deltas) == sent, "the text as it came, and no answer"
+    assert len(vertex.fake.requests) == 1, "not retried on the same backend"
 
 
 async def test_malformed_reply_is_unavailable(vertex: Running[VertexFake]) -> None:

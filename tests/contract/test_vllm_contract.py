@@ -5,6 +5,8 @@ with usage, error statuses) and what the backend makes of it (grounded
 prompt, citations, declines, platform errors naming the backend).
 """
 
+import re
+
 import pytest
 
 from services.common.errors import (
@@ -15,10 +17,16 @@ from services.common.errors import (
     UnavailableError,
 )
 from services.generation.backends import DECLINE_TEXT, GeneratedAnswer, SourcePassage
-from services.generation.llm import Completion, LlmAnswerer
+from services.generation.llm import (
+    AnswerBlockedError,
+    Completion,
+    LlmAnswerer,
+    StreamFailedError,
+    TruncatedAnswerError,
+)
 from services.generation.prompts import SYSTEM_INSTRUCTION, PromptBudget
 from services.generation.vllm import VllmChat
-from tests.contract.conftest import Running
+from tests.contract.conftest import Running, received
 from tests.contract.fakes.openai_fake import OpenAIFake, Reply
 from tests.contract.fakes.scripted import DEFAULT_TEXT
 
@@ -126,6 +134,54 @@ async def test_stream_cut_off_mid_answer_is_unavailable(openai: Running[OpenAIFa
         async for event in chat(openai.url).stream("system", "user"):
             received.append(event)
     assert received and all(isinstance(e, str) for e in received)
+
+
+@pytest.mark.parametrize("after", [0, 2], ids=["before-any-delta", "after-2-deltas"])
+async def test_error_event_inside_the_stream_is_unavailable_whatever_its_code(
+    openai: Running[OpenAIFake], after: int
+) -> None:
+    openai.fake.script(Reply(error_after_chunks=after))  # vLLM says 400 BadRequestError
+    deltas: list[str] = []
+    with pytest.raises(StreamFailedError) as raised:
+        await received(chat(openai.url).stream("system", "user"), deltas)
+    assert len(deltas) == after
+    assert raised.value.code_name == "UNAVAILABLE", "a failing backend, not a bad request"
+    assert str(raised.value) == (
+        f"vllm ({MODEL} at {openai.url}/v1): error inside the stream: fake 400 "
+        "(BadRequestError, code 400)"
+    )
+    assert len(openai.fake.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("finish_reason", "error", "message"),
+    [
+        ("length", TruncatedAnswerError, "answer cut at the 256-token output limit"),
+        ("content_filter", AnswerBlockedError, "stopped by the provider's content filter"),
+        ("abort", UnavailableError, "answer did not finish (finish reason abort)"),
+    ],
+)
+@pytest.mark.parametrize("streaming", [False, True], ids=["plain", "stream"])
+async def test_a_reply_that_did_not_stop_is_no_answer(
+    openai: Running[OpenAIFake],
+    finish_reason: str,
+    error: type[PlatformError],
+    message: str,
+    streaming: bool,
+) -> None:
+    openai.fake.script(Reply(finish_reason=finish_reason))
+    deltas: list[str] = []
+    with pytest.raises(error, match=re.escape(message)) as raised:
+        if streaming:
+            await received(chat(openai.url).stream("system", "user"), deltas)
+        else:
+            await chat(openai.url).complete("system", "user")
+    assert type(raised.value) is error
+    assert f"vllm ({MODEL} at {openai.url}/v1)" in str(raised.value)
+    assert f"finish reason {finish_reason}" in str(raised.value)
+    if streaming:
+        assert "".join(deltas) == DEFAULT_TEXT, "the text came, the answer was refused"
+    assert len(openai.fake.requests) == 1, "not retried on the same backend"
 
 
 async def test_server_that_never_answers_is_a_deadline_error(openai: Running[OpenAIFake]) -> None:

@@ -4,9 +4,21 @@ from collections.abc import AsyncGenerator
 
 import pytest
 
-from services.common.errors import InvalidInputError
+from services.common.errors import InvalidInputError, PlatformError, RateLimitedError
 from services.generation.backends import DECLINE_TEXT, GeneratedAnswer, SourcePassage
-from services.generation.llm import Completion, LlmAnswerer, is_decline
+from services.generation.llm import (
+    AnswerBlockedError,
+    Chunk,
+    Completion,
+    FinishReasons,
+    LlmAnswerer,
+    PromptBlockedError,
+    ReplyCheck,
+    StreamFailedError,
+    TruncatedAnswerError,
+    failure_cause,
+    is_decline,
+)
 from services.generation.prompts import PromptBudget, build_prompt
 
 QUESTION = "How many days of paid leave do we get?"
@@ -87,3 +99,36 @@ async def test_stream_deltas_then_the_checked_answer() -> None:
     assert "".join(str(d) for d in deltas).strip() == "Leave is 25 days [1][9]."
     assert isinstance(final, GeneratedAnswer)
     assert final.text == "Leave is 25 days [1]."
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "cause"),
+    [
+        (StreamFailedError("m: error inside the stream"), "UNAVAILABLE", "stream_error"),
+        (TruncatedAnswerError("m: answer cut"), "INTERNAL", "truncated"),
+        (PromptBlockedError("m: prompt blocked"), "INTERNAL", "prompt_blocked"),
+        (AnswerBlockedError("m: answer stopped"), "INTERNAL", "answer_blocked"),
+        (RateLimitedError("m: rate limited"), "RESOURCE_EXHAUSTED", "resource_exhausted"),
+    ],
+)
+def test_failures_of_a_reply_have_a_backend_status_and_their_own_cause(
+    error: PlatformError, code: str, cause: str
+) -> None:
+    assert (error.code_name, failure_cause(error)) == (code, cause)
+
+
+async def test_relay_closes_the_provider_stream_when_it_is_closed_early() -> None:
+    closed: list[bool] = []
+
+    async def chunks() -> AsyncGenerator[Chunk, None]:
+        try:
+            yield Chunk("Leave is ")
+            yield Chunk("25 days [1].", "stop", (50, 5))
+        finally:
+            closed.append(True)
+
+    check = ReplyCheck("m", FinishReasons("stop", "length", {"content_filter"}), 256)
+    relay = check.relay(chunks())
+    assert await anext(relay) == "Leave is "
+    await relay.aclose()
+    assert closed == [True], "the SDK's stream (its HTTP response) is closed at once"

@@ -42,7 +42,7 @@ class ScriptedReply:
     error_after_chunks: int | None = None
     """Streaming: send the protocol's in-stream error after this many text chunks."""
     error_code: int = 500
-    """The code that error (or the HTTP error status's body) carries."""
+    """The code of that in-stream error (an HTTP error's is its status)."""
 
 
 ReplyT = TypeVar("ReplyT", bound=ScriptedReply)
