@@ -15,7 +15,13 @@ One request goes like this:
    and is recorded on the answer; when every backend failed, the request fails
    with the last failure's status and a message naming every backend tried.
    In a stream, a backend that fails after sending text is followed by a
-   :class:`Restart` event, so the client drops the partial text.
+   :class:`Restart` event, so the client drops the partial text. A reply that
+   is no complete answer (an error inside the stream, an answer cut at the
+   output limit, a blocked prompt or a filtered answer: see ``llm.py``) is
+   such a failure. The last three (:class:`UnusableAnswerError`) say nothing
+   of the backend's health, so they do not count against its breaker, and
+   they would come again: the backend is not asked again in the request
+   (an escalation skips it).
 4. The answer's grounding is checked. If a ``simple`` answer scores below
    the grounding threshold (and the tier was not forced), the question is
    escalated: the ``complex`` chain writes a new answer, which replaces the
@@ -49,6 +55,7 @@ from services.generation.grounding import (
     GroundingChecker,
     LexicalGroundingChecker,
 )
+from services.generation.llm import UnusableAnswerError, failure_cause
 from services.generation.report import ArmKey, ArmTotals, Ledger
 from services.generation.resilience import CircuitBreaker
 from services.generation.router import COMPLEX, SIMPLE, TIERS, Feature, Router
@@ -58,6 +65,13 @@ log = logging.getLogger(__name__)
 
 def _late(backend: str, model: str, seconds: float) -> DeadlineError:
     return DeadlineError(f"{backend} ({model}): no answer within its {seconds:g} s deadline")
+
+
+def _skip(attempts: list[Attempt], skipped: Attempt, cause: str, has_next: bool) -> None:
+    """Record a backend the chain passed over without calling it."""
+    attempts.append(skipped)
+    if has_next:
+        metrics.FALLBACKS.labels(from_backend=skipped.backend, cause=cause).inc()
 
 
 def _count_arm(arm: Arm | None) -> None:
@@ -230,8 +244,11 @@ class GenerationEngine:
         tier, arm = decision.tier, self._arm_for(decision.tier, key)
         _count_arm(arm)
 
+        unusable: dict[str, PlatformError] = {}  # backends whose reply could not be used
         result: _ChainResult | None = None
-        async with contextlib.aclosing(self._chain(tier, arm, request, streaming)) as events:
+        async with contextlib.aclosing(
+            self._chain(tier, arm, request, streaming, unusable)
+        ) as events:
             async for event in events:
                 if isinstance(event, _ChainResult):
                     result = event
@@ -253,7 +270,7 @@ class GenerationEngine:
             second: _ChainResult | None = None
             try:
                 async with contextlib.aclosing(
-                    self._chain(COMPLEX, strong_arm, request, streaming)
+                    self._chain(COMPLEX, strong_arm, request, streaming, unusable)
                 ) as events:
                     async for event in events:
                         if isinstance(event, _ChainResult):
@@ -369,9 +386,16 @@ class GenerationEngine:
         return [arm.backend, *(name for name in chain if name != arm.backend)]
 
     async def _chain(
-        self, tier: str, arm: Arm | None, request: GenerationRequest, streaming: bool
+        self,
+        tier: str,
+        arm: Arm | None,
+        request: GenerationRequest,
+        streaming: bool,
+        unusable: dict[str, PlatformError],
     ) -> AsyncGenerator[str | Restart | _ChainResult, None]:
-        """Try the tier's backends in order until one answers (see the module docstring)."""
+        """Try the tier's backends in order until one answers (see the module
+        docstring). `unusable` holds the request's UnusableAnswerErrors by
+        backend: those backends are skipped, and this chain's are added."""
         names = self._order(tier, arm)
         attempts: list[Attempt] = []
         failure: PlatformError | None = None
@@ -379,19 +403,23 @@ class GenerationEngine:
             backend = self._backends[name]
             model = backend.generator.model
             has_next = position < len(names) - 1
-            if not backend.breaker.allow():
-                attempts.append(
-                    Attempt(
-                        name,
-                        model,
-                        UnavailableError.code_name,
-                        f"{name}: circuit breaker open after repeated failures; next trial in "
-                        f"{backend.breaker.retry_in():.0f} s",
-                        0.0,
-                    )
+            if name in unusable:
+                failure = unusable[name]
+                skipped = Attempt(
+                    name, model, failure.code_name, f"{name}: not asked again: {failure}", 0.0
                 )
-                if has_next:
-                    metrics.FALLBACKS.labels(from_backend=name, cause="circuit_open").inc()
+                _skip(attempts, skipped, failure_cause(failure), has_next)
+                continue
+            if not backend.breaker.allow():
+                skipped = Attempt(
+                    name,
+                    model,
+                    UnavailableError.code_name,
+                    f"{name}: circuit breaker open after repeated failures; next trial in "
+                    f"{backend.breaker.retry_in():.0f} s",
+                    0.0,
+                )
+                _skip(attempts, skipped, "circuit_open", has_next)
                 continue
             started = self._clock()
             sent_text = False
@@ -421,11 +449,15 @@ class GenerationEngine:
                     backend.breaker.record_success()
                     yield _ChainResult(answer, attempts)
                     return
-            backend.breaker.record_failure()
+            if isinstance(failure, UnusableAnswerError):
+                backend.breaker.record_cancelled()  # the backend is up: no sign of its health
+                unusable[name] = failure
+            else:
+                backend.breaker.record_failure()
             code = failure.code_name
             metrics.BACKEND_ERRORS.labels(backend=name, code=code).inc()
             if has_next:
-                metrics.FALLBACKS.labels(from_backend=name, cause=code.lower()).inc()
+                metrics.FALLBACKS.labels(from_backend=name, cause=failure_cause(failure)).inc()
             attempts.append(Attempt(name, model, code, str(failure), self._clock() - started))
             if sent_text:
                 yield Restart(f"{name} failed mid-answer: {code}: {failure}")

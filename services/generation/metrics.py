@@ -27,7 +27,9 @@ ROUTER_DECISIONS = Counter(
 FALLBACKS = Counter(
     "rag_generation_fallbacks_total",
     "Answers passed on to the next backend of the chain, by the backend that "
-    "failed and the cause (its status code, lowercased, or circuit_open).",
+    "failed and the cause: its status code, lowercased; circuit_open; or what was "
+    "wrong with its reply: stream_error (an error inside the stream), truncated "
+    "(cut at the output limit), prompt_blocked, answer_blocked (a content filter).",
     ["from_backend", "cause"],
 )
 BACKEND_ERRORS = Counter(

@@ -12,6 +12,7 @@ import grpc
 import pytest
 import pytest_asyncio
 from grpc import aio
+from prometheus_client import REGISTRY
 
 from ragplatform.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 from services.generation.__main__ import GenerationSettings, build_engine
@@ -137,11 +138,30 @@ async def test_when_every_backend_fails_the_status_names_them_all(
     assert "gemini-flash (gemini-2.5-flash" in details and f"vllm ({LLAMA}" in details
 
 
-async def test_stream_restarts_when_a_backend_breaks_mid_answer(
-    make_stub: StubFactory, openai: Running[OpenAIFake]
+@pytest.mark.parametrize(
+    ("reply", "sent", "failure"),
+    [
+        (Reply(break_after_chunks=2), 2, "UNAVAILABLE: vllm"),
+        (
+            Reply(error_after_chunks=2),  # vLLM's error event says 400 BadRequestError
+            2,
+            f"UNAVAILABLE: vllm ({LLAMA} at {{url}}/v1): error inside the stream: fake 400 "
+            "(BadRequestError, code 400)",
+        ),
+        (
+            Reply(finish_reason="length"),
+            4,
+            f"INTERNAL: vllm ({LLAMA} at {{url}}/v1): answer cut at the 1024-token output "
+            "limit (finish reason length)",
+        ),
+    ],
+    ids=["connection-dropped", "error-event", "cut-at-max-tokens"],
+)
+async def test_stream_restarts_when_a_backend_fails_mid_answer(
+    make_stub: StubFactory, openai: Running[OpenAIFake], reply: Reply, sent: int, failure: str
 ) -> None:
     stub = await make_stub()
-    openai.fake.script(Reply(break_after_chunks=2))
+    openai.fake.script(reply)
     events = [
         e
         async for e in stub.GenerateStream(
@@ -152,14 +172,116 @@ async def test_stream_restarts_when_a_backend_breaks_mid_answer(
     ]
     kinds = [e.WhichOneof("event") for e in events]
     restart = kinds.index("restart")
-    assert kinds[:restart] == ["delta", "delta"]
-    assert "vllm failed mid-answer: UNAVAILABLE" in events[restart].restart.reason
+    assert kinds[:restart] == ["delta"] * sent
+    assert f"vllm failed mid-answer: {failure.format(url=openai.url)}" in (
+        events[restart].restart.reason
+    )
     assert kinds[-1] == "final" and set(kinds[restart + 1 : -1]) == {"delta"}
     after = "".join(e.delta for e in events[restart + 1 : -1])
     final = events[-1].final
     assert after == final.text == DEFAULT_TEXT
     assert final.backend == "gemini-flash"
     assert final.route.fallbacks[0].backend == "vllm"
+
+
+@pytest.mark.parametrize(
+    ("tier", "reply", "cause", "message"),
+    [
+        (common_pb2.TIER_SIMPLE, Reply(finish_reason="length"), "truncated", "answer cut at"),
+        (
+            common_pb2.TIER_SIMPLE,
+            Reply(finish_reason="content_filter"),
+            "answer_blocked",
+            "content filter (finish reason content_filter)",
+        ),
+        (
+            common_pb2.TIER_COMPLEX,
+            GeminiReply(block_reason="PROHIBITED_CONTENT"),
+            "prompt_blocked",
+            "prompt blocked (PROHIBITED_CONTENT: ",
+        ),
+        (
+            common_pb2.TIER_COMPLEX,
+            GeminiReply(finish_reason="SAFETY"),
+            "answer_blocked",
+            "content filter (finish reason SAFETY)",
+        ),
+        (
+            common_pb2.TIER_COMPLEX,
+            GeminiReply(finish_reason="MAX_TOKENS"),
+            "truncated",
+            "answer cut at the 1280-token output limit (finish reason MAX_TOKENS)",
+        ),
+    ],
+    ids=[
+        "vllm-length",
+        "vllm-content-filter",
+        "gemini-prompt-blocked",
+        "gemini-safety",
+        "gemini-max-tokens",
+    ],
+)
+async def test_a_reply_that_is_no_answer_falls_back_with_its_cause_and_spares_the_breaker(
+    make_stub: StubFactory,
+    openai: Running[OpenAIFake],
+    vertex: Running[VertexFake],
+    tier: common_pb2.Tier.ValueType,
+    reply: Reply | GeminiReply,
+    cause: str,
+    message: str,
+) -> None:
+    stub = await make_stub(generation_breaker_failures=1)
+    first, fallback = (
+        ("vllm", "gemini-flash")
+        if tier == common_pb2.TIER_SIMPLE
+        else (
+            "gemini-pro",
+            "vllm",
+        )
+    )
+    if isinstance(reply, Reply):
+        openai.fake.script(reply)
+    else:
+        vertex.fake.script(reply)
+    labels = {"from_backend": first, "cause": cause}
+    before = REGISTRY.get_sample_value("rag_generation_fallbacks_total", labels) or 0.0
+    answered = await stub.Generate(request(tier=tier))
+    assert (answered.backend, answered.text) == (fallback, DEFAULT_TEXT)
+    (attempt,) = answered.route.fallbacks
+    assert (attempt.backend, attempt.error_code) == (first, "INTERNAL")
+    assert message in attempt.message and attempt.message.startswith(f"{first} (")
+    assert REGISTRY.get_sample_value("rag_generation_fallbacks_total", labels) == before + 1
+    again = await stub.Generate(request(tier=tier))
+    assert again.backend == first, "one refused prompt does not open the backend's breaker"
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["unary", "stream"])
+async def test_when_no_backend_answers_usably_the_status_blames_the_backends(
+    make_stub: StubFactory,
+    openai: Running[OpenAIFake],
+    vertex: Running[VertexFake],
+    streaming: bool,
+) -> None:
+    stub = await make_stub(generation_simple_chain="gemini-flash,vllm")
+    vertex.fake.script(GeminiReply(block_reason="SAFETY"))
+    openai.fake.script(Reply(error_after_chunks=0) if streaming else Reply(finish_reason="length"))
+    with pytest.raises(aio.AioRpcError) as raised:
+        if streaming:
+            async for _ in stub.GenerateStream(
+                generation_pb2.GenerateStreamRequest(
+                    question=QUESTION, sources=[source(1, LEAVE)], tier=common_pb2.TIER_SIMPLE
+                )
+            ):
+                pass
+        else:
+            await stub.Generate(request())
+    # the last backend's failure: vLLM's error event (code 400) is UNAVAILABLE
+    expected = grpc.StatusCode.UNAVAILABLE if streaming else grpc.StatusCode.INTERNAL
+    assert raised.value.code() == expected
+    details = raised.value.details() or ""
+    assert details.startswith("every backend of the simple chain failed: gemini-flash (")
+    assert "prompt blocked (SAFETY: " in details
+    assert ("error inside the stream" if streaming else "answer cut at") in details
 
 
 async def test_ungrounded_simple_answer_is_escalated_to_the_strong_model(

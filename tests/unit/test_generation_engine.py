@@ -26,6 +26,13 @@ from services.generation.engine import (
     RoutedAnswer,
 )
 from services.generation.grounding import Grounding, GroundingChecker, LexicalGroundingChecker
+from services.generation.llm import (
+    AnswerBlockedError,
+    PromptBlockedError,
+    StreamFailedError,
+    TruncatedAnswerError,
+    UnusableAnswerError,
+)
 from services.generation.resilience import BreakerState, CircuitBreaker
 from services.generation.router import COMPLEX, SIMPLE, Router
 
@@ -192,6 +199,86 @@ async def test_a_failing_backend_falls_back_and_is_recorded(failure: object, cod
     assert "small" in attempt.message
     after = sample("rag_generation_fallbacks_total", from_backend="small", cause=code.lower())
     assert after == before + 1
+
+
+UNUSABLE = [
+    TruncatedAnswerError("small: answer cut at the 256-token output limit"),
+    PromptBlockedError("small: prompt blocked (SAFETY: no message)"),
+    AnswerBlockedError("small: answer stopped by the provider's content filter"),
+]
+UNUSABLE_IDS = ["truncated", "prompt-blocked", "answer-blocked"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "cause"),
+    [
+        (StreamFailedError("small: error inside the stream: boom"), "stream_error"),
+        *zip(UNUSABLE, ["truncated", "prompt_blocked", "answer_blocked"], strict=True),
+    ],
+    ids=["stream-error", *UNUSABLE_IDS],
+)
+async def test_a_reply_that_is_no_answer_falls_back_counted_by_its_cause(
+    failure: PlatformError, cause: str
+) -> None:
+    r = rig()
+    r.backends["small"].script.append(failure)
+    before = sample("rag_generation_fallbacks_total", from_backend="small", cause=cause)
+    routed = await r.engine.generate(ask())
+    assert routed.route.backend == "medium"
+    (attempt,) = routed.route.fallbacks
+    assert (attempt.error_code, attempt.message) == (failure.code_name, str(failure))
+    after = sample("rag_generation_fallbacks_total", from_backend="small", cause=cause)
+    assert after == before + 1
+
+
+@pytest.mark.parametrize("failure", UNUSABLE, ids=UNUSABLE_IDS)
+async def test_an_unusable_answer_does_not_count_against_the_breaker(
+    failure: UnusableAnswerError,
+) -> None:
+    r = rig(failures=1)
+    r.backends["small"].script.append(failure)
+    await r.engine.generate(ask())
+    assert r.breakers["small"].state is BreakerState.CLOSED, "the backend is up"
+    r.backends["small"].script.append(StreamFailedError("small: error inside the stream"))
+    await r.engine.generate(ask())
+    assert r.breakers["small"].state is BreakerState.OPEN, "a failing backend is"
+
+
+@pytest.mark.parametrize("failure", UNUSABLE, ids=UNUSABLE_IDS)
+async def test_escalation_does_not_ask_again_a_backend_whose_answer_was_unusable(
+    failure: UnusableAnswerError,
+) -> None:
+    r = rig(simple=("small", "medium"), complex_chain=("large", "small"))
+    r.backends["small"].script.append(failure)
+    r.backends["medium"].script.append(BAD)
+    r.backends["large"].script.append(UnavailableError("large: down"))
+    routed = await r.engine.generate(ask(tier=None))
+    assert r.backends["small"].calls == 1, "it would answer the same again"
+    assert (routed.route.backend, routed.route.tier) == ("medium", SIMPLE)
+    assert routed.route.escalation == (
+        "grounding 0.00 < 0.80 for medium's answer; escalation failed, first answer kept: "
+        f"every backend of the complex chain failed: large: down; small: not asked again: {failure}"
+    )
+    assert [a.backend for a in routed.route.fallbacks] == ["small"]
+
+
+@pytest.mark.parametrize(
+    ("last", "error"),
+    [(UNUSABLE[1], PromptBlockedError), (StreamFailedError("medium: stream"), StreamFailedError)],
+    ids=["prompt-blocked", "stream-error"],
+)
+async def test_when_every_answer_failed_the_status_is_the_backends_not_the_callers(
+    last: PlatformError, error: type[PlatformError]
+) -> None:
+    r = rig(simple=("small", "medium"))
+    r.backends["small"].script.append(TruncatedAnswerError("small: answer cut"))
+    r.backends["medium"].script.append(last)
+    with pytest.raises(error) as raised:
+        await r.engine.generate(ask())
+    assert raised.value.code_name in ("INTERNAL", "UNAVAILABLE")
+    assert str(raised.value) == (
+        f"every backend of the simple chain failed: small: answer cut; {last}"
+    )
 
 
 async def test_deadline_message_names_backend_and_deadline() -> None:
@@ -427,6 +514,21 @@ async def test_stream_failure_mid_answer_restarts_with_the_next_backend() -> Non
     assert text.strip() == GOOD
     final = events[-1]
     assert isinstance(final, RoutedAnswer) and final.route.backend == "medium"
+
+
+async def test_stream_cut_at_the_token_limit_restarts_with_the_next_backend() -> None:
+    r = rig()
+    cut = TruncatedAnswerError("small: answer cut at the 256-token output limit")
+    r.backends["small"].script.append(Broken(cut, deltas=2))
+    events = await collect(r, ask())
+    assert events[:3] == [
+        "piece0 ",
+        "piece1 ",
+        Restart(f"small failed mid-answer: INTERNAL: {cut}"),
+    ]
+    final = events[-1]
+    assert isinstance(final, RoutedAnswer) and final.route.backend == "medium"
+    assert "".join(e for e in events[3:-1] if isinstance(e, str)).strip() == final.answer.text
 
 
 async def test_stream_deadline_mid_answer_restarts() -> None:
