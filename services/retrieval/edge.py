@@ -21,7 +21,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self, cast
 
 from qdrant_edge import (
@@ -56,10 +55,10 @@ from qdrant_edge import (
 )
 
 from services.common.errors import FailedPreconditionError, InvalidInputError, NotFoundError
-from services.common.tenancy import validate_tenant
 from services.retrieval import edge_migrations, filters
+from services.retrieval.engine_store import EngineStore
 from services.retrieval.fusion import RRF_K
-from services.retrieval.ranking import Candidate, SearchPlan, best_first, hits, plan_search
+from services.retrieval.ranking import Candidate, SearchPlan, best_first
 from services.retrieval.schema import (
     CHUNK_INDEXES,
     DENSE,
@@ -70,25 +69,16 @@ from services.retrieval.schema import (
     IndexKind,
     chunk_payload,
     chunk_vectors,
-    ownership_error,
+    paged,
     record_from_payload,
     record_payload,
+    refuse_foreign_chunks,
     scoped_id,
 )
 from services.retrieval.store import (
-    DENSE_SEARCH,
-    Caller,
     DocumentRecord,
-    SearchFilter,
-    SearchHit,
-    SearchOptions,
     StoredChunk,
     StoreStats,
-    listing_page,
-    validate_list_limit,
-    validate_lookup,
-    validate_replacement,
-    visible_records,
 )
 
 if TYPE_CHECKING:
@@ -191,7 +181,7 @@ class _ReadWriteLock:
                 self._cond.notify_all()
 
 
-class EdgeVectorStore:
+class EdgeVectorStore(EngineStore):
     """`VectorStore` persisted in `data_dir` by the embedded qdrant-edge engine.
 
     Thread-safe. One instance owns the directory; open it once per process.
@@ -208,9 +198,9 @@ class EdgeVectorStore:
         """Use `EdgeVectorStore.open`; this only wires already opened shards."""
         if flush_interval < 0:
             raise InvalidInputError(f"flush_interval must be >= 0, got {flush_interval}")
+        super().__init__(dimension)
         self._chunks: EdgeShard | None = chunks
         self._documents: EdgeShard | None = documents
-        self._dimension = dimension
         self._settings = settings
         self._lock = _ReadWriteLock()
         # Mutations are numbered as they are applied; `_durable` is the highest
@@ -277,60 +267,29 @@ class EdgeVectorStore:
             raise
         return cls(chunks, documents, dimension, settings, flush_interval)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def dimension(self) -> int:
-        """Length every stored and query vector must have."""
-        return self._dimension
-
     @property
     def settings(self) -> HnswSettings:
         """The HNSW settings this store was opened with."""
         return self._settings
 
-    def replace_document(
-        self,
-        document: DocumentRecord,
-        chunks: Sequence[StoredChunk],
-        vectors: Sequence[Sequence[float]],
+    def _replace(
+        self, document: DocumentRecord, chunks: Sequence[StoredChunk], vectors: list[list[float]]
     ) -> tuple[int, int]:
-        """Make `chunks` the only chunks of the document; return (upserted, deleted).
-
-        Order: upsert the new chunks, delete the document's chunks whose ids are
-        not among them, write the record, all under the write lock so no search
-        observes an intermediate state; then flush. Replacing with identical chunks
-        rewrites them in place and deletes nothing. Only the document of
-        `document.tenant` is touched: the stale-chunk filter matches the tenant
-        too, and chunk ids already used by a point of another document (of this
-        or another tenant) are refused.
-
-        Atomicity is towards readers of this process, not across a crash: if the
-        process dies between the engine calls, a restart can show new and stale
-        chunks together. Re-running the same replacement (ingestion is
-        idempotent) repairs that.
-        """
-        rows = validate_replacement(document, chunks, vectors, self._dimension)
+        """Upsert the new chunks, delete the document's chunks whose ids are not
+        among them, write the record, all under the write lock so no search
+        observes an intermediate state; then flush. Identical chunks are
+        rewritten in place, and chunk ids of another document (of this or
+        another tenant) are refused. Atomicity is towards readers, not across a
+        crash: a restart can show new and stale chunks together, which re-running
+        the same replacement (ingestion is idempotent) repairs."""
         points = [
             Point(chunk.chunk_id, _chunk_vectors(row, chunk), chunk_payload(chunk))
-            for chunk, row in zip(chunks, rows, strict=True)
+            for chunk, row in zip(chunks, vectors, strict=True)
         ]
         new_ids = {chunk.chunk_id for chunk in chunks}
+        of_document = _engine_filter(filters.of_document(document.tenant, document.document_id))
         stale = Filter(
-            must=[
-                _condition(c)
-                for c in filters.of_document(document.tenant, document.document_id).must
-            ],
-            must_not=[HasIdCondition(set(new_ids))] if new_ids else None,
+            must=of_document.must, must_not=[HasIdCondition(set(new_ids))] if new_ids else None
         )
         record = Point(
             _record_id(document.tenant, document.document_id), {}, record_payload(document)
@@ -350,29 +309,12 @@ class EdgeVectorStore:
         self._flush(ticket)
         return len(points), deleted
 
-    def search(
-        self,
-        caller: Caller,
-        vector: Sequence[float],
-        top_k: int,
-        filter: SearchFilter,
-        options: SearchOptions = DENSE_SEARCH,
-        *,
-        exact: bool | None = None,
-    ) -> list[SearchHit]:
-        """Return up to `top_k` of the chunks `caller` may see, ranked as
-        `options` says, best first (`ranking.plan_search`).
-
-        One engine query under the read lock, so one consistent snapshot: a
+    def _candidates(self, plan: SearchPlan, exact: bool | None) -> list[Candidate]:
+        """One engine query under the read lock, so one consistent snapshot: a
         dense or a keyword leg, or both fused by RRF inside the engine, for ids
         and scores only; the best of them (`best_first`) are then read with
-        payload and vector (`_read_winners`).
-
-        `exact` overrides `HnswSettings.exact` for this call (evaluation, recall
-        checks). The search width is max(ef, leg size) because HNSW cannot
-        return more results than candidates it keeps.
-        """
-        plan = plan_search(caller, vector, top_k, filter, options, self._dimension)
+        payload and vector (`_read_winners`). The search width is max(ef, leg
+        size): HNSW cannot return more results than candidates it keeps."""
         engine_filter = _engine_filter(plan.filter)
         legs = self._legs(plan, engine_filter, exact)
         with_vector = [DENSE] if plan.needs_vectors else False
@@ -399,8 +341,7 @@ class EdgeVectorStore:
         with self._lock.read():
             chunk_shard, _ = self._require_open()
             found = chunk_shard.query(request)
-            candidates = _read_winners(chunk_shard, found, plan.limit, with_vector)
-        return hits(plan, candidates)
+            return _read_winners(chunk_shard, found, plan.limit, with_vector)
 
     def _legs(self, plan: SearchPlan, engine_filter: Filter, exact: bool | None) -> list[Prefetch]:
         """The engine queries of the plan: dense, keyword, or both (hybrid)."""
@@ -428,67 +369,23 @@ class EdgeVectorStore:
             )
         return legs
 
-    def get_document(self, tenant: str, document_id: str) -> DocumentRecord | None:
-        """Return the tenant's record, or None when the tenant has no such document."""
-        validate_tenant(tenant)
-        if not document_id:
-            raise InvalidInputError("document_id must not be empty")
+    def _records(self, tenant: str, document_ids: Sequence[str]) -> list[DocumentRecord]:
+        """One registry read by point id (ids derive from tenant and document id)."""
         with self._lock.read():
             _, registry = self._require_open()
             found = registry.retrieve(
-                [_record_id(tenant, document_id)], with_payload=True, with_vector=False
+                [_record_id(tenant, d) for d in document_ids], with_payload=True, with_vector=False
             )
-        records = [record_from_payload(point.payload or {}) for point in found]
-        # The id is derived from the tenant; checking the payload as well costs nothing.
-        return next(
-            (r for r in records if (r.tenant, r.document_id) == (tenant, document_id)), None
-        )
+        return [record_from_payload(point.payload or {}) for point in found]
 
-    def lookup_documents(self, caller: Caller, document_ids: Sequence[str]) -> list[DocumentRecord]:
-        """Return the caller's visible records of `document_ids`, in request order:
-        one registry read by point id (ids derive from tenant and document id)."""
-        ids = validate_lookup(caller, document_ids)
+    def _scan_records(self, tenant: str) -> Iterator[DocumentRecord]:
         with self._lock.read():
             _, registry = self._require_open()
-            found = registry.retrieve(
-                [_record_id(caller.tenant, d) for d in ids], with_payload=True, with_vector=False
-            )
-        records = [record_from_payload(point.payload or {}) for point in found]
-        return visible_records(caller, ids, records)
+            yield from _scan_registry(registry, _engine_filter(filters.of_tenant(tenant)))
 
-    def list_documents(
-        self,
-        tenant: str,
-        limit: int,
-        after: str = "",
-        visible_to: Sequence[str] | None = None,
-    ) -> list[DocumentRecord]:
-        """Return up to `limit` of the tenant's records with document_id > `after`,
-        by document_id; with `visible_to` (a caller's access labels), only the
-        records those labels may see (`may_see`).
-
-        Each page scans the tenant's registry (`listing_page`). Measured ~65 ms
-        per 10,000 documents: fine for an admin listing; at hundreds of
-        thousands of documents keep a sorted id index instead.
-        """
-        validate_tenant(tenant)
-        validate_list_limit(limit)
-        with self._lock.read():
-            _, registry = self._require_open()
-            records = _scan_registry(registry, _engine_filter(filters.of_tenant(tenant)))
-            return listing_page(records, limit, after, visible_to)
-
-    def remove_document(self, tenant: str, document_id: str) -> int:
-        """Delete the tenant's document (chunks and record); return the chunks deleted.
-
-        Chunks are deleted even when the record is missing (left by a crash in
-        the middle of a first `replace_document`), so this also cleans up orphans;
-        NotFoundError only when the tenant has neither a record nor a chunk of
-        the document. Another tenant's document of the same id is never touched.
-        """
-        validate_tenant(tenant)
-        if not document_id:
-            raise InvalidInputError("document_id must not be empty")
+    def _remove(self, tenant: str, document_id: str) -> int:
+        """Chunks and record under the write lock; another tenant's document of
+        the same id is never touched."""
         record_id = _record_id(tenant, document_id)
         of_document = _engine_filter(filters.of_document(tenant, document_id))
         with self._lock.write():
@@ -588,19 +485,10 @@ class EdgeVectorStore:
                 self._flushing = True
                 target = self._applied
                 shards = (self._chunks, self._documents)
-            flushed = False
             try:
-                for shard in shards:
-                    shard.flush()
-                flushed = True
+                self._flush_shards(shards, target)
             except Exception:  # keep flushing later; close() flushes again anyway
                 log.exception("background flush of the vector store failed")
-            finally:
-                with self._commit:
-                    self._flushing = False
-                    if flushed:
-                        self._durable = max(self._durable, target)
-                    self._commit.notify_all()
 
     def _linger(self) -> None:
         """Give mutations already on their way `_FLUSH_LINGER` to join the next flush.
@@ -620,13 +508,13 @@ class EdgeVectorStore:
         writes it within the interval. Without: return once mutation number
         `ticket` is on disk.
 
-        Flushes are shared (group commit): a flush costs 13-23 ms (up to ~200 ms
-        under concurrent disk load) and ~7 ms of CPU even when little changed,
-        and it holds the GIL, so no other mutation applies while it runs. The
-        flushing thread therefore first lingers briefly for mutations already on
-        their way; the others wait, and the next flush covers every mutation
-        applied before it started. `close` waits for a running flush and
-        flushes whatever came after.
+        Flushes are shared (group commit): a flush costs milliseconds of CPU
+        even when little changed (docs/qdrant.md), and it holds the GIL, so no
+        other mutation applies while it runs. The flushing thread therefore
+        first lingers briefly for mutations already on their way; the others
+        wait, and the next flush covers every mutation applied before it
+        started. `close` waits for a running flush and flushes whatever came
+        after.
         """
         if self._flush_interval > 0:
             return
@@ -648,6 +536,11 @@ class EdgeVectorStore:
         if closed:
             with self._lock.read():
                 return
+        self._flush_shards(shards, target)
+
+    def _flush_shards(self, shards: tuple[EdgeShard, EdgeShard], target: int) -> None:
+        """Flush, as the thread that set `_flushing`; on success mutations up to
+        `target` are durable. Waiting threads are woken either way."""
         flushed = False
         try:
             for shard in shards:
@@ -783,9 +676,7 @@ def _condition(condition: filters.Condition) -> ConditionType:
 def _check_chunk_ownership(
     shard: EdgeShard, tenant: str, document_id: str, chunk_ids: Sequence[str]
 ) -> None:
-    """Refuse chunk ids that already belong to another document (or another
-    tenant's): an upsert would silently move such a point. The error names the
-    first such chunk in `chunk_ids` order (the request's)."""
+    """`refuse_foreign_chunks`: point ids are chunk ids, so one read by id."""
     if not chunk_ids:
         return
     existing = shard.retrieve(
@@ -794,20 +685,12 @@ def _check_chunk_ownership(
         with_vector=False,
     )
     owners = {str(record.id): record.payload or {} for record in existing}
-    for chunk_id in chunk_ids:
-        if chunk_id in owners:
-            owner = owners[chunk_id]
-            error = ownership_error(
-                chunk_id, owner.get("tenant"), owner.get("document_id"), tenant, document_id
-            )
-            if error is not None:
-                raise error
+    refuse_foreign_chunks(chunk_ids, owners, tenant, document_id)
 
 
 def _scan_registry(registry: EdgeShard, records_filter: Filter) -> Iterator[DocumentRecord]:
-    offset: Any = None
-    while True:
-        records, offset = registry.scroll(
+    def page(offset: Any) -> tuple[Sequence[Any], Any]:
+        return registry.scroll(
             ScrollRequest(
                 offset=offset,
                 limit=SCROLL_BATCH,
@@ -816,7 +699,6 @@ def _scan_registry(registry: EdgeShard, records_filter: Filter) -> Iterator[Docu
                 with_vector=False,
             )
         )
-        for record in records:
-            yield record_from_payload(record.payload or {})
-        if offset is None:
-            return
+
+    for record in paged(page):
+        yield record_from_payload(record.payload or {})

@@ -23,7 +23,6 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Final, Self
 from urllib.parse import urlsplit
 
@@ -42,38 +41,14 @@ from services.common.errors import (
     RateLimitedError,
     UnavailableError,
 )
-from services.common.tenancy import validate_tenant
-from services.retrieval import filters
+from services.retrieval import filters, schema
+from services.retrieval.engine_store import EngineStore
 from services.retrieval.fusion import RRF_K
-from services.retrieval.ranking import Candidate, SearchPlan, best_first, hits, plan_search
-from services.retrieval.schema import (
-    CHUNK_INDEXES,
-    DENSE,
-    KEYWORD,
-    PLACEHOLDER,
-    SCROLL_BATCH,
-    IndexKind,
-    chunk_payload,
-    chunk_vectors,
-    ownership_error,
-    record_from_payload,
-    record_payload,
-    scoped_id,
-)
+from services.retrieval.ranking import Candidate, SearchPlan, best_first
 from services.retrieval.store import (
-    DENSE_SEARCH,
-    Caller,
     DocumentRecord,
-    SearchFilter,
-    SearchHit,
-    SearchOptions,
     StoredChunk,
     StoreStats,
-    listing_page,
-    validate_list_limit,
-    validate_lookup,
-    validate_replacement,
-    visible_records,
 )
 
 log = logging.getLogger(__name__)
@@ -96,11 +71,11 @@ _TOKEN_NAMESPACE: Final = uuid.UUID("d27c4e19-8b3a-5a61-8f0d-5c9e2b7a4d13")
 """Fixed namespaces of point ids: changing one orphans every stored point."""
 
 _INDEX_TYPES: Final = {
-    IndexKind.KEYWORD: models.PayloadSchemaType.KEYWORD,
-    IndexKind.INTEGER: models.PayloadSchemaType.INTEGER,
+    schema.IndexKind.KEYWORD: models.PayloadSchemaType.KEYWORD,
+    schema.IndexKind.INTEGER: models.PayloadSchemaType.INTEGER,
 }
 _CHUNK_INDEXES: Final[Mapping[str, models.PayloadSchemaType | models.KeywordIndexParams]] = {
-    **{name: _INDEX_TYPES[kind] for name, kind in CHUNK_INDEXES.items()},
+    **{name: _INDEX_TYPES[kind] for name, kind in schema.CHUNK_INDEXES.items()},
     # Tenant-aware: the server keeps each tenant's points together and builds
     # its HNSW graph per tenant (`m=0, payload_m=16` below).
     "tenant": models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
@@ -183,7 +158,7 @@ class _Claim:
         return bool((self.record or {}).get("indexed", False))
 
 
-class QdrantServerStore:
+class QdrantServerStore(EngineStore):
     """`VectorStore` on a Qdrant server (or qdrant-client's local mode in tests).
 
     Thread-safe: `QdrantClient` is, and the store keeps no mutable state besides it.
@@ -193,10 +168,10 @@ class QdrantServerStore:
         self, client: QdrantClient, collection: str, dimension: int, tuning: QdrantTuning
     ) -> None:
         """Use `connect` or `open`; this only wires an already prepared client."""
+        super().__init__(dimension)
         self._client: QdrantClient | None = client
         self._chunks = collection
         self._registry = collection + _REGISTRY_SUFFIX
-        self._dimension = dimension
         self._tuning = tuning
 
     @classmethod
@@ -250,36 +225,13 @@ class QdrantServerStore:
         store._prepare()
         return store
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def dimension(self) -> int:
-        """Length every stored and query vector must have."""
-        return self._dimension
-
-    def replace_document(
-        self,
-        document: DocumentRecord,
-        chunks: Sequence[StoredChunk],
-        vectors: Sequence[Sequence[float]],
+    def _replace(
+        self, document: DocumentRecord, chunks: Sequence[StoredChunk], vectors: list[list[float]]
     ) -> tuple[int, int]:
-        """Make `chunks` the only chunks of the document; return (upserted, deleted).
-
-        `deleted` counts the previous version's chunks whose ids are not among
-        the new ones, as the embedded store does (it rewrites the others in
-        place). The steps are those of the module docstring; a failure before
-        the flip removes this writer's chunks and leaves the old version live.
-        """
-        rows = validate_replacement(document, chunks, vectors, self._dimension)
+        """The steps of the module docstring; a failure before the flip removes
+        this writer's chunks and leaves the old version live. `deleted` counts
+        the previous version's chunks whose ids are not among the new ones, as
+        the embedded store does (it rewrites the others in place)."""
         tenant, document_id = document.tenant, document.document_id
         new_ids = [chunk.chunk_id for chunk in chunks]
         self._check_chunk_ownership(tenant, document_id, new_ids)
@@ -287,10 +239,10 @@ class QdrantServerStore:
         points = [
             models.PointStruct(
                 id=_chunk_point_id(tenant, chunk.chunk_id, version),
-                vector=chunk_vectors(row, chunk.title, chunk.text, _sparse),
-                payload={**chunk_payload(chunk), "version": version},
+                vector=schema.chunk_vectors(row, chunk.title, chunk.text, _sparse),
+                payload={**schema.chunk_payload(chunk), "version": version},
             )
-            for chunk, row in zip(chunks, rows, strict=True)
+            for chunk, row in zip(chunks, vectors, strict=True)
         ]
         with self._claim(tenant, document_id) as claim:
             self._change_token(tenant)
@@ -309,104 +261,50 @@ class QdrantServerStore:
                     must_not=[_match_any("chunk_id", new_ids)] if new_ids else None,
                 )
                 deleted = self._count(self._chunks, superseded)
-            fields = {**record_payload(document), "version": version, "indexed": True}
+            fields = {**schema.record_payload(document), "version": version, "indexed": True}
             self._flip(claim, fields)
         return len(points), deleted
 
-    def search(
-        self,
-        caller: Caller,
-        vector: Sequence[float],
-        top_k: int,
-        filter: SearchFilter,
-        options: SearchOptions = DENSE_SEARCH,
-    ) -> list[SearchHit]:
-        """Return up to `top_k` of the chunks `caller` may see, ranked as
-        `options` says, best first (`ranking.plan_search`).
-
-        One `query_points` call per attempt, its filter the plan's plus the
+    def _candidates(self, plan: SearchPlan, exact: bool | None) -> list[Candidate]:
+        """One `query_points` call per attempt, its filter the plan's plus the
         pins of the documents being written; an attempt that raced the start of
-        a write in the tenant is retried (see the module docstring).
-        """
-        plan = plan_search(caller, vector, top_k, filter, options, self._dimension)
+        a write in the tenant is retried (see the module docstring)."""
+        tenant = plan.tenant
         for attempt in range(self._tuning.search_attempts):
             if attempt:  # back off, with jitter so that racing searches spread out
                 time.sleep(random.uniform(0, 0.005 * 2**attempt))
-            before = self._snapshot(caller.tenant, token_first=True)
-            points = self._query(plan, _pinned(plan.filter, before))
-            if self._snapshot(caller.tenant, token_first=False) == before:
-                break
-        else:
-            raise UnavailableError(
-                f"Qdrant: every search of tenant '{caller.tenant}' raced a document "
-                f"replacement ({self._tuning.search_attempts} attempts); retry"
-            )
-        return hits(plan, points)
+            before = self._snapshot(tenant, token_first=True)
+            points = self._query(plan, _pinned(plan.filter, before), exact)
+            if self._snapshot(tenant, token_first=False) == before:
+                return points
+        raise UnavailableError(
+            f"Qdrant: every search of tenant '{tenant}' raced a document "
+            f"replacement ({self._tuning.search_attempts} attempts); retry"
+        )
 
-    def get_document(self, tenant: str, document_id: str) -> DocumentRecord | None:
-        """Return the tenant's record, or None when the tenant has no such document
-        (a document whose first replacement is under way does not exist yet)."""
-        validate_tenant(tenant)
-        if not document_id:
-            raise InvalidInputError("document_id must not be empty")
-        payload = self._record(_record_id(tenant, document_id))
-        if payload is None or not payload.get("indexed"):
-            return None
-        return record_from_payload(payload)
-
-    def lookup_documents(self, caller: Caller, document_ids: Sequence[str]) -> list[DocumentRecord]:
-        """Return the caller's visible records of `document_ids`, in request order
-        (one registry read; a document whose first replacement is under way does
-        not exist yet)."""
-        ids = validate_lookup(caller, document_ids)
+    def _records(self, tenant: str, document_ids: Sequence[str]) -> list[DocumentRecord]:
+        """One registry read; a document whose first replacement is under way
+        does not exist yet."""
         with self._engine() as client:
             found = client.retrieve(
-                self._registry,
-                [_record_id(caller.tenant, d) for d in ids],
-                with_payload=True,
+                self._registry, [_record_id(tenant, d) for d in document_ids], with_payload=True
             )
-        records = [
-            record_from_payload(point.payload)
+        return [
+            schema.record_from_payload(point.payload)
             for point in found
             if point.payload is not None and point.payload.get("indexed")
         ]
-        return visible_records(caller, ids, records)
 
-    def list_documents(
-        self,
-        tenant: str,
-        limit: int,
-        after: str = "",
-        visible_to: Sequence[str] | None = None,
-    ) -> list[DocumentRecord]:
-        """Return up to `limit` of the tenant's records with document_id > `after`,
-        by document_id; with `visible_to` (a caller's access labels), only the
-        records those labels may see (`may_see`).
-
-        Each page scans the tenant's records (`listing_page`), as the embedded
-        store does.
-        """
-        validate_tenant(tenant)
-        validate_list_limit(limit)
+    def _scan_records(self, tenant: str) -> Iterator[DocumentRecord]:
         documents = models.Filter(
             must=[_match("tenant", tenant), _match("kind", _DOCUMENT), _match("indexed", True)]
         )
-        records = (
-            record_from_payload(payload)
-            for payload in self._scan(self._registry, documents, with_payload=True)
-        )
-        return listing_page(records, limit, after, visible_to)
+        for payload in self._scan(self._registry, documents, with_payload=True):
+            yield schema.record_from_payload(payload)
 
-    def remove_document(self, tenant: str, document_id: str) -> int:
-        """Delete the tenant's document (chunks and record); return the chunks deleted.
-
-        Chunks are deleted even without a record (orphans), NotFoundError only
-        when the tenant has neither, as in the embedded store. Readers see the
-        document until the record flips to "no version", then nothing of it.
-        """
-        validate_tenant(tenant)
-        if not document_id:
-            raise InvalidInputError("document_id must not be empty")
+    def _remove(self, tenant: str, document_id: str) -> int:
+        """Readers see the document until the record flips to "no version", then
+        nothing of it."""
         of_document = models.Filter(must=_document_conditions(tenant, document_id))
         not_found = NotFoundError(f"document '{document_id}' not found in tenant '{tenant}'")
         if self._record(_record_id(tenant, document_id)) is None and not self._count(
@@ -455,18 +353,20 @@ class QdrantServerStore:
                 client,
                 self._chunks,
                 vectors={
-                    DENSE: models.VectorParams(
+                    schema.DENSE: models.VectorParams(
                         size=self._dimension, distance=models.Distance.COSINE
                     )
                 },
-                sparse={KEYWORD: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                sparse={schema.KEYWORD: models.SparseVectorParams(modifier=models.Modifier.IDF)},
                 hnsw=models.HnswConfigDiff(m=0, payload_m=16),
                 indexes=_CHUNK_INDEXES,
             )
             self._ensure_collection(
                 client,
                 self._registry,
-                vectors={PLACEHOLDER: models.VectorParams(size=1, distance=models.Distance.DOT)},
+                vectors={
+                    schema.PLACEHOLDER: models.VectorParams(size=1, distance=models.Distance.DOT)
+                },
                 sparse=None,
                 hnsw=None,
                 indexes=_REGISTRY_INDEXES,
@@ -499,18 +399,19 @@ class QdrantServerStore:
                 if not client.collection_exists(name):
                     raise
         existing = client.get_collection(name).payload_schema
-        for field_name, schema in indexes.items():
+        for field_name, index in indexes.items():
             if field_name not in existing:
-                client.create_payload_index(name, field_name, schema, wait=True)
+                client.create_payload_index(name, field_name, index, wait=True)
 
     def _check_layout(self, client: QdrantClient) -> None:
         """Refuse a chunk collection of another dimension or not made by this store."""
         params = client.get_collection(self._chunks).config.params
-        dense = params.vectors.get(DENSE) if isinstance(params.vectors, dict) else None
-        if dense is None or KEYWORD not in (params.sparse_vectors or {}):
+        dense = params.vectors.get(schema.DENSE) if isinstance(params.vectors, dict) else None
+        if dense is None or schema.KEYWORD not in (params.sparse_vectors or {}):
             raise FailedPreconditionError(
-                f"Qdrant collection '{self._chunks}' exists but lacks the '{DENSE}' dense and "
-                f"'{KEYWORD}' sparse vectors of this store; use another RAG_QDRANT_COLLECTION"
+                f"Qdrant collection '{self._chunks}' exists but lacks the '{schema.DENSE}' "
+                f"dense and '{schema.KEYWORD}' sparse vectors of this store; use another "
+                "RAG_QDRANT_COLLECTION"
             )
         if dense.size != self._dimension:
             raise FailedPreconditionError(
@@ -547,18 +448,19 @@ class QdrantServerStore:
                 raise UnavailableError(f"Qdrant is unavailable: {exc.reason_phrase}") from exc
             raise
 
-    def _query(self, plan: SearchPlan, spec: filters.AllOf) -> list[Candidate]:
+    def _query(self, plan: SearchPlan, spec: filters.AllOf, exact: bool | None) -> list[Candidate]:
         """One engine query: the dense leg, the keyword leg, or both fused by RRF."""
         query_filter = _engine_filter(spec)
         legs: list[models.Prefetch] = []
         if plan.dense is not None:
             params = models.SearchParams(
-                hnsw_ef=max(self._tuning.hnsw_ef, plan.leg_size), exact=self._tuning.exact
+                hnsw_ef=max(self._tuning.hnsw_ef, plan.leg_size),
+                exact=self._tuning.exact if exact is None else exact,
             )
             legs.append(
                 models.Prefetch(
                     query=plan.dense,
-                    using=DENSE,
+                    using=schema.DENSE,
                     limit=plan.leg_size,
                     filter=query_filter,
                     params=params,
@@ -568,12 +470,12 @@ class QdrantServerStore:
             legs.append(
                 models.Prefetch(
                     query=_sparse(plan.terms),
-                    using=KEYWORD,
+                    using=schema.KEYWORD,
                     limit=plan.leg_size,
                     filter=query_filter,
                 )
             )
-        vectors: list[str] | bool = [DENSE] if plan.needs_vectors else False
+        vectors: list[str] | bool = [schema.DENSE] if plan.needs_vectors else False
         with self._engine() as client:
             if not plan.fused:
                 (leg,) = legs
@@ -651,51 +553,38 @@ class QdrantServerStore:
         self, collection: str, scan_filter: models.Filter, *, with_payload: bool | list[str]
     ) -> Iterator[dict[str, Any]]:
         """Payloads of every point matching `scan_filter`, page by page."""
-        offset: Any = None
-        while True:
+
+        def page(offset: Any) -> tuple[Sequence[Any], Any]:
             with self._engine() as client:
-                records, offset = client.scroll(
+                return client.scroll(
                     collection,
                     scroll_filter=scan_filter,
-                    limit=SCROLL_BATCH,
+                    limit=schema.SCROLL_BATCH,
                     offset=offset,
                     with_payload=with_payload,
                     with_vectors=False,
                 )
-            for record in records:
-                yield dict(record.payload or {})
-            if offset is None:
-                return
+
+        for record in schema.paged(page):
+            yield dict(record.payload or {})
 
     def _check_chunk_ownership(self, tenant: str, document_id: str, chunk_ids: list[str]) -> None:
-        """Refuse chunk ids that belong to another document (`ownership_error`).
-        Point ids include the tenant and version, so nothing would be overwritten
-        here; the check keeps the backends' contracts equal."""
+        """`schema.refuse_foreign_chunks`. Point ids include the tenant and
+        version, so nothing would be overwritten here; the check keeps the
+        backends' contracts equal."""
         own = models.Filter(must=_document_conditions(tenant, document_id))
         for start in range(0, len(chunk_ids), _ID_BATCH):
-            others = models.Filter(
-                must=[_match_any("chunk_id", chunk_ids[start : start + _ID_BATCH])],
-                must_not=[own],
-            )
+            batch = chunk_ids[start : start + _ID_BATCH]
+            others = models.Filter(must=[_match_any("chunk_id", batch)], must_not=[own])
             with self._engine() as client:
                 records, _ = client.scroll(
                     self._chunks,
                     scroll_filter=others,
-                    limit=1,
+                    limit=2 * len(batch),  # a chunk has two versions while it is replaced
                     with_payload=["tenant", "document_id", "chunk_id"],
                 )
-            if not records:
-                continue
-            owner = records[0].payload or {}
-            error = ownership_error(
-                str(owner.get("chunk_id")),
-                owner.get("tenant"),
-                owner.get("document_id"),
-                tenant,
-                document_id,
-            )
-            if error is not None:
-                raise error
+            owners = {str((r.payload or {}).get("chunk_id")): r.payload or {} for r in records}
+            schema.refuse_foreign_chunks(batch, owners, tenant, document_id)
 
     # -- the document claim ---------------------------------------------------
 
@@ -901,21 +790,21 @@ def _candidate(point: models.ScoredPoint) -> Candidate:
     ids are per version)."""
     payload = point.payload or {}
     vector = point.vector
-    dense = vector.get(DENSE) if isinstance(vector, dict) else None
+    dense = vector.get(schema.DENSE) if isinstance(vector, dict) else None
     return Candidate(str(payload.get("chunk_id")), point.score, payload, dense)  # type: ignore[arg-type]
 
 
 def _chunk_point_id(tenant: str, chunk_id: str, version: str) -> str:
     """Two versions of a chunk coexist while a replacement is under way."""
-    return scoped_id(_CHUNK_NAMESPACE, tenant, chunk_id, version)
+    return schema.scoped_id(_CHUNK_NAMESPACE, tenant, chunk_id, version)
 
 
 def _record_id(tenant: str, document_id: str) -> str:
-    return scoped_id(_RECORD_NAMESPACE, tenant, document_id)
+    return schema.scoped_id(_RECORD_NAMESPACE, tenant, document_id)
 
 
 def _token_point_id(tenant: str) -> str:
-    return scoped_id(_TOKEN_NAMESPACE, tenant)
+    return schema.scoped_id(_TOKEN_NAMESPACE, tenant)
 
 
 def _parse_version(text: str) -> tuple[int, int] | None:

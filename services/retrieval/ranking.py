@@ -46,6 +46,7 @@ def candidate_count(top_k: int) -> int:
 class SearchPlan:
     """A validated search, as every engine runs it."""
 
+    tenant: str
     top_k: int
     filter: filters.AllOf
     """Applied to every leg and to the fused query."""
@@ -103,6 +104,7 @@ def plan_search(
     )
     leg_size = candidate_count(top_k)
     return SearchPlan(
+        tenant=caller.tenant,
         top_k=top_k,
         filter=filters.search_filter(caller, search_filter),
         dense=query_vector if options.mode is not RetrievalMode.KEYWORD else None,

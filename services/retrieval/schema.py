@@ -9,10 +9,10 @@ onto their engine's types. docs/qdrant.md describes the layout.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import fields
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from qdrant_edge import Bm25, Bm25Config, SparseVector
 
@@ -27,6 +27,19 @@ PLACEHOLDER: Final = "placeholder"
 """The registry's declared-but-unused 1-dimensional vector: engines need one."""
 SCROLL_BATCH: Final = 1024
 """Points per page when a store scans its registry or shards."""
+
+ItemT = TypeVar("ItemT")
+
+
+def paged(read_page: Callable[[Any], tuple[Sequence[ItemT], Any]]) -> Iterator[ItemT]:
+    """Every point of an engine scroll: `read_page(offset)` returns a page and
+    the offset of the next (None after the last); the first call gets None."""
+    offset: Any = None
+    while True:
+        page, offset = read_page(offset)
+        yield from page
+        if offset is None:
+            return
 
 
 class IndexKind(StrEnum):
@@ -138,20 +151,24 @@ def record_from_payload(payload: Mapping[str, Any]) -> DocumentRecord:
     return DocumentRecord(**_from_payload(payload, _RECORD_FIELDS))
 
 
-def ownership_error(
-    chunk_id: str, owner_tenant: object, owner_document: object, tenant: str, document_id: str
-) -> InvalidInputError | None:
-    """The refusal of a chunk id already stored for another document (an upsert
-    would silently move it), naming the other document only when it is the same
-    tenant's; None when the chunk is the document's own."""
-    if owner_tenant != tenant:
-        return InvalidInputError(
-            f"chunk_id '{chunk_id}' already belongs to another tenant's document, "
-            f"not to '{document_id}' of tenant '{tenant}'"
-        )
-    if owner_document != document_id:
-        return InvalidInputError(
-            f"chunk_id '{chunk_id}' already belongs to document '{owner_document}', "
-            f"not '{document_id}'"
-        )
-    return None
+def refuse_foreign_chunks(
+    chunk_ids: Sequence[str], owners: Mapping[str, Mapping[str, Any]], tenant: str, document_id: str
+) -> None:
+    """Refuse chunk ids already stored for another document (an upsert would
+    silently move them): `owners` maps such stored chunk ids to their payloads.
+    The error names the first in `chunk_ids` order (the request's), and the
+    other document only when it is the same tenant's."""
+    for chunk_id in chunk_ids:
+        owner = owners.get(chunk_id)
+        if owner is None:
+            continue
+        if owner.get("tenant") != tenant:
+            raise InvalidInputError(
+                f"chunk_id '{chunk_id}' already belongs to another tenant's document, "
+                f"not to '{document_id}' of tenant '{tenant}'"
+            )
+        if owner.get("document_id") != document_id:
+            raise InvalidInputError(
+                f"chunk_id '{chunk_id}' already belongs to document "
+                f"'{owner.get('document_id')}', not '{document_id}'"
+            )

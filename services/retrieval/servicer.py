@@ -94,11 +94,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         self, request: retrieval_pb2.ReplaceDocumentRequest, context: aio.ServicerContext[Any, Any]
     ) -> retrieval_pb2.ReplaceDocumentResponse:
         document = from_proto(request.document, DocumentRecord)
-        if not document.document_id:
-            raise InvalidInputError("document.document_id is empty")
         chunks = [from_proto(item.chunk, StoredChunk) for item in request.chunks]
         vectors = [list(item.vector.values) for item in request.chunks]
-        validate_tenant(document.tenant)
         upserted, deleted = await asyncio.to_thread(
             self._store.replace_document, document, chunks, vectors
         )
@@ -131,9 +128,6 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     async def GetDocument(
         self, request: retrieval_pb2.GetDocumentRequest, context: aio.ServicerContext[Any, Any]
     ) -> retrieval_pb2.GetDocumentResponse:
-        validate_tenant(request.tenant)
-        if not request.document_id:
-            raise InvalidInputError("document_id is empty")
         record = await asyncio.to_thread(
             self._store.get_document, request.tenant, request.document_id
         )
@@ -177,9 +171,6 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     async def RemoveDocument(
         self, request: retrieval_pb2.RemoveDocumentRequest, context: aio.ServicerContext[Any, Any]
     ) -> retrieval_pb2.RemoveDocumentResponse:
-        validate_tenant(request.tenant)
-        if not request.document_id:
-            raise InvalidInputError("document_id is empty")
         deleted = await asyncio.to_thread(
             self._store.remove_document, request.tenant, request.document_id
         )
