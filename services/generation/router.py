@@ -117,7 +117,7 @@ EVIDENCE_MARGIN = 0.05
 """Other documents scoring within this of the best source count as competing evidence."""
 
 
-def normalise_question(question: str) -> list[str]:
+def question_words(question: str) -> list[str]:
     """Lowercased words of `question` without punctuation (see the module docstring)."""
     text = unicodedata.normalize("NFKC", question).lower()
     return re.sub(r"[^\w\s]|_", " ", text).split()
@@ -175,7 +175,7 @@ def _flag(name: str, on: bool, when_on: str, when_off: str) -> Feature:
 
 def question_features(question: str) -> list[Feature]:
     """The question's features (see QUESTION_WEIGHTS), computed on its normalised words."""
-    words = normalise_question(question) or [""]
+    words = question_words(question) or [""]
     first = words[0]
     asks = [w for w in words if w in _QUESTION_WORDS]
     relatives = [w for w in words[2:] if w in _RELATIVES]

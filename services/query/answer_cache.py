@@ -88,7 +88,7 @@ INVALIDATIONS = Counter(
 Vector = npt.NDArray[np.float32]
 
 
-def normalise_question(question: str) -> str:
+def canonical_question(question: str) -> str:
     """The question as the key sees it: spelling variants that cannot change the
     answer (width, case, spacing, a final question mark) map to one form."""
     text = " ".join(unicodedata.normalize("NFKC", question).casefold().split())
@@ -181,7 +181,7 @@ class AnswerScope:
 
     def key(self, question: str) -> str:
         """The exact cache key of `question` in this scope."""
-        return _digest([*self._parts(), normalise_question(question)])
+        return _digest([*self._parts(), canonical_question(question)])
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ragplatform.v1 import (
     common_pb2,
@@ -30,7 +30,7 @@ from ragplatform.v1 import (
     retrieval_pb2,
 )
 from services.common.citations import keep_supplied_citations
-from services.common.errors import InvalidInputError
+from services.common.errors import InvalidInputError, UnavailableError
 from services.common.search import search_filter_from_proto, validate_filter
 from services.common.tenancy import Caller, validate_caller
 from services.query.answer_cache import AnswerCache, AnswerScope, CachedAnswer, DocumentVersion
@@ -94,6 +94,7 @@ class _Timer:
 class _Retrieved:
     """State of one question between retrieval and the final answer."""
 
+    question: str
     request_id: str
     timer: _Timer
     started: float
@@ -101,6 +102,16 @@ class _Retrieved:
     sources: list[generation_pb2.Source]
     search: retrieval_pb2.SearchRequest
     """The search that found `results` (the answer cache pins versions with it)."""
+
+    def generation_fields(self, params: "AskParams") -> dict[str, Any]:
+        """The fields of the unary and the streaming generation request alike."""
+        return {
+            "question": self.question,
+            "sources": self.sources,
+            "debug": params.debug,
+            "tier": params.tier,
+            "routing_key": params.routing_key,
+        }
 
 
 @dataclass
@@ -118,6 +129,23 @@ class _CacheTurn:
         """Stop pinning versions (the answer will not be stored)."""
         if self.pinning is not None:
             self.pinning.cancel()
+
+
+@dataclass
+class _Prepared:
+    """A question after the answer cache and retrieval: a cached answer to serve
+    as it is, or the retrieved sources to generate one from."""
+
+    turn: _CacheTurn | None
+    cached: query_pb2.AskResponse | None = None
+    retrieved: _Retrieved | None = None
+
+    @property
+    def state(self) -> _Retrieved:
+        """The retrieved sources (only when nothing was `cached`)."""
+        if self.retrieved is None:
+            raise RuntimeError("a cached answer has no retrieval state")
+        return self.retrieved
 
 
 def _served_from_cache(
@@ -180,7 +208,7 @@ class QueryPipeline:
             raise InvalidInputError(f"top_k {top_k} is out of range 1..{self._limits.max_top_k}")
         return question, top_k
 
-    async def _retrieve(self, params: AskParams) -> tuple[str, _Retrieved]:
+    async def _retrieve(self, params: AskParams) -> _Retrieved:
         """Embed the question, then search with its vector."""
         question, top_k = self._validated(params)
         started = time.perf_counter()
@@ -205,7 +233,7 @@ class QueryPipeline:
             generation_pb2.Source(number=n, chunk=r.chunk, score=r.score)
             for n, r in enumerate(results, start=1)
         ]
-        return question, _Retrieved(uuid.uuid4().hex, timer, started, results, sources, search)
+        return _Retrieved(question, uuid.uuid4().hex, timer, started, results, sources, search)
 
     async def _look_up(
         self, params: AskParams
@@ -237,9 +265,7 @@ class QueryPipeline:
             return turn, None
         return turn, _served_from_cache(turn, timer, entry, query_pb2.CacheHit.KIND_EXACT)
 
-    async def _prepare(
-        self, params: AskParams
-    ) -> tuple[_CacheTurn | None, query_pb2.AskResponse | tuple[str, _Retrieved]]:
+    async def _prepare(self, params: AskParams) -> _Prepared:
         """A cached answer, or the retrieved sources to generate one from.
 
         After retrieval, pinning the sources' versions starts (it runs while the
@@ -247,10 +273,10 @@ class QueryPipeline:
         """
         turn, hit = await self._look_up(params)
         if hit is not None:
-            return turn, hit
-        question, state = await self._retrieve(params)
+            return _Prepared(turn, cached=hit)
+        state = await self._retrieve(params)
         if turn is None or self._answers is None:
-            return None, (question, state)
+            return _Prepared(None, retrieved=state)
         state.timer.timings[:0] = turn.timer.timings
         state.started = turn.started
         turn.pinning = asyncio.create_task(self._answers.pin_versions(state.search, state.results))
@@ -261,23 +287,20 @@ class QueryPipeline:
                 turn.cancel()
                 entry, similarity = similar
                 kind = query_pb2.CacheHit.KIND_SEMANTIC
-                return turn, _served_from_cache(turn, state.timer, entry, kind, similarity)
-        return turn, (question, state)
+                return _Prepared(
+                    turn, cached=_served_from_cache(turn, state.timer, entry, kind, similarity)
+                )
+        return _Prepared(turn, retrieved=state)
 
-    async def _remember(
-        self,
-        turn: _CacheTurn | None,
-        question: str,
-        state: _Retrieved,
-        response: query_pb2.AskResponse,
-    ) -> None:
+    async def _remember(self, prepared: _Prepared, response: query_pb2.AskResponse) -> None:
         """Store a fresh answer once its documents' versions are pinned."""
+        turn, state = prepared.turn, prepared.state
         if turn is None or turn.pinning is None or self._answers is None:
             return
         pinned = await turn.pinning
         if pinned is not None:
             vector = state.search.vector.values
-            await self._answers.store(turn.scope, question, response, pinned, vector)
+            await self._answers.store(turn.scope, state.question, response, pinned, vector)
 
     def _answer(
         self, state: _Retrieved, generated: generation_pb2.GenerateResponse, debug: bool
@@ -328,27 +351,21 @@ class QueryPipeline:
 
     async def ask(self, params: AskParams) -> query_pb2.AskResponse:
         """The complete, verified answer (from the answer cache when it holds one)."""
-        turn, prepared = await self._prepare(params)
-        if isinstance(prepared, query_pb2.AskResponse):
-            return prepared
-        question, state = prepared
+        prepared = await self._prepare(params)
+        if prepared.cached is not None:
+            return prepared.cached
+        state = prepared.state
         address = self._clients.settings.generation_addr
         try:
             with state.timer.stage("generate"), downstream("generation", address):
                 generated = await self._clients.generation.Generate(
-                    generation_pb2.GenerateRequest(
-                        question=question,
-                        sources=state.sources,
-                        debug=params.debug,
-                        tier=params.tier,
-                        routing_key=params.routing_key,
-                    )
+                    generation_pb2.GenerateRequest(**state.generation_fields(params))
                 )
             response = self._answer(state, generated, params.debug)
-            await self._remember(turn, question, state, response)
+            await self._remember(prepared, response)
         finally:
-            if turn is not None:
-                turn.cancel()
+            if prepared.turn is not None:
+                prepared.turn.cancel()
         return response
 
     async def ask_stream(self, params: AskParams) -> AsyncIterator[query_pb2.AskStreamResponse]:
@@ -359,25 +376,22 @@ class QueryPipeline:
         A restart event (a backend failed mid-answer, or the answer was escalated
         to the strong model) tells clients to drop the deltas received so far.
         A cached answer streams as one delta holding its text, then the answer.
+        A generation stream that ends without its final answer is UNAVAILABLE,
+        naming the generation service: the failure is the service's, not the
+        request's.
         """
-        turn, prepared = await self._prepare(params)
-        if isinstance(prepared, query_pb2.AskResponse):
-            yield query_pb2.AskStreamResponse(delta=prepared.answer)
-            yield query_pb2.AskStreamResponse(final=prepared)
+        prepared = await self._prepare(params)
+        if prepared.cached is not None:
+            yield query_pb2.AskStreamResponse(delta=prepared.cached.answer)
+            yield query_pb2.AskStreamResponse(final=prepared.cached)
             return
-        question, state = prepared
+        state = prepared.state
         address = self._clients.settings.generation_addr
         final: generation_pb2.GenerateResponse | None = None
         try:
             with state.timer.stage("generate"), downstream("generation", address):
                 stream = self._clients.generation.GenerateStream(
-                    generation_pb2.GenerateStreamRequest(
-                        question=question,
-                        sources=state.sources,
-                        debug=params.debug,
-                        tier=params.tier,
-                        routing_key=params.routing_key,
-                    )
+                    generation_pb2.GenerateStreamRequest(**state.generation_fields(params))
                 )
                 async for event in stream:
                     if event.HasField("final"):
@@ -387,10 +401,12 @@ class QueryPipeline:
                     else:
                         yield query_pb2.AskStreamResponse(delta=event.delta)
             if final is None:
-                raise InvalidInputError("generation stream ended without a final answer")
+                raise UnavailableError(
+                    f"generation service at {address} ended its stream without a final answer"
+                )
             response = self._answer(state, final, params.debug)
-            await self._remember(turn, question, state, response)
+            await self._remember(prepared, response)
         finally:
-            if turn is not None:
-                turn.cancel()
+            if prepared.turn is not None:
+                prepared.turn.cancel()
         yield query_pb2.AskStreamResponse(final=response)

@@ -26,7 +26,7 @@ from services.query.answer_cache import (
     CachedAnswer,
     DocumentVersion,
     SemanticIndex,
-    normalise_question,
+    canonical_question,
 )
 from services.runtime.cache import LruCache, RedisCache, build_cache
 from services.runtime.settings import PlatformSettings
@@ -314,11 +314,11 @@ def scope(**changes: object) -> AnswerScope:
 
 
 def test_question_normalisation() -> None:
-    assert normalise_question("  How many  DAYS\tof leave？ ") == "how many days of leave"
-    assert normalise_question("Straße?!") == normalise_question("STRASSE")
-    assert normalise_question("ｆｕｌｌ width.") == "full width"
-    assert normalise_question("What is C#?") != normalise_question("What is C?")
-    assert normalise_question("What is C++") == "what is c++"
+    assert canonical_question("  How many  DAYS\tof leave？ ") == "how many days of leave"
+    assert canonical_question("Straße?!") == canonical_question("STRASSE")
+    assert canonical_question("ｆｕｌｌ width.") == "full width"
+    assert canonical_question("What is C#?") != canonical_question("What is C?")
+    assert canonical_question("What is C++") == "what is c++"
 
 
 def test_key_ignores_spelling_and_order_but_not_meaning() -> None:

@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import httpx
+import pytest
 import pytest_asyncio
 from grpc import aio
 
@@ -18,7 +20,9 @@ from ragplatform.v1 import (
     common_pb2,
     embedding_pb2,
     embedding_pb2_grpc,
+    generation_pb2,
     generation_pb2_grpc,
+    query_pb2,
     query_pb2_grpc,
     retrieval_pb2,
     retrieval_pb2_grpc,
@@ -159,3 +163,39 @@ async def test_unknown_tier_is_a_validation_error(platform: Platform) -> None:
     response = await platform.http.post("/v1/ask", json={"question": QUESTION, "tier": "TIER_X"})
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "INVALID_ARGUMENT"
+
+
+class EndsEarly(generation_pb2_grpc.GenerationServiceServicer):
+    """A generation service whose stream breaks off: deltas, then no answer."""
+
+    async def GenerateStream(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        yield generation_pb2.GenerateStreamResponse(delta="Full-time employees")
+
+
+async def test_a_stream_without_its_answer_is_unavailable_and_names_generation() -> None:
+    """The request was fine: the client must see the generation service's
+    failure (UNAVAILABLE, retriable), not an error of its own."""
+    server = aio.server(interceptors=[ErrorMappingInterceptor()])
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    clients = PlatformClients(
+        PlatformSettings(embedding_addr=address, retrieval_addr=address, generation_addr=address)
+    )
+    embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(FakeEmbedding(), server)
+    retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(FakeRetrieval(), server)
+    generation_pb2_grpc.add_GenerationServiceServicer_to_server(EndsEarly(), server)
+    query_pb2_grpc.add_QueryServiceServicer_to_server(
+        QueryServicer(QueryPipeline(clients, QueryLimits(3, 20, 2000))), server
+    )
+    await server.start()
+    channel = aio.insecure_channel(address)
+    request = query_pb2.AskStreamRequest(question=QUESTION, caller=common_pb2.Caller(tenant="acme"))
+    try:
+        with pytest.raises(aio.AioRpcError) as caught:
+            async for _ in query_pb2_grpc.QueryServiceStub(channel).AskStream(request):
+                pass
+    finally:
+        await channel.close()
+        await clients.close()
+        await server.stop(None)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert f"generation service at {address}" in (caught.value.details() or "")

@@ -14,8 +14,8 @@ from services.generation.router import (
     INTERCEPT,
     SIMPLE,
     Router,
-    normalise_question,
     question_features,
+    question_words,
 )
 
 ROUTER_DATA = Path(__file__).resolve().parents[3] / "shared" / "eval" / "router" / "questions.jsonl"
@@ -37,7 +37,7 @@ def passage(number: int, score: float, document: str) -> SourcePassage:
 
 
 def test_normalisation_ignores_case_punctuation_and_spacing() -> None:
-    assert normalise_question("Were  Scott Derrickson's films?") == [
+    assert question_words("Were  Scott Derrickson's films?") == [
         "were",
         "scott",
         "derrickson",
