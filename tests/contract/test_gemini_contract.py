@@ -7,6 +7,7 @@ backend turns failures into.
 """
 
 import re
+from typing import Literal
 
 import google.oauth2.credentials
 import pytest
@@ -112,10 +113,14 @@ async def test_http_errors_become_platform_errors_naming_the_backend(
 )
 @pytest.mark.parametrize("after", [0, 2], ids=["before-any-chunk", "after-2-chunks"])
 async def test_error_inside_the_stream_is_unavailable_whatever_its_code(
-    vertex: Running[VertexFake], framing: str, code: int, status: str, after: int
+    vertex: Running[VertexFake],
+    framing: Literal["raw", "sse"],
+    code: int,
+    status: str,
+    after: int,
 ) -> None:
     vertex.fake.script(
-        GeminiReply(error_after_chunks=after, error_code=code, error_framing=framing)  # type: ignore[arg-type]
+        GeminiReply(error_after_chunks=after, error_code=code, error_framing=framing)
     )
     deltas: list[str] = []
     with pytest.raises(StreamFailedError) as raised:

@@ -28,6 +28,12 @@ LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
 LEAVE = "Full-time employees get 25 days of paid leave per year."
 QUESTION = "How many days of paid leave do full-time employees get?"
 
+FIRST_AND_NEXT = {
+    common_pb2.TIER_SIMPLE: ("vllm", "gemini-flash"),
+    common_pb2.TIER_COMPLEX: ("gemini-pro", "vllm"),
+}
+"""The first two backends of each tier's chain in settings()."""
+
 Stub = generation_pb2_grpc.GenerationServiceStub
 StubFactory = Callable[..., Any]
 
@@ -82,6 +88,14 @@ def source(number: int, text: str, score: float = 0.7) -> generation_pb2.Source:
 def request(tier: int = common_pb2.TIER_SIMPLE, **fields: Any) -> generation_pb2.GenerateRequest:
     return generation_pb2.GenerateRequest(
         question=QUESTION, sources=[source(1, LEAVE)], tier=tier, **fields
+    )
+
+
+def stream_request(
+    tier: common_pb2.Tier.ValueType = common_pb2.TIER_SIMPLE,
+) -> generation_pb2.GenerateStreamRequest:
+    return generation_pb2.GenerateStreamRequest(
+        question=QUESTION, sources=[source(1, LEAVE)], tier=tier
     )
 
 
@@ -162,14 +176,7 @@ async def test_stream_restarts_when_a_backend_fails_mid_answer(
 ) -> None:
     stub = await make_stub()
     openai.fake.script(reply)
-    events = [
-        e
-        async for e in stub.GenerateStream(
-            generation_pb2.GenerateStreamRequest(
-                question=QUESTION, sources=[source(1, LEAVE)], tier=common_pb2.TIER_SIMPLE
-            )
-        )
-    ]
+    events = [e async for e in stub.GenerateStream(stream_request())]
     kinds = [e.WhichOneof("event") for e in events]
     restart = kinds.index("restart")
     assert kinds[:restart] == ["delta"] * sent
@@ -231,14 +238,7 @@ async def test_a_reply_that_is_no_answer_falls_back_with_its_cause_and_spares_th
     message: str,
 ) -> None:
     stub = await make_stub(generation_breaker_failures=1)
-    first, fallback = (
-        ("vllm", "gemini-flash")
-        if tier == common_pb2.TIER_SIMPLE
-        else (
-            "gemini-pro",
-            "vllm",
-        )
-    )
+    first, fallback = FIRST_AND_NEXT[tier]
     if isinstance(reply, Reply):
         openai.fake.script(reply)
     else:
@@ -267,11 +267,7 @@ async def test_when_no_backend_answers_usably_the_status_blames_the_backends(
     openai.fake.script(Reply(error_after_chunks=0) if streaming else Reply(finish_reason="length"))
     with pytest.raises(aio.AioRpcError) as raised:
         if streaming:
-            async for _ in stub.GenerateStream(
-                generation_pb2.GenerateStreamRequest(
-                    question=QUESTION, sources=[source(1, LEAVE)], tier=common_pb2.TIER_SIMPLE
-                )
-            ):
+            async for _ in stub.GenerateStream(stream_request()):
                 pass
         else:
             await stub.Generate(request())
@@ -304,12 +300,7 @@ async def test_escalation_is_a_restart_in_a_stream(
 ) -> None:
     stub = await make_stub()
     openai.fake.script(Reply(text="Employees get unlimited vacation on Mars [1]."))
-    events = [
-        e
-        async for e in stub.GenerateStream(
-            generation_pb2.GenerateStreamRequest(question=QUESTION, sources=[source(1, LEAVE)])
-        )
-    ]
+    events = [e async for e in stub.GenerateStream(stream_request(common_pb2.TIER_UNSPECIFIED))]
     kinds = [e.WhichOneof("event") for e in events]
     assert "restart" in kinds
     assert "grounding" in events[kinds.index("restart")].restart.reason

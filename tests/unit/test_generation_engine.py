@@ -236,12 +236,12 @@ async def test_an_unusable_answer_does_not_count_against_the_breaker(
     failure: UnusableAnswerError,
 ) -> None:
     r = rig(failures=1)
-    r.backends["small"].script.append(failure)
-    await r.engine.generate(ask())
-    assert r.breakers["small"].state is BreakerState.CLOSED, "the backend is up"
-    r.backends["small"].script.append(StreamFailedError("small: error inside the stream"))
-    await r.engine.generate(ask())
-    assert r.breakers["small"].state is BreakerState.OPEN, "a failing backend is"
+    states = []
+    for step in (failure, StreamFailedError("small: error inside the stream")):
+        r.backends["small"].script.append(step)
+        await r.engine.generate(ask())
+        states.append(r.breakers["small"].state)
+    assert states == [BreakerState.CLOSED, BreakerState.OPEN], "the backend is up; then failing"
 
 
 @pytest.mark.parametrize("failure", UNUSABLE, ids=UNUSABLE_IDS)
