@@ -84,9 +84,7 @@ class Ingestion(ingestion_pb2_grpc.IngestionServiceServicer):
         metadata = dict(context.invocation_metadata() or ())
         remaining = context.time_remaining()
         echo = f"{remaining is not None and remaining > 0}|{metadata.get('traceparent', '')}"
-        return ingestion_pb2.UploadDocumentResponse(
-            result=ingestion_pb2.IngestResult(message=echo)
-        )
+        return ingestion_pb2.UploadDocumentResponse(result=ingestion_pb2.IngestResult(message=echo))
 
 
 @pytest.fixture
