@@ -5,6 +5,7 @@ access labels in every mode and in the registry; atomic replacement (also
 under concurrent readers); removal; the registry; the order of ties;
 validation with the same errors for every backend; closing and reopening.
 
+A backend joins with one factory in `STORE_FACTORIES` (tests/contract/vector_store.py).
 Read-only tests share one store per backend holding `LIBRARY` (`library`);
 tests that write get an empty store of their own (`store`). What only one
 engine has (persistence, HNSW, migrations; interleavings, faults) is tested in
@@ -116,15 +117,11 @@ UNLABELLED = {"a", "b", "c", "d"}
 # -- fixtures -------------------------------------------------------------------
 
 
-KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
-    (
-        "test_chunk_ids_of_another_tenants_document_are_refused",
-        "qdrant",
-    ): "qdrant.py names the stolen chunk id with the smallest point id (the scroll's first), "
-    "not the first in the request's order as edge.py does",
-}
-"""Tests a backend fails because it really differs from the contract, by (test,
-backend): expected to fail (strictly: a fix makes them fail until removed here)."""
+KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {}
+"""{(test function, backend): why} for a test that a backend fails because it
+really differs from the contract: it runs as xfail(strict=True) on that backend
+only, so fixing the backend fails it until its entry goes. Empty: every backend
+passes the whole contract."""
 
 
 @pytest.fixture(scope="module", params=sorted(STORE_FACTORIES))
