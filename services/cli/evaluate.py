@@ -28,27 +28,8 @@
   requests, errors, latency, tokens, cost, grounding, decline and fallback
   rates, and tokens and cost per (tier, model).
 
-Reference figures, extractive backend (the embedded default, both tiers),
-full ClapNQ dev set (597 passages, 143 answerable and 132 unanswerable
-questions), top_k 3, every service a process on one 2-core machine
-(``ragctl eval answers ../shared/eval/clapnq --json``):
-
-=========================================  =====================
-retrieval recall@3 (answerable)            0.979 (140/143)
-citation precision                         1.000 (355 citations)
-correct declines (unanswerable, >= 0.8)    0.826 (109/132)
-false declines (answerable, < 0.2)         0.175 (25/143)
-mean grounding score (answered)            1.000
-tokens, cost                               0, 0 USD (no model)
-latency p50 / p95 (client side)            0.036 s / 0.053 s
-router tiers (recorded, not acted on)      149 simple, 126 complex
-=========================================  =====================
-
-The decline threshold was tuned on half of these questions (see
-``services/generation/extractive.py``), so the full-set decline rates are
-partly in-sample; held out, half B gives 0.814 / 0.130. Citation precision
-and grounding are 1.0 by construction for an extractive answer (it quotes the
-source it cites); they become informative with LLM backends.
+Figures measured with these commands, with the machine and the method, are in
+docs/quality.md (answers, router) and docs/retrieval.md (retrieval).
 """
 
 from __future__ import annotations

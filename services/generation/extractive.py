@@ -13,7 +13,7 @@ How it decides:
    On ClapNQ this is by far the strongest answerability signal we have: the
    unanswerable questions there retrieve passages on the right topic that lack
    the asked-for fact, so word overlap barely separates them, while the
-   retriever's cosine does (see the figures below).
+   retriever's cosine does (docs/quality.md).
 2. Split the sources into sentences (``services.common.text``) and score each
    by the IDF-weighted share of the question's content words it contains
    (lowercased, accent-folded, crudely stemmed, stop words removed; IDF over
@@ -26,60 +26,13 @@ How it decides:
    sentences* of it. Keep up to ``max_sentences`` within ``relative_cutoff`` of
    the best, best source first, each source's sentences in their order.
 
-Tuning (``scripts/tune_extractive.py``): ClapNQ dev (``shared/eval/clapnq``,
-597 Wikipedia passages, 275 questions of which 132 unanswerable), passages and
-questions embedded with all-MiniLM-L6-v2, top 3 passages by cosine as the
-sources. Questions split 50/50 by SHA-256 of the text; the defaults were
-grid-searched on half A (147 questions) and checked on half B (128). The
-optimum is a plateau; the defaults are within 0.001 of the best objective on
-A, keeping a non-zero lexical gate on principle (the best had none).
-
-==========================================  ==============  ==============
-metric                                      A (tuned on)    B (held out)
-==========================================  ==============  ==============
-correct declines, unanswerable (>= 0.8)     0.795 (58/73)   0.780 (46/59)
-false declines, answerable (< 0.2)          0.203 (15/74)   0.116 (8/69)
-answer cites the gold passage, answerable   0.797           0.884
-  ... of the answered ones                  1.000           1.000
-reference answer content-word recall        0.544           0.642
-  ... share of answerable with recall>=0.5  0.595           0.725
-reference answer content-word F1            0.443           0.540
-==========================================  ==============  ==============
-
-(Measured with ``lexical_relative_cutoff`` 0.3, which trades a little
-reference recall (B: 0.661 without it) for answers that do not quote
-off-topic sentences of the right source. Declined answerable questions count
-as 0 in recall and F1; content words are
-those of :func:`content_terms`.) The two targets are not both met on either
-half: with these signals the trade-off is set by ``min_retrieval_score``
-alone (``--sweep``: at 0.52, A 0.849 / 0.230 and B 0.831 / 0.130; at 0.48,
-A 0.740 / 0.189 and B 0.780 / 0.101). A logistic fit adding lexical features
-(best sentence match, passage coverage of the question, a "when" question
-without a year in the best sentence) to the retrieval score gained at most
-0.01 balanced accuracy on half B: ClapNQ's unanswerable questions retrieve
-passages on the right topic, so word overlap cannot tell them apart. Raising the lexical gate costs
-more false declines than it gains correct ones; the title weight tuned to 0.
-
-Re-tuned end to end (``ragctl eval answers`` on the platform: passages
-chunked and embedded by the services, so scores are per chunk, top 3 chunks):
-at the old default 0.50 the halves gave A 0.781 (57/73) / 0.189 (14/74) and B
-0.763 (45/59) / 0.101 (7/69) correct / false declines. On half A, 0.52 has
-the best balanced objective (correct minus false declines 0.619 against 0.592;
-0.54 ties it with more false declines), so it is the default; held out, B
-gives 0.814 (48/59) / 0.130 (9/69), meeting both targets, while A's false
-declines are 0.216 (16/74). Full-set figures are in ``services/cli/evaluate.py``.
-
-Caveats: ``min_retrieval_score`` is a cosine of all-MiniLM-L6-v2 and must be
-re-tuned for another embedder or a fused (hybrid) score. Tuning used whole
-passages, while the project's chunker splits text into chunks of at most 254
-word pieces (the embedder truncated long passages at 256 here), so production
-scores are per chunk and may differ somewhat. ClapNQ text is tokenised
-("year ." with spaced punctuation), which the sentence splitter handles.
-With about 70 questions of each kind per half, each rate is +-0.05 or so
-(one question is 0.014). Stop words and stemming are English only. Because
-ClapNQ's reference answers run to several sentences, the tuned ranking leans
-on the source and usually quotes up to three sentences of the best one;
-for crisper answers lower ``retrieval_weight`` or ``max_sentences``.
+The defaults were tuned on ClapNQ with ``scripts/tune_extractive.py`` and
+checked end to end with ``ragctl eval answers``; docs/quality.md has the
+method, the figures and the trade-offs. ``min_retrieval_score`` is a cosine of
+all-MiniLM-L6-v2: re-tune it for another embedder. Stop words and stemming are
+English only. The tuned ranking leans on the source and usually quotes up to
+three sentences of the best one (ClapNQ's reference answers run to several
+sentences); for crisper answers lower ``retrieval_weight`` or ``max_sentences``.
 """
 
 from __future__ import annotations

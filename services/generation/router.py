@@ -35,28 +35,11 @@ data has no retrieval, so their weights are set by hand, not fitted:
 * ``top_score``, ``score_spread`` (best minus worst score) and
   ``distinct_documents`` are recorded with weight 0, for the record.
 
-Figures (``scripts/tune_router.py``; ``shared/eval/router/questions.jsonl``,
-1,362 questions: 430 simple = NQ-open single-fact, 932 complex = HotpotQA
-bridge/comparison; split 50/50 by SHA-256 of the question text; weights fitted
-by L2-regularised logistic regression on the tune half only; threshold 0.5):
-
-===================  =================  =================
-                     tune (670)         held out (692)
-===================  =================  =================
-accuracy             0.896              0.925
-simple → simple      178 / 214          191 / 216
-complex → complex    422 / 456          449 / 476
-sent to strong       0.684              0.685
-===================  =================  =================
-
-The held-out half was used for nothing but this table (features were chosen
-from the task and from errors on the tune half; a feature whose fitted
-weight rounded to 0, "of" phrases, was dropped). The held-out figure being
-higher than the tune one is sampling noise: with about 700 questions per
-half each accuracy is +-0.02 or so. Known weak spots: short bridge
-questions ("What county is Ron Teachworth from?") look simple, and long NQ
-fill-in statements ("the inner sanctuary of the parthenon where the statue of
-athena is located is known as the") look complex. English only.
+The question weights are fitted by ``scripts/tune_router.py`` on half of
+``shared/eval/router/questions.jsonl`` (NQ-open single-fact questions labelled
+simple, HotpotQA bridge and comparison questions complex); its accuracy on the
+other half, the method and the known weak spots are in docs/quality.md.
+English only.
 """
 
 from __future__ import annotations
@@ -76,7 +59,7 @@ TIERS = (SIMPLE, COMPLEX)
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MIN_TOP_SCORE = 0.45
 """Cosine of all-MiniLM-L6-v2 below which retrieval counts as not confident
-(the extractive answerer declines below 0.52; see its module docstring)."""
+(the extractive answerer declines below 0.52; docs/quality.md)."""
 
 _QUESTION_WORDS = frozenset(
     {"who", "whom", "whose", "what", "when", "where", "which", "why", "how"}
