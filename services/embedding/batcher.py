@@ -12,8 +12,8 @@ backlog, only behind the batch already running.
 
 Batches are formed by length. A model call pads every text to the longest one
 in its batch, so a batch that mixes a 40-token and a 250-token text computes
-250 tokens for both; taking texts in arrival order cost a third more model time
-than necessary on SciFact chunks. When more texts wait than one batch holds,
+250 tokens for both, so taking texts in arrival order wastes model time
+(docs/benchmarks.md). When more texts wait than one batch holds,
 the batch is the `max_batch` texts of most similar length that include the
 oldest waiting text: padding shrinks as the queue deepens, and since every
 batch takes the oldest text, no text starves behind later ones.

@@ -1,10 +1,9 @@
 """Protobuf messages as plain dicts for the gateway's JSON models, fast.
 
 `json_format.MessageToDict` inspects every field of every message through
-Python reflection on each call: about 0.1 ms for a cached answer on a quiet
-core, several times that under load, on every /v1/ask. This module does that
-inspection once per message type and keeps a converter per type, which then
-only reads attributes.
+Python reflection on each call, on every /v1/ask (docs/benchmarks.md). This
+module does that inspection once per message type and keeps a converter per
+type, which then only reads attributes.
 
 The result, fed to the gateway's pydantic models, gives exactly what
 `MessageToDict(preserving_proto_field_name=True,

@@ -183,8 +183,8 @@ class IngestionPipeline:
 
     def __init__(self, clients: PlatformClients, limits: IngestionLimits) -> None:
         # Documents are tokenized one per worker thread, so concurrency comes from
-        # the documents; the tokenizer's own thread pool only added wake-up costs
-        # (a quarter of the tokenizing CPU, which competes with the model).
+        # the documents; the tokenizer's own thread pool would only add wake-up
+        # costs, CPU taken from the model (docs/benchmarks.md).
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self._clients = clients
         self._limits = limits
@@ -457,12 +457,12 @@ class _PoolChunk:
 class _BulkIngestion:
     """One IngestUris call: many documents through shared, length-grouped embedding batches.
 
-    Why not one EmbedDocuments call per document: a SciFact abstract gives ~2
-    chunks, so per-document calls only fill the model's batches if hundreds of
-    documents wait in the embedding service's queue at once, longer than any
-    call deadline; and whatever fills a batch, the model pads every text to the
-    longest in it, so batches mixing short and long chunks waste a third of the
-    model's time. Instead:
+    Why not one EmbedDocuments call per document: a short document gives a
+    chunk or two, so per-document calls only fill the model's batches if
+    hundreds of documents wait in the embedding service's queue at once, longer
+    than any call deadline; and whatever fills a batch, the model pads every
+    text to the longest in it, so batches mixing short and long chunks waste
+    the model's time (docs/benchmarks.md). Instead:
 
     * `concurrency` workers read, check (content hash), parse and chunk
       documents ahead into a pool of up to `embed_pool` chunks;
