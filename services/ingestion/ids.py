@@ -86,8 +86,9 @@ def chunk_id_for(tenant: str, document_id: str, ordinal: int, text: str) -> str:
     Derived from tenant, document, position and content, so an unchanged
     re-ingest yields identical ids, any edit yields new ones for the chunks it
     touched, and the same document ingested by two tenants never shares a chunk
-    id (chunk ids are engine point ids, unique across tenants). The separator
-    cannot occur in a tenant id or a document id, so the parts never run together.
+    id (the embedded engine uses chunk ids as point ids, unique across tenants).
+    The separator cannot occur in a tenant id or a document id, so the parts
+    never run together.
     """
     text_digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     name = f"{tenant}\x1f{document_id}\x1f{ordinal}\x1f{text_digest}"

@@ -4,10 +4,9 @@ It sets up the process's observability (JSON logs, tracing from OTEL_*, the
 Prometheus /metrics port), binds the service's port, registers the standard
 health service (so Kubernetes gRPC probes and `ragctl status` work) and server
 reflection (so grpcurl works), counts, times and traces every call, maps domain
-errors to status codes, and on SIGTERM or SIGINT reports NOT_SERVING, ends
-the long-lived streams the service names, stops accepting calls and drains
-in-flight ones for `drain_seconds` before closing the service's resources and
-exporting the last spans.
+errors to status codes, and on SIGTERM or SIGINT reports NOT_SERVING, stops
+accepting calls and drains in-flight ones for `drain_seconds` before closing
+the service's resources and exporting the last spans.
 """
 
 import asyncio
