@@ -273,6 +273,100 @@ def test_mmr_demotes_a_near_duplicate(store: VectorStore) -> None:
     )
 
 
+# -- keyword and hybrid legs ----------------------------------------------------
+
+LEXICON = {
+    "zebra": "Zebra stripes confuse biting flies in the savanna.",
+    "policy": "Employees receive twenty five days of paid annual leave.",
+    "code": "Error code QX-7741 means the fuser unit overheated.",
+    "garden": "Tomatoes need full sun and regular watering in summer.",
+    "leave": "Parental leave policy: twelve weeks of paid leave for new parents.",
+}
+"""One chunk each, titled "About <name>", vectors seeded by position: "leave"
+is markdown, the others plain text."""
+
+
+def put(store: VectorStore, name: str, texts: list[str], vectors: list[list[float]]) -> None:
+    media_type = "text/markdown" if name == "leave" else "text/plain"
+    written = make_document(
+        name,
+        0,
+        tenant=ACME,
+        texts=texts,
+        vectors=vectors,
+        title=f"About {name}",
+        media_type=media_type,
+    )
+    store.replace_document(*written)
+
+
+@pytest.fixture
+def lexicon(store: VectorStore) -> VectorStore:
+    for seed, (name, text) in enumerate(LEXICON.items()):
+        put(store, name, [text], unit_vectors(seed, 1))
+    return store
+
+
+def named(hits: list[SearchHit]) -> list[str]:
+    return [hit.chunk.document_id for hit in hits]
+
+
+def keyword(text: str) -> SearchOptions:
+    return SearchOptions(mode=KEYWORD, text=text)
+
+
+def test_keyword_mode_finds_exact_terms(lexicon: VectorStore) -> None:
+    acme = Caller(ACME)
+    assert named(lexicon.search(acme, [], 3, ALL, keyword("what does QX-7741 mean?")))[0] == "code"
+    hits = lexicon.search(acme, [], 5, ALL, keyword("paid leave"))
+    assert named(hits)[:2] == ["leave", "policy"]  # "leave" twice and in its title beats once
+    assert all(hit.score > 0 for hit in hits)
+    assert lexicon.search(acme, [], 5, ALL, keyword("xylophone")) == []
+
+
+def test_hybrid_is_the_rrf_of_the_two_legs_scored_by_cosine(lexicon: VectorStore) -> None:
+    acme, query = Caller(ACME), unit_vectors(2, 1)[0]  # "code"'s own vector: top of the dense leg
+    legs = max(4 * 5, 20)
+    dense = lexicon.search(acme, query, legs, ALL)
+    bm25 = lexicon.search(acme, query, legs, ALL, keyword("paid leave"))
+    expected = rrf([ids(dense), ids(bm25)])
+    hybrid = lexicon.search(acme, query, 5, ALL, SearchOptions(mode=HYBRID, text="paid leave"))
+    assert ids(hybrid) == [item for item, _ in expected][:5]
+    cosine = {h.chunk.chunk_id: h.score for h in dense}
+    assert [h.score for h in hybrid] == pytest.approx([cosine[h.chunk.chunk_id] for h in hybrid])
+    assert set(named(hybrid[:3])) >= {"code", "leave"}  # the best of each leg rank high
+
+
+def test_filters_apply_to_every_leg(lexicon: VectorStore) -> None:
+    acme, only_plain = Caller(ACME), SearchFilter(media_types=("text/plain",))
+    for mode in (KEYWORD, HYBRID):
+        options = SearchOptions(mode=mode, text="paid leave")
+        hits = lexicon.search(acme, unit_vectors(4, 1)[0], 5, only_plain, options)
+        assert "leave" not in named(hits) and named(hits)[0] == "policy"
+    garden = SearchFilter(document_ids=("garden",))
+    options = SearchOptions(mode=HYBRID, text="zebra")
+    assert named(lexicon.search(acme, unit_vectors(0, 1)[0], 5, garden, options)) == ["garden"]
+
+
+def test_replacement_and_removal_update_the_keyword_index(lexicon: VectorStore) -> None:
+    acme = Caller(ACME)
+    put(lexicon, "code", ["Error code ZZ-1 means the tray is empty."], unit_vectors(2, 1))
+    assert lexicon.search(acme, [], 5, ALL, keyword("QX-7741")) == []
+    assert named(lexicon.search(acme, [], 5, ALL, keyword("ZZ-1 tray"))) == ["code"]
+    lexicon.remove_document(ACME, "code")
+    assert lexicon.search(acme, [], 5, ALL, keyword("ZZ-1 tray")) == []
+
+
+def test_a_chunk_without_indexable_terms_is_still_found_densely(store: VectorStore) -> None:
+    """Title and text are stop words only: no BM25 vector, dense search finds it."""
+    stop_words = make_document(
+        "stop", 0, tenant=ACME, texts=["the of and"], vectors=unit_vectors(99, 1), title="Of"
+    )
+    store.replace_document(*stop_words)
+    assert named(store.search(Caller(ACME), unit_vectors(99, 1)[0], 1, ALL)) == ["stop"]
+    assert store.search(Caller(ACME), [], 5, ALL, keyword("the of")) == []
+
+
 # -- filters --------------------------------------------------------------------
 
 

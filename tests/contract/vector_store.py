@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -144,10 +144,14 @@ def make_document(
     document_date_unix: int = 0,
     text: str = "",
     vectors: list[list[float]] | None = None,
+    texts: Sequence[str] = (),
+    title: str = "",
 ) -> Document:
     """A document of `count` chunks; `version` changes chunk ids and text. `text`
-    (with the document id and part added) replaces the default chunk texts, and
-    `vectors` the seeded random ones."""
+    (with the document id and part added) replaces the default chunk texts,
+    `texts` gives them verbatim (one chunk each), and `vectors` the seeded
+    random ones."""
+    count = len(texts) or count
     uri = source_uri or f"file:///corpus/{document_id}.txt"
     chunks = [
         StoredChunk(
@@ -156,10 +160,12 @@ def make_document(
             ),
             document_id=document_id,
             ordinal=ordinal,
-            text=f"{text} ({document_id} part {ordinal})"
+            text=texts[ordinal]
+            if texts
+            else f"{text} ({document_id} part {ordinal})"
             if text
             else f"{document_id} chunk {ordinal} version {version}".strip(),
-            title=f"Title of {document_id}",
+            title=title or f"Title of {document_id}",
             section="Intro",
             page=ordinal + 1,
             char_start=ordinal * 100,
@@ -176,7 +182,7 @@ def make_document(
     ]
     record = DocumentRecord(
         document_id=document_id,
-        title=f"Title of {document_id}",
+        title=title or f"Title of {document_id}",
         source_uri=uri,
         media_type=media_type,
         content_sha256=hashlib.sha256(f"{document_id}/{version}".encode()).hexdigest(),

