@@ -1,10 +1,11 @@
 """Domain types and the storage interface of the retrieval service.
 
-The servicer, the ingestion pipeline and the tests talk to a `VectorStore`, never
-to an engine API, so the embedded engine used today (qdrant-edge, see `edge.py`)
-can be swapped for a Qdrant server later without touching callers. The
-validation helpers live here, not in a backend, so every backend rejects the
-same inputs with the same messages.
+The servicer and the tests talk to a `VectorStore`, never to an engine API, so
+a backend (the embedded engine in `edge.py`, a Qdrant server in `qdrant.py`) is
+chosen by configuration without touching callers, and proves itself by passing
+the contract suite (tests/contract/test_vector_store.py). The validation
+helpers live here, not in a backend, so every backend rejects the same inputs
+with the same messages.
 """
 
 from __future__ import annotations
