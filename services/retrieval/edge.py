@@ -613,18 +613,17 @@ def _read_winners(
     whole union. Call under the read lock that covered the query, so both see
     one snapshot."""
     best = best_first(fused, limit)
-    records = chunk_shard.retrieve(
-        [str(point.id) for point in best], with_payload=True, with_vector=with_vector
-    )
+    ids = [str(point.id) for point in best]
+    records = chunk_shard.retrieve(cast(list[Any], ids), with_payload=True, with_vector=with_vector)
     by_id = {str(record.id): record for record in records}
-    return [_candidate(point, by_id[str(point.id)]) for point in best]
+    return [_candidate(i, p.score, by_id[i]) for i, p in zip(ids, best, strict=True)]
 
 
-def _candidate(scored: ScoredPoint, read: Any) -> Candidate:
-    """A scored point, with the payload and vector of `read` (the same point,
-    or its record read afterwards), as `ranking.hits` takes it."""
-    dense = read.vector.get(DENSE) if isinstance(read.vector, dict) else None
-    return Candidate(str(scored.id), float(scored.score), read.payload or {}, dense)
+def _candidate(chunk_id: str, score: float, record: Any) -> Candidate:
+    """A winner with its record's payload and dense vector, as `ranking.hits` takes it."""
+    vector = record.vector  # converted on each access: read once
+    dense = vector.get(DENSE) if isinstance(vector, dict) else None
+    return Candidate(chunk_id, float(score), record.payload or {}, dense)
 
 
 def _chunk_vectors(dense: list[float], chunk: StoredChunk) -> dict[str, Any]:

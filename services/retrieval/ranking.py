@@ -142,7 +142,10 @@ def best_first(points: Sequence[RankedT], limit: int) -> list[RankedT]:
     Scores are compared in 32 bits, the engines' precision, so that a tie in
     one engine is a tie in the other.
     """
-    return sorted(points, key=lambda point: (-np.float32(point.score), str(point.id)))[:limit]
+    scores = np.asarray([point.score for point in points], dtype=np.float32).tolist()
+    keys = [(-score, str(point.id)) for score, point in zip(scores, points, strict=True)]
+    order = sorted(range(len(points)), key=keys.__getitem__)
+    return [points[i] for i in order[:limit]]
 
 
 @dataclass(frozen=True)
