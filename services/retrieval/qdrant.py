@@ -110,7 +110,7 @@ class QdrantTuning:
     lock_wait_seconds: float = 10.0
     """How long a writer waits for another writer of the same document."""
     search_attempts: int = 5
-    """Optimistic search attempts before UNAVAILABLE (see the module docstring)."""
+    """Optimistic search attempts before UNAVAILABLE (docs/qdrant.md)."""
     replication_factor: int = 1
     """Copies of each shard when the store creates its collections. Writes wait for
     every copy (write_consistency_factor = replication_factor), so a registry read
@@ -135,7 +135,7 @@ class _Snapshot:
 
 @dataclass
 class _Claim:
-    """A writer's hold on one document's record (see the module docstring)."""
+    """A writer's hold on one document's record (docs/qdrant.md)."""
 
     record_id: str
     token: str
@@ -228,7 +228,7 @@ class QdrantServerStore(EngineStore):
     def _replace(
         self, document: DocumentRecord, chunks: Sequence[StoredChunk], vectors: list[list[float]]
     ) -> tuple[int, int]:
-        """The steps of the module docstring; a failure before the flip removes
+        """The writer's steps (docs/qdrant.md); a failure before the flip removes
         this writer's chunks and leaves the old version live. `deleted` counts
         the previous version's chunks whose ids are not among the new ones, as
         the embedded store does (it rewrites the others in place)."""
@@ -268,7 +268,7 @@ class QdrantServerStore(EngineStore):
     def _candidates(self, plan: SearchPlan, exact: bool | None) -> list[Candidate]:
         """One `query_points` call per attempt, its filter the plan's plus the
         pins of the documents being written; an attempt that raced the start of
-        a write in the tenant is retried (see the module docstring)."""
+        a write in the tenant is retried (docs/qdrant.md)."""
         tenant = plan.tenant
         for attempt in range(self._tuning.search_attempts):
             if attempt:  # back off, with jitter so that racing searches spread out
@@ -527,7 +527,7 @@ class QdrantServerStore(EngineStore):
 
     def _change_token(self, tenant: str) -> None:
         """Tell searches of `tenant` that running now that a writer is about to
-        change chunks (see the module docstring)."""
+        change chunks (docs/qdrant.md)."""
         point = models.PointStruct(
             id=_token_point_id(tenant),
             vector={},
