@@ -9,7 +9,10 @@ from dataclasses import dataclass
 
 _MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 # Adjacent markers ("[2][3]") with the spaces before them: they are kept or dropped as a unit.
-_MARKER_RUN = re.compile(r"([ \t]*)((?:\[\d+(?:\s*,\s*\d+)*\])+)")
+# A run of markers with the spaces before it. The look-behind starts a match
+# only where a run of spaces starts: without it, every space of a long run
+# would scan the rest of the run again (time quadratic in its length).
+_MARKER_RUN = re.compile(r"(?<![ \t])([ \t]*)((?:\[\d+(?:\s*,\s*\d+)*\])+)")
 
 
 def cited_numbers(text: str) -> list[int]:

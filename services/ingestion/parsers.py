@@ -199,8 +199,14 @@ def _normalise_text(text: str) -> str:
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = unicodedata.normalize("NFC", text)
-    text = re.sub(r"[ \t]+$", "", text, flags=re.MULTILINE)
-    return text.strip("\n")
+    return _strip_line_ends(text).strip("\n")
+
+
+def _strip_line_ends(text: str) -> str:
+    """`text` without spaces and tabs at the ends of its lines, in linear time:
+    a regular expression for trailing blanks takes time quadratic in a run of
+    blanks that no line end follows."""
+    return "\n".join(line.rstrip(" \t") for line in text.split("\n"))
 
 
 # --------------------------------------------------------------------------- text
@@ -214,13 +220,12 @@ def _parse_txt(filename: str, text: str) -> ParsedDocument:
 
 # --------------------------------------------------------------------------- markdown
 
-_ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _SETEXT_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 # Lines that cannot be the text of a setext heading (list items, quotes, tables).
 _NOT_SETEXT_TEXT = re.compile(r"^ {0,3}(?:[-*+>|]|\d+[.)]\s|#)")
 _FRONT_MATTER = re.compile(r"\A---\n(.*?\n)---\n", re.DOTALL)
-_FRONT_MATTER_TITLE = re.compile(r"^title:[ \t]*(.+?)[ \t]*$", re.MULTILINE)
+_FRONT_MATTER_TITLE = re.compile(r"^title:(.*)$", re.MULTILINE)
 
 
 def _parse_markdown(filename: str, text: str) -> ParsedDocument:
@@ -235,7 +240,7 @@ def _parse_markdown(filename: str, text: str) -> ParsedDocument:
     if front:
         title_match = _FRONT_MATTER_TITLE.search(front.group(1))
         if title_match:
-            front_title = title_match.group(1).strip("'\"")
+            front_title = title_match.group(1).strip(" \t").strip("'\"")
         text = text[front.end() :].lstrip("\n")
 
     sections: list[tuple[int, str]] = []
@@ -258,12 +263,13 @@ def _parse_markdown(filename: str, text: str) -> ParsedDocument:
             fence = fence_match.group(1)
             prev_line = None
             continue
-        atx = _ATX_HEADING.match(line)
-        if atx:
-            heading = _clean_heading(atx.group(2) or "")
+        atx = _atx_heading(line)
+        if atx is not None:
+            level, raw = atx
+            heading = _clean_heading(raw)
             if heading:
                 sections.append((line_start, heading))
-                if len(atx.group(1)) == 1 and not first_h1:
+                if level == 1 and not first_h1:
                     first_h1 = heading
             prev_line = None
             continue
@@ -288,10 +294,33 @@ def _parse_markdown(filename: str, text: str) -> ParsedDocument:
     )
 
 
+def _atx_heading(line: str) -> tuple[int, str] | None:
+    """(level, text) of an ATX heading line ("## Text ##"), or None: CommonMark's
+    rules, with string operations, because the regular expression for them
+    backtracks in time cubic in a run of spaces."""
+    indent = len(line) - len(line.lstrip(" "))
+    if indent > 3:
+        return None
+    rest = line[indent:]
+    level = len(rest) - len(rest.lstrip("#"))
+    rest = rest[level:]
+    if not 1 <= level <= 6 or (rest and rest[0] not in " \t"):
+        return None
+    text = rest.strip(" \t")
+    unclosed = text.rstrip("#")
+    if not unclosed:  # only the closing sequence
+        return level, ""
+    if unclosed[-1] in " \t":  # a closing sequence follows a space
+        return level, unclosed.rstrip(" \t")
+    return level, text
+
+
 def _clean_heading(raw: str) -> str:
     """Heading text without emphasis/code markers, so it reads well as a label."""
     heading = re.sub(r"(\*\*|__|`)", "", raw.strip())
-    heading = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # [text](url) -> text
+    # [text](url) -> text. Neither part may hold its own opening bracket, so a
+    # line of many "[" or "(" is scanned once, not once per bracket.
+    heading = re.sub(r"\[([^\[\]]*)\]\([^()]*\)", r"\1", heading)
     return " ".join(heading.split())
 
 
@@ -517,8 +546,7 @@ def _clean_pdf_page(text: str) -> str:
     that PDF fonts love back into the plain letters people search for."""
     text = unicodedata.normalize("NFKC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
-    text = re.sub(r"[ \t]+$", "", text, flags=re.MULTILINE)
-    return text.strip()
+    return _strip_line_ends(text).strip()
 
 
 def _pdf_title(reader: object) -> str:

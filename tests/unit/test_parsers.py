@@ -13,6 +13,7 @@ from services.ingestion.parsers import (
     TEXT_MARKDOWN,
     TEXT_PLAIN,
     ParsedDocument,
+    _atx_heading,
     detect_media_type,
     parse_document,
 )
@@ -372,3 +373,22 @@ def test_sample_corpus_parses() -> None:
         if media_type != TEXT_PLAIN:
             assert len(doc.sections) >= 3, path.name
     assert {TEXT_MARKDOWN, TEXT_HTML, TEXT_PLAIN} <= media_types
+
+
+@pytest.mark.parametrize(
+    ("line", "heading"),
+    [
+        ("# Leave", (1, "Leave")),
+        ("###   Leave policy  ", (3, "Leave policy")),
+        ("## Leave ##", (2, "Leave")),
+        ("## Leave#", (2, "Leave#")),
+        ("## ##", (2, "")),
+        ("#", (1, "")),
+        ("   # Indented by three", (1, "Indented by three")),
+        ("    # Indented by four", None),
+        ("#Leave", None),
+        ("####### Seven", None),
+    ],
+)
+def test_atx_headings_follow_commonmark(line: str, heading: tuple[int, str] | None) -> None:
+    assert _atx_heading(line) == heading
