@@ -208,9 +208,8 @@ class QueryPipeline:
             raise InvalidInputError(f"top_k {top_k} is out of range 1..{self._limits.max_top_k}")
         return question, top_k
 
-    async def _retrieve(self, params: AskParams) -> _Retrieved:
+    async def _retrieve(self, params: AskParams, question: str, top_k: int) -> _Retrieved:
         """Embed the question, then search with its vector."""
-        question, top_k = self._validated(params)
         started = time.perf_counter()
         timer = _Timer()
         settings = self._clients.settings
@@ -236,14 +235,13 @@ class QueryPipeline:
         return _Retrieved(question, uuid.uuid4().hex, timer, started, results, sources, search)
 
     async def _look_up(
-        self, params: AskParams
+        self, params: AskParams, question: str, top_k: int
     ) -> tuple[_CacheTurn | None, query_pb2.AskResponse | None]:
         """The exact lookup, before anything is embedded: (the turn, a cached answer
         or None). No turn when the answer cache is off or cannot be used now."""
         if self._answers is None:
             return None, None
         started = time.perf_counter()
-        question, top_k = self._validated(params)
         timer = _Timer()
         with timer.stage("cache"):
             version = await self._answers.index_version()
@@ -271,10 +269,11 @@ class QueryPipeline:
         After retrieval, pinning the sources' versions starts (it runs while the
         answer is generated) and the semantic cache, if on, is asked.
         """
-        turn, hit = await self._look_up(params)
+        question, top_k = self._validated(params)
+        turn, hit = await self._look_up(params, question, top_k)
         if hit is not None:
             return _Prepared(turn, cached=hit)
-        state = await self._retrieve(params)
+        state = await self._retrieve(params, question, top_k)
         if turn is None or self._answers is None:
             return _Prepared(None, retrieved=state)
         state.timer.timings[:0] = turn.timer.timings
