@@ -131,3 +131,16 @@ class PlatformSettings(BaseSettings):
         """The address `service` binds: its port on `listen_host`."""
         port = self.address_of(service).rsplit(":", 1)[1]
         return f"{self.listen_host}:{port}"
+
+
+class GoogleCloudSettings(PlatformSettings):
+    """Settings of the services that call Google Cloud APIs (Vertex AI embeddings,
+    Vector Search, Firestore): one project and region for all of them."""
+
+    gcp_project: str = Field(
+        default="",
+        description="Google Cloud project of Vertex AI and Firestore (backends vertex).",
+    )
+    gcp_location: str = Field(
+        default="us-central1", description="Vertex AI region (backends vertex)."
+    )
