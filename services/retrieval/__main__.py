@@ -10,17 +10,18 @@ from services.retrieval.edge import EdgeVectorStore
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.store import RetrievalMode, VectorStore
 from services.runtime.server import Service, ServiceBinding, run
-from services.runtime.settings import PlatformSettings
+from services.runtime.settings import GoogleCloudSettings
 
 
-class RetrievalSettings(PlatformSettings):
+class RetrievalSettings(GoogleCloudSettings):
     """Retrieval service settings (env prefix RAG_)."""
 
-    retrieval_backend: Literal["edge", "qdrant"] = Field(
+    retrieval_backend: Literal["edge", "qdrant", "vertex"] = Field(
         default="edge",
         description=(
             "Vector store: edge (Qdrant's embedded engine, index under RAG_DATA_DIR, one "
-            "replica) or qdrant (a Qdrant server at RAG_QDRANT_URL, any number of replicas)."
+            "replica), qdrant (a Qdrant server at RAG_QDRANT_URL, any number of replicas) or "
+            "vertex (Vertex AI Vector Search with its side store in Firestore, any number)."
         ),
     )
     retrieval_dimension: int = Field(
@@ -52,6 +53,39 @@ class RetrievalSettings(PlatformSettings):
             "Qdrant cluster's size, at most); writes wait for every copy."
         ),
     )
+    vector_search_index: str = Field(
+        default="",
+        description="Vector Search index resource name, projects/P/locations/L/indexes/I "
+        "(backend vertex): upserts and removals.",
+    )
+    vector_search_index_endpoint: str = Field(
+        default="",
+        description="Index endpoint resource name, projects/P/locations/L/indexEndpoints/E "
+        "(backend vertex): queries.",
+    )
+    vector_search_deployed_index_id: str = Field(
+        default="", description="Id of the index's deployment on that endpoint (backend vertex)."
+    )
+    vector_search_query_endpoint: str = Field(
+        default="",
+        description="Public endpoint domain of the index endpoint, where queries go; empty: "
+        "the API endpoint (a private endpoint).",
+    )
+    vector_search_api_endpoint: str = Field(
+        default="",
+        description="Vertex AI API host; empty: {RAG_GCP_LOCATION}-aiplatform.googleapis.com.",
+    )
+    vector_search_exact: bool = Field(
+        default=False,
+        description="Search every leaf of the index (evaluation; slower on large indexes).",
+    )
+    firestore_database: str = Field(
+        default="(default)",
+        description="Firestore database of the Vector Search store's chunk text and registry.",
+    )
+    firestore_collection_prefix: str = Field(
+        default="rag", description="Prefix of the store's Firestore collections."
+    )
 
 
 def open_store(settings: RetrievalSettings) -> VectorStore:
@@ -69,7 +103,44 @@ def open_store(settings: RetrievalSettings) -> VectorStore:
             timeout_seconds=settings.qdrant_timeout_seconds,
             tuning=QdrantTuning(replication_factor=settings.qdrant_replication_factor),
         )
+    if settings.retrieval_backend == "vertex":
+        return _open_vertex_store(settings)
     return EdgeVectorStore.open(settings.data_dir / "index", settings.retrieval_dimension)
+
+
+def _open_vertex_store(settings: RetrievalSettings) -> VectorStore:
+    """Vector Search and Firestore with Application Default Credentials
+    (Workload Identity on GKE). An http:// API endpoint is a local fake, which
+    gets no credentials (they never travel in clear text);
+    FIRESTORE_EMULATOR_HOST points Firestore at its emulator."""
+    from google.cloud import firestore
+
+    from services.retrieval.vertex import (
+        VectorSearchTarget,
+        VertexTuning,
+        VertexVectorStore,
+        anonymous,
+    )
+
+    if not settings.gcp_project:
+        raise ValueError("backend vertex needs RAG_GCP_PROJECT (a Google Cloud project)")
+    target = VectorSearchTarget(
+        index=settings.vector_search_index,
+        index_endpoint=settings.vector_search_index_endpoint,
+        deployed_index_id=settings.vector_search_deployed_index_id,
+        api_endpoint=settings.vector_search_api_endpoint
+        or f"{settings.gcp_location}-aiplatform.googleapis.com",
+        query_endpoint=settings.vector_search_query_endpoint,
+    )
+    client = firestore.Client(project=settings.gcp_project, database=settings.firestore_database)
+    return VertexVectorStore.connect(
+        target,
+        client,
+        settings.firestore_collection_prefix,
+        settings.retrieval_dimension,
+        credentials=anonymous() if target.api_endpoint.startswith("http://") else None,
+        tuning=VertexTuning(exact=settings.vector_search_exact),
+    )
 
 
 def main() -> None:
