@@ -12,8 +12,15 @@ pyproject), so a known failure that stops failing fails the run until its marker
 """
 
 import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+from tests import emulators
+
+if TYPE_CHECKING:
+    from google.cloud import firestore
 
 STRICT_ENV = "RAG_TESTS_STRICT"
 
@@ -65,3 +72,26 @@ class StrictSkips:
 def pytest_configure(config: pytest.Config) -> None:
     strict = os.environ.get(STRICT_ENV) == "1"
     config.pluginmanager.register(StrictSkips(strict), "ragplatform-strict-skips")
+
+
+# The Firestore emulator (tests/emulators.py): one per session, shared by the
+# contract and integration tests; each test's client gets a project of its own.
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator() -> Iterator[str]:
+    """The Firestore emulator's ``host:port`` (FIRESTORE_EMULATOR_HOST's value).
+    Fails, never skips, when gcloud, its emulator component or java is missing."""
+    missing = emulators.firestore_missing()
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    with emulators.firestore_emulator() as host:
+        yield host
+
+
+@pytest.fixture
+def firestore_client(firestore_emulator: str) -> "Iterator[firestore.Client]":
+    """A Firestore client on the emulator, in a project no other test uses."""
+    client = emulators.firestore_client(firestore_emulator, emulators.fresh_project())
+    yield client
+    client.close()  # type: ignore[no-untyped-call]
