@@ -59,6 +59,17 @@ if ! command -v redis-server >/dev/null; then
   (export DEBIAN_FRONTEND=noninteractive
    apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null)
 fi
+# The Firestore emulator (the Vector Search store's side store in the contract
+# and integration tests; tests/emulators.py) comes with Google's apt repository,
+# which these machines cannot reach: it is checked, not installed. Without it
+# the tests that use it fail, naming the same packages.
+gcloud_bin=$(command -v gcloud || true)
+if [ -z "$gcloud_bin" ] || ! command -v java >/dev/null \
+   || [ ! -d "$(dirname "$(readlink -f "$gcloud_bin")")/../platform/cloud-firestore-emulator" ]; then
+  echo "setup: WARNING: the Firestore emulator is missing: install the Debian packages" \
+    "google-cloud-cli-firestore-emulator (Google's apt repository" \
+    "https://packages.cloud.google.com/apt) and openjdk-17-jre-headless" >&2
+fi
 # Offline deployment checks: helm, kubectl, checkov, terraform fmt, validators.
 bash scripts/infra_setup.sh
 echo "setup: done"
