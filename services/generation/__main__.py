@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from ragplatform.v1 import generation_pb2, generation_pb2_grpc
 from services.generation.backends import AnswerGenerator
-from services.generation.costs import Price, PriceTable
 from services.generation.engine import Arm, Backend, GenerationEngine
 from services.generation.extractive import ExtractiveAnswerer
 from services.generation.grounding import GroundingChecker, LexicalGroundingChecker
@@ -31,6 +30,7 @@ from services.generation.router import (
     Router,
 )
 from services.generation.servicer import GenerationServicer
+from services.runtime.costs import Price, PriceTable
 from services.runtime.server import Service, ServiceBinding, run
 from services.runtime.settings import PlatformSettings
 

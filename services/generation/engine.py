@@ -48,7 +48,6 @@ from services.generation.backends import (
     SourcePassage,
     validate_request,
 )
-from services.generation.costs import PriceTable
 from services.generation.grounding import (
     DECLINE_GROUNDING_SCORE,
     Grounding,
@@ -59,6 +58,7 @@ from services.generation.llm import UnusableAnswerError, failure_cause
 from services.generation.report import ArmKey, ArmTotals, Ledger
 from services.generation.resilience import CircuitBreaker
 from services.generation.router import COMPLEX, SIMPLE, TIERS, Feature, Router
+from services.runtime.costs import PriceTable
 
 log = logging.getLogger(__name__)
 

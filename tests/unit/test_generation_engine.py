@@ -16,7 +16,6 @@ from services.common.errors import (
     UnavailableError,
 )
 from services.generation.backends import GeneratedAnswer, SourcePassage
-from services.generation.costs import Price, PriceTable
 from services.generation.engine import (
     Arm,
     Backend,
@@ -35,6 +34,7 @@ from services.generation.llm import (
 )
 from services.generation.resilience import BreakerState, CircuitBreaker
 from services.generation.router import COMPLEX, SIMPLE, Router
+from services.runtime.costs import Price, PriceTable
 
 LEAVE = "Full-time employees get 25 days of paid leave per year."
 GOOD = "Full-time employees get 25 days of paid leave per year [1]."

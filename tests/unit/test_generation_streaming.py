@@ -30,7 +30,6 @@ from ragplatform.v1 import (
 from services.common.errors import UnavailableError
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
-from services.generation.costs import PriceTable
 from services.generation.engine import Backend, GenerationEngine
 from services.generation.extractive import ExtractiveAnswerer
 from services.generation.grounding import LexicalGroundingChecker
@@ -40,6 +39,7 @@ from services.generation.servicer import GenerationServicer
 from services.query.pipeline import QueryLimits, QueryPipeline
 from services.query.servicer import QueryServicer
 from services.runtime.clients import PlatformClients
+from services.runtime.costs import PriceTable
 from services.runtime.errors import ErrorMappingInterceptor
 from services.runtime.settings import PlatformSettings
 from tests.unit.test_generation_engine import Broken, Scripted
