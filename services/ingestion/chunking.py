@@ -1,9 +1,10 @@
 """Split a parsed document into chunks that the embedder can take whole.
 
-The embedder silently truncates anything longer than its input window, so a
-chunk over the limit would be indexed by its first part only and its tail could
-never be found. The token limit is therefore a hard invariant, checked on the
-final chunk text with the embedder's own tokenizer. Within that limit chunks
+An embedder truncates or refuses anything longer than its input window, so a
+chunk over the limit would be indexed by its first part only, or not at all.
+The token limit is therefore a hard invariant, checked on the final chunk text
+with the embedder's own tokenizer, or, for an embedder whose tokenizer is not
+public, with an upper bound of its count (`Utf8BoundCounter`). Within that limit chunks
 follow the document's structure (section, paragraph, sentence) because a chunk
 that stops mid-thought retrieves worse and reads worse as a citation.
 
@@ -25,6 +26,7 @@ from tokenizers import Tokenizer
 
 from services.common.errors import InvalidInputError
 from services.common.text import sentence_spans
+from services.common.tokens import utf8_token_bound, utf8_token_offsets
 from services.ingestion.parsers import ParsedDocument
 
 DEFAULT_TARGET_CAP = 512
@@ -124,6 +126,27 @@ class HFTokenCounter:
         for base, encoding in zip(cuts, encodings, strict=False):
             offsets.extend((base + start, base + end) for start, end in encoding.offsets)
         return offsets
+
+
+class Utf8BoundCounter:
+    """TokenCounter for an embedder that publishes no tokenizer (Vertex AI): an
+    upper bound of its count, never below it (see `services.common.tokens`).
+
+    Chunks measured this way are never refused for length; they are shorter
+    in real tokens than the budget says, the price of not knowing the tokenizer.
+    """
+
+    def count(self, text: str) -> int:
+        """The bound for `text`, without special tokens."""
+        return utf8_token_bound(text)
+
+    def count_many(self, texts: Sequence[str]) -> list[int]:
+        """`count` of each text."""
+        return [utf8_token_bound(text) for text in texts]
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """One span per bound token: a character's span once per token it weighs."""
+        return utf8_token_offsets(text)
 
 
 @dataclass(frozen=True)

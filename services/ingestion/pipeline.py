@@ -36,7 +36,14 @@ from services.common.errors import (
     UnimplementedError,
 )
 from services.common.tenancy import validate_labels, validate_tenant
-from services.ingestion.chunking import ChunkDraft, ChunkingConfig, HFTokenCounter, chunk_document
+from services.ingestion.chunking import (
+    ChunkDraft,
+    ChunkingConfig,
+    HFTokenCounter,
+    OffsetTokenCounter,
+    Utf8BoundCounter,
+    chunk_document,
+)
 from services.ingestion.ids import (
     chunk_id_for,
     content_sha256,
@@ -172,10 +179,22 @@ def _unchanged(existing: common_pb2.DocumentInfo, digest: str, document: Incomin
 
 
 def _parse_and_chunk(
-    document: IncomingDocument, media_type: str, counter: HFTokenCounter, config: ChunkingConfig
+    document: IncomingDocument,
+    media_type: str,
+    counter: OffsetTokenCounter,
+    config: ChunkingConfig,
 ) -> tuple[ParsedDocument, list[ChunkDraft]]:
     parsed = parse_document(document.filename, document.data, media_type)
     return parsed, chunk_document(parsed, counter, config)
+
+
+def _counter(info: embedding_pb2.GetModelInfoResponse) -> OffsetTokenCounter:
+    """The token counter the embedder announces (GetModelInfo's `token_counting`)."""
+    if info.token_counting == embedding_pb2.TOKEN_COUNTING_UTF8_BYTES_UPPER_BOUND:
+        return Utf8BoundCounter()
+    if not info.tokenizer_json:
+        raise PlatformError(f"embedder {info.model} publishes no tokenizer and no token bound")
+    return HFTokenCounter.from_json(info.tokenizer_json)
 
 
 class IngestionPipeline:
@@ -188,15 +207,16 @@ class IngestionPipeline:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self._clients = clients
         self._limits = limits
-        self._counter: HFTokenCounter | None = None
+        self._counter: OffsetTokenCounter | None = None
         self._config: ChunkingConfig | None = None
         self._setup_lock = asyncio.Lock()
 
-    async def _chunking(self) -> tuple[HFTokenCounter, ChunkingConfig]:
-        """Tokenizer and limits of the embedder, fetched once from the embedding service.
+    async def _chunking(self) -> tuple[OffsetTokenCounter, ChunkingConfig]:
+        """Token counter and limits of the embedder, fetched once from the embedding service.
 
-        Chunks are measured with the embedder's own tokenizer so that none is ever
-        truncated by the model.
+        Chunks are measured with the embedder's own tokenizer, or with the upper
+        bound of its count that it announces when its tokenizer is not public,
+        so that none is ever truncated or refused by the model.
         """
         if self._counter is not None and self._config is not None:
             return self._counter, self._config
@@ -207,10 +227,8 @@ class IngestionPipeline:
                     info = await self._clients.embedding.GetModelInfo(
                         embedding_pb2.GetModelInfoRequest()
                     )
-                if not info.tokenizer_json:
-                    raise PlatformError(f"embedder {info.model} publishes no tokenizer")
                 max_tokens = info.max_input_tokens - info.special_tokens_per_input
-                self._counter = HFTokenCounter.from_json(info.tokenizer_json)
+                self._counter = _counter(info)
                 self._config = ChunkingConfig(
                     max_tokens=max_tokens,
                     target_tokens=min(self._limits.target_tokens, max_tokens),
@@ -240,14 +258,16 @@ class IngestionPipeline:
             raise
         return response.document
 
-    async def _embed(self, texts: list[str]) -> list[embedding_pb2.Vector]:
+    async def _embed(self, texts: list[str], title: str) -> list[embedding_pb2.Vector]:
+        """The vectors of one document's chunk texts, embedded with its title."""
         batch = self._limits.embed_batch
         address = self._clients.settings.embedding_addr
 
         async def embed_slice(start: int) -> list[embedding_pb2.Vector]:
+            part = texts[start : start + batch]
             with downstream("embedding", address):
                 response = await self._clients.embedding.EmbedDocuments(
-                    embedding_pb2.EmbedDocumentsRequest(texts=texts[start : start + batch])
+                    embedding_pb2.EmbedDocumentsRequest(texts=part, titles=[title] * len(part))
                 )
             return list(response.vectors)
 
@@ -354,7 +374,7 @@ class IngestionPipeline:
         prepared = await self._prepare(document)
         if isinstance(prepared, ingestion_pb2.IngestResult):
             return prepared
-        vectors = await self._embed([d.text for d in prepared.drafts])
+        vectors = await self._embed([d.text for d in prepared.drafts], prepared.title)
         return await self._index(prepared, vectors)
 
     @staticmethod
@@ -628,10 +648,11 @@ class _BulkIngestion:
     async def _embed_batch(self, chunks: list[_PoolChunk]) -> None:
         pipeline = self._pipeline
         texts = [c.document.drafts[c.index].text for c in chunks]
+        titles = [c.document.title for c in chunks]
         try:
             with downstream("embedding", pipeline._clients.settings.embedding_addr):
                 response = await pipeline._clients.embedding.EmbedDocuments(
-                    embedding_pb2.EmbedDocumentsRequest(texts=texts)
+                    embedding_pb2.EmbedDocumentsRequest(texts=texts, titles=titles)
                 )
         except PlatformError as error:
             log.warning(
@@ -664,7 +685,7 @@ class _BulkIngestion:
 
     async def _embed_alone(self, document: _Prepared) -> None:
         try:
-            vectors = await self._pipeline._embed([d.text for d in document.drafts])
+            vectors = await self._pipeline._embed([d.text for d in document.drafts], document.title)
         except PlatformError as error:
             self._results.put_nowait(failed_result(document.source_uri, error))
             return

@@ -16,12 +16,14 @@ class RecordingModel:
 
     def __init__(self, gate: threading.Event | None = None) -> None:
         self.calls: list[tuple[list[str], TextKind]] = []
+        self.titles: list[list[str]] = []
         self.gate = gate
 
-    def __call__(self, texts: Sequence[str], kind: TextKind) -> Matrix:
+    def __call__(self, texts: Sequence[str], kind: TextKind, titles: Sequence[str]) -> Matrix:
         if self.gate is not None:
             self.gate.wait(5)
         self.calls.append((list(texts), kind))
+        self.titles.append(list(titles))
         return np.array([[len(t), sum(map(ord, t)) % 997] for t in texts], dtype=np.float32)
 
 
@@ -73,7 +75,7 @@ async def test_queries_are_served_before_queued_documents() -> None:
 async def test_model_failure_reaches_every_caller_and_batcher_recovers() -> None:
     calls = 0
 
-    def flaky(texts: Sequence[str], kind: TextKind) -> Matrix:
+    def flaky(texts: Sequence[str], kind: TextKind, titles: Sequence[str]) -> Matrix:
         nonlocal calls
         calls += 1
         if calls == 1:
@@ -93,3 +95,17 @@ async def test_model_failure_reaches_every_caller_and_batcher_recovers() -> None
 def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         MicroBatcher(RecordingModel(), max_batch=0)
+
+
+async def test_titles_reach_the_model_call_beside_their_texts() -> None:
+    model = RecordingModel()
+    batcher = MicroBatcher(model, max_batch=8, max_wait=0.02)
+    await asyncio.gather(
+        batcher.embed(["a1", "a2"], "document", titles=["A", "A"]),
+        batcher.embed(["b1"], "document"),
+    )
+    with pytest.raises(ValueError, match="titles"):
+        await batcher.embed(["c1", "c2"], "document", titles=["C"])
+    await batcher.close()
+    assert model.calls == [(["a1", "a2", "b1"], "document")]
+    assert model.titles == [["A", "A", ""]]

@@ -244,7 +244,7 @@ class CountingEmbedder:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(text.split()) + 2 for text in texts]
 
-    def embed(self, texts: Sequence[str], kind: TextKind) -> Matrix:
+    def embed(self, texts: Sequence[str], kind: TextKind, titles: Sequence[str] = ()) -> Matrix:
         self.embedded.extend(texts)
         rng = [np.random.default_rng(sum(map(ord, kind + text))) for text in texts]
         rows = np.array([r.standard_normal(self.dimension) for r in rng], dtype=np.float32)
@@ -286,6 +286,18 @@ async def test_embedding_cache_sends_only_misses_to_the_model_with_identical_vec
     assert [list(v.values) for v in second.vectors] == [list(v.values) for v in fresh.vectors]
     assert list(second.vectors[1].values) == list(first.vectors[0].values)
     assert list(documents.vectors[0].values) != list(first.vectors[0].values)
+
+
+async def test_a_title_is_part_of_the_key_and_an_untitled_key_is_unchanged() -> None:
+    store = LruCache("unit-embedding-title", 10)
+    cache = VectorCache(store, "m", 4, 60)
+    await cache.set_many(["t"], "document", np.ones((1, 4), np.float32), ["Title"])
+    assert await cache.get_many(["t"], "document") == [None]
+    assert await cache.get_many(["t"], "document", ["Other"]) == [None]
+    assert (await cache.get_many(["t"], "document", ["Title"]))[0] is not None
+    await cache.set_many(["t"], "document", np.ones((1, 4), np.float32))
+    found = await cache.get_many(["t"], "document", [""])
+    assert found[0] is not None, "no title: the key of an untitled text"
 
 
 async def test_vector_of_another_size_is_a_miss() -> None:
