@@ -105,11 +105,32 @@ DEV_REDIS: dict[str, Any] = {
     "backends": {"cache": {"backend": "redis"}},
     "redis": {"mode": "inCluster", "inCluster": {"auth": {"existingSecret": "redis-auth"}}},
 }
+# The prod values with the Qdrant cluster instead of Vector Search (the documented option).
+PROD_QDRANT: dict[str, Any] = {
+    "backends": {"retrieval": {"backend": "qdrant"}},
+    "qdrant": {"enabled": True},
+}
+# The prod values with what `terraform output -raw helm_values` adds (a public endpoint).
+PROD_GCP: dict[str, Any] = {
+    "backends": {
+        "retrieval": {
+            "vertex": {
+                "index": "projects/ragplatform-prod/locations/europe-west4/indexes/111",
+                "indexEndpoint": "projects/ragplatform-prod/locations/europe-west4/indexEndpoints/222",
+                "deployedIndexId": "ragplatform_chunks",
+                "queryEndpoint": "333.europe-west4-444.vdb.vertexai.goog",
+            },
+            "firestore": {"database": "ragplatform"},
+        }
+    }
+}
 VARIANTS: dict[str, tuple[str | None, dict[str, Any] | None]] = {
     "defaults": (None, None),
     "dev": ("dev", None),
     "prod": ("prod", None),
     "prod-all": ("prod", ALL_FEATURES),
+    "prod-qdrant": ("prod", PROD_QDRANT),
+    "prod-gcp": ("prod", PROD_GCP),
     "dev-redis": ("dev", DEV_REDIS),
 }
 

@@ -152,6 +152,19 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "vllm without a gpu": {"vllm": {"resources": {"limits": {"nvidia.com/gpu": None}}}},
     "workload identity without project": {"gcp": {"workloadIdentity": {"enabled": True}}},
     "gcsfuse without bucket": {"vllm": {"modelCache": {"type": "gcsfuse"}}},
+    "vector search without project": {"backends": {"retrieval": {"backend": "vertex"}}},
+    "vector search without its resources": {
+        "gcp": {"projectId": "ragplatform-prod", "region": "europe-west4"},
+        "backends": {"retrieval": {"backend": "vertex"}},
+    },
+    "index endpoint not a resource name": {
+        "backends": {"retrieval": {"vertex": {"indexEndpoint": "1234567890"}}}
+    },
+    "query endpoint with a scheme": {
+        "backends": {"retrieval": {"vertex": {"queryEndpoint": "https://1.vdb.vertexai.goog"}}}
+    },
+    "bad firestore database id": {"backends": {"retrieval": {"firestore": {"database": "Rag"}}}},
+    "negative embedding concurrency": {"backends": {"embedding": {"vertex": {"concurrency": -1}}}},
 }
 
 
@@ -162,6 +175,27 @@ def test_schema_rejects(case: str, tools: Tools, tmp_path: Path) -> None:
     result = run([tools.helm, "template", RELEASE, CHART, "-f", values])
     assert result.returncode != 0, f"{case}: accepted"
     assert "schema" in result.stderr or "values don't meet" in result.stderr, result.stderr
+
+
+def test_render_fails_when_the_embedding_and_retrieval_dimensions_differ(
+    tools: Tools, tmp_path: Path
+) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump({"backends": {"retrieval": {"dimension": 768}}})
+    )  # prod embeds at 768: agreeing
+    ok = run([tools.helm, "template", RELEASE, CHART, "-f", CHART / "values-prod.yaml"])
+    assert ok.returncode == 0, ok.stderr
+    values.write_text(
+        yaml.safe_dump({"backends": {"embedding": {"vertex": {"outputDimensionality": 1536}}}})
+    )
+    result = run(
+        [tools.helm, "template", RELEASE, CHART, "-f", CHART / "values-prod.yaml", "-f", values]
+    )
+    assert result.returncode != 0, "a 1536-dimension embedder over a 768-dimension store"
+    assert "outputDimensionality (1536) must equal backends.retrieval.dimension (768)" in (
+        result.stderr
+    )
 
 
 def test_schema_accepts_every_values_file() -> None:
@@ -388,10 +422,19 @@ def test_dev_settings_are_accepted_by_the_services(
 PLANNED_SETTINGS = {
     "RAG_GCP_PROJECT",
     "RAG_GCP_LOCATION",
-    "RAG_EMBEDDING_MODEL",
-    "RAG_EMBEDDING_DIMENSION",
+    "RAG_VERTEX_EMBEDDING_MODEL",
+    "RAG_VERTEX_EMBEDDING_DIMENSION",
+    "RAG_VERTEX_EMBEDDING_MAX_TEXTS_PER_REQUEST",
+    "RAG_VERTEX_EMBEDDING_MAX_TOKENS_PER_REQUEST",
+    "RAG_VERTEX_EMBEDDING_CONCURRENCY",
+    "RAG_EMBEDDING_PRICES",
+    "RAG_VECTOR_SEARCH_INDEX",
     "RAG_VECTOR_SEARCH_INDEX_ENDPOINT",
     "RAG_VECTOR_SEARCH_DEPLOYED_INDEX_ID",
+    "RAG_VECTOR_SEARCH_QUERY_ENDPOINT",
+    "RAG_VECTOR_SEARCH_API_ENDPOINT",
+    "RAG_FIRESTORE_DATABASE",
+    "RAG_FIRESTORE_COLLECTION_PREFIX",
 }
 
 
@@ -406,11 +449,94 @@ def test_prod_settings_are_known_or_planned(renders: dict[str, list[Obj]]) -> No
         mod = __import__(f"services.{module}.__main__", fromlist=["x"])
         cls = getattr(mod, f"{module.capitalize()}Settings")
         known |= {f"RAG_{n.upper()}" for n in cls.model_fields}
-    for component, w in workloads(renders["prod-all"]).items():
-        if component not in PLATFORM_SERVICES:
-            continue
-        names = {k for k in env_of(containers(w)[0]) if k.startswith("RAG_")}
-        assert names <= known | PLANNED_SETTINGS, f"{component}: {names - known - PLANNED_SETTINGS}"
+    for variant in ("prod-all", "prod-qdrant", "prod-gcp"):
+        for component, w in workloads(renders[variant]).items():
+            if component not in PLATFORM_SERVICES:
+                continue
+            names = {k for k in env_of(containers(w)[0]) if k.startswith("RAG_")}
+            unknown = names - known - PLANNED_SETTINGS
+            assert not unknown, f"{variant} {component}: {unknown}"
+
+
+VECTOR_SEARCH_ENV = {
+    "RAG_VECTOR_SEARCH_INDEX",
+    "RAG_VECTOR_SEARCH_INDEX_ENDPOINT",
+    "RAG_VECTOR_SEARCH_DEPLOYED_INDEX_ID",
+    "RAG_VECTOR_SEARCH_QUERY_ENDPOINT",
+    "RAG_VECTOR_SEARCH_API_ENDPOINT",
+    "RAG_FIRESTORE_DATABASE",
+    "RAG_FIRESTORE_COLLECTION_PREFIX",
+}
+
+
+def test_prod_runs_vertex_embeddings_and_vector_search(renders: dict[str, list[Obj]]) -> None:
+    """Prod: Vertex AI embeddings, Vector Search + Firestore on retrieval only, the
+    Google project and region only where a Google API is called, no Qdrant."""
+    values = yaml.safe_load((CHART / "values-prod.yaml").read_text())
+    envs = {
+        c: env_of(containers(w)[0])
+        for c, w in workloads(renders["prod-gcp"]).items()
+        if c in PLATFORM_SERVICES
+    }
+    retrieval, embedding = envs["retrieval"], envs["embedding"]
+    assert retrieval["RAG_RETRIEVAL_BACKEND"] == "vertex"
+    assert retrieval["RAG_RETRIEVAL_DIMENSION"] == "768"
+    assert retrieval["RAG_VECTOR_SEARCH_INDEX"].endswith("/indexes/111")
+    assert retrieval["RAG_VECTOR_SEARCH_INDEX_ENDPOINT"].endswith("/indexEndpoints/222")
+    assert retrieval["RAG_VECTOR_SEARCH_DEPLOYED_INDEX_ID"] == "ragplatform_chunks"
+    assert retrieval["RAG_VECTOR_SEARCH_QUERY_ENDPOINT"] == "333.europe-west4-444.vdb.vertexai.goog"
+    assert retrieval["RAG_VECTOR_SEARCH_API_ENDPOINT"] == ""
+    assert retrieval["RAG_FIRESTORE_DATABASE"] == "ragplatform"
+    assert retrieval["RAG_FIRESTORE_COLLECTION_PREFIX"] == "rag"
+    assert not {k for k in retrieval if k.startswith("RAG_QDRANT_")}
+    assert embedding["RAG_EMBEDDING_BACKEND"] == "vertex"
+    assert embedding["RAG_VERTEX_EMBEDDING_MODEL"] == values["backends"]["embedding"]["vertex"][
+        "model"
+    ]
+    assert embedding["RAG_VERTEX_EMBEDDING_DIMENSION"] == "768"
+    # Tuning knobs left at 0 are left to the service's defaults.
+    assert "RAG_VERTEX_EMBEDDING_CONCURRENCY" not in embedding
+    assert "RAG_EMBEDDING_PRICES" not in embedding
+    for component, env in envs.items():
+        if component != "retrieval":
+            assert not set(env) & VECTOR_SEARCH_ENV, f"{component} gets the Vector Search env"
+        if component != "embedding":
+            assert not {k for k in env if k.startswith("RAG_VERTEX_EMBEDDING_")}, component
+        google = component in ("embedding", "retrieval", "generation")
+        assert ("RAG_GCP_PROJECT" in env) is google, component
+        if google:
+            assert env["RAG_GCP_PROJECT"] == "ragplatform-prod"
+            assert env["RAG_GCP_LOCATION"] == "europe-west4"
+    for variant in ("prod", "prod-gcp", "prod-all"):
+        assert "qdrant" not in workloads(renders[variant]), f"{variant} deploys Qdrant"
+    # values-prod.yaml itself: vertex, with the Firestore database terraform creates.
+    assert values["backends"]["retrieval"]["backend"] == "vertex"
+    assert values["qdrant"]["enabled"] is False
+
+
+def test_embedding_tuning_and_prices_render_when_set(render: Callable[..., list[Obj]]) -> None:
+    over = {
+        "backends": {
+            "embedding": {
+                "vertex": {
+                    "model": "text-embedding-005",
+                    "maxTextsPerRequest": 250,
+                    "maxTokensPerRequest": 20000,
+                    "concurrency": 8,
+                    "prices": {"text-embedding-005": 0.025, "gemini-embedding-001": 0.15},
+                }
+            }
+        }
+    }
+    env = env_of(containers(workloads(render("prod", over))["embedding"])[0])
+    assert env["RAG_VERTEX_EMBEDDING_MODEL"] == "text-embedding-005"
+    assert env["RAG_VERTEX_EMBEDDING_MAX_TEXTS_PER_REQUEST"] == "250"
+    assert env["RAG_VERTEX_EMBEDDING_MAX_TOKENS_PER_REQUEST"] == "20000"
+    assert env["RAG_VERTEX_EMBEDDING_CONCURRENCY"] == "8"
+    assert json.loads(env["RAG_EMBEDDING_PRICES"]) == {
+        "text-embedding-005": 0.025,
+        "gemini-embedding-001": 0.15,
+    }
 
 
 def test_workload_identity_annotations(renders: dict[str, list[Obj]]) -> None:
@@ -421,7 +547,8 @@ def test_workload_identity_annotations(renders: dict[str, list[Obj]]) -> None:
             f"rag-{component}@ragplatform-prod.iam.gserviceaccount.com"
         )
         assert sa["automountServiceAccountToken"] is False
-    assert "annotations" not in prod[f"{RELEASE}-qdrant"]["metadata"]
+    qdrant = by_kind(renders["prod-qdrant"], "ServiceAccount")[f"{RELEASE}-qdrant"]
+    assert "annotations" not in qdrant["metadata"]
     for sa in by_kind(renders["dev"], "ServiceAccount").values():
         assert "annotations" not in sa["metadata"], "dev uses no Google identity"
 
@@ -457,17 +584,20 @@ def test_vllm_runs_llama_on_a_gpu(renders: dict[str, list[Obj]]) -> None:
 
 
 def test_qdrant_is_a_persistent_cluster(renders: dict[str, list[Obj]]) -> None:
-    qdrant = by_kind(renders["prod"], "StatefulSet")[f"{RELEASE}-qdrant"]
+    """The documented alternative to Vector Search: prod with backend qdrant."""
+    qdrant = by_kind(renders["prod-qdrant"], "StatefulSet")[f"{RELEASE}-qdrant"]
     assert qdrant["spec"]["replicas"] >= 3
     assert qdrant["spec"]["serviceName"] == f"{RELEASE}-qdrant-headless"
     claims = qdrant["spec"]["volumeClaimTemplates"]
     assert claims[0]["spec"]["resources"]["requests"]["storage"]
     env = env_of(qdrant["spec"]["template"]["spec"]["containers"][0])
     assert env["QDRANT__CLUSTER__ENABLED"] == "true"
-    headless = by_kind(renders["prod"], "Service")[f"{RELEASE}-qdrant-headless"]
+    headless = by_kind(renders["prod-qdrant"], "Service")[f"{RELEASE}-qdrant-headless"]
     assert headless["spec"]["clusterIP"] == "None"
-    retrieval = env_of(containers(workloads(renders["prod"])["retrieval"])[0])
+    retrieval = env_of(containers(workloads(renders["prod-qdrant"])["retrieval"])[0])
     assert retrieval["RAG_QDRANT_URL"] == f"http://{RELEASE}-qdrant:6334"
+    assert "secretKeyRef" in retrieval["RAG_QDRANT_API_KEY"]
+    assert not set(retrieval) & VECTOR_SEARCH_ENV
     assert "qdrant" not in workloads(renders["dev"])
 
 
@@ -583,8 +713,9 @@ FLOWS = {
             "dev-redis",
             {("query", "redis", 6379), ("ingestion", "redis", 6379), ("embedding", "redis", 6379)},
         ),
+        ("prod", {("generation", "vllm", 8000)}),
         (
-            "prod",
+            "prod-qdrant",
             {
                 ("generation", "vllm", 8000),
                 ("retrieval", "qdrant", 6333),
@@ -625,6 +756,22 @@ def test_network_policies_egress_outside_the_cluster(renders: dict[str, list[Obj
     assert cidrs(prod, "ingestion") == {google, "10.60.0.0/16"} | metadata
     assert cidrs(prod, "embedding") == {google, "10.60.0.0/16"} | metadata
     assert cidrs(prod, "retrieval") == {google} | metadata
+    # With the endpoint's public domain (terraform output), retrieval, and only it,
+    # reaches public addresses on 443: the Vector Search endpoint, never a private range.
+    gcp = renders["prod-gcp"]
+    assert cidrs(gcp, "retrieval") == {google, "0.0.0.0/0"} | metadata
+    for component in PLATFORM_SERVICES:
+        if component != "retrieval":
+            assert cidrs(gcp, component) == cidrs(prod, component), component
+    for p in by_kind(gcp, "NetworkPolicy").values():
+        for rule in p["spec"].get("egress") or []:
+            for peer in rule.get("to", []):
+                if peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0":
+                    assert selects_component(p, "retrieval") or selects_component(p, "vllm")
+                    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= set(
+                        peer["ipBlock"]["except"]
+                    )
+                    assert [port["port"] for port in rule["ports"]] == [443]
     assert cidrs(prod, "generation") == {google} | metadata
     assert cidrs(prod, "vllm") == {google} | metadata
     for cidr in cidrs(prod, "ingestion"):
@@ -664,7 +811,9 @@ def test_monitoring_resources_follow_their_toggles(renders: dict[str, list[Obj]]
     assert not kinds["prod"] & {"ServiceMonitor", "PrometheusRule"}
     assert {"ServiceMonitor", "PrometheusRule"} <= kinds["prod-all"]
     monitors = by_kind(renders["prod"], "PodMonitoring")
-    assert set(monitors) == {f"{RELEASE}-services", f"{RELEASE}-vllm", f"{RELEASE}-qdrant"}
+    assert set(monitors) == {f"{RELEASE}-services", f"{RELEASE}-vllm"}
+    qdrant_monitors = by_kind(renders["prod-qdrant"], "PodMonitoring")
+    assert f"{RELEASE}-qdrant" in qdrant_monitors, "the Qdrant option is scraped too"
     services = monitors[f"{RELEASE}-services"]["spec"]
     assert services["endpoints"][0]["port"] == "metrics"
     selected = services["selector"]["matchExpressions"][0]["values"]

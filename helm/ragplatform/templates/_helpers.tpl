@@ -142,6 +142,34 @@ true
 {{- end -}}
 {{- end -}}
 
+{{/*
+Whether a component calls Google Cloud APIs with the project and region of gcp.*
+(RAG_GCP_PROJECT, RAG_GCP_LOCATION): embedding and retrieval with their vertex
+backends, generation with a Gemini chain. Args: root, component. Prints "true" or "".
+*/}}
+{{- define "ragplatform.usesGoogleCloud" -}}
+{{- $b := .root.Values.backends -}}
+{{- if and (eq .component "embedding") (eq $b.embedding.backend "vertex") -}}
+true
+{{- else if and (eq .component "retrieval") (eq $b.retrieval.backend "vertex") -}}
+true
+{{- else if and (eq .component "generation") (contains "gemini" (printf "%s,%s" $b.generation.simpleChain $b.generation.complexChain)) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+Settings that must agree across values, checked at render time (the schema cannot
+compare two values): the vertex embedder's outputDimensionality is the dimension of
+the vectors retrieval stores.
+*/}}
+{{- define "ragplatform.validate" -}}
+{{- $b := .Values.backends -}}
+{{- if and (eq $b.embedding.backend "vertex") (ne (int $b.embedding.vertex.outputDimensionality) (int $b.retrieval.dimension)) -}}
+{{- fail (printf "backends.embedding.vertex.outputDimensionality (%v) must equal backends.retrieval.dimension (%v): retrieval stores the vectors the embedder returns" $b.embedding.vertex.outputDimensionality $b.retrieval.dimension) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* A name: value env entry. */}}
 {{- define "ragplatform.env" -}}
 {{- $value := .value -}}
@@ -173,15 +201,28 @@ true
 {{- if eq .component "gateway" }}
 {{- $_ := set $env "RAG_GATEWAY_PORT" $svc.port -}}
 {{- end }}
-{{- if $v.gcp.projectId }}
+{{- if include "ragplatform.usesGoogleCloud" . }}
 {{- $_ := set $env "RAG_GCP_PROJECT" $v.gcp.projectId -}}
 {{- $_ := set $env "RAG_GCP_LOCATION" $v.gcp.region -}}
 {{- end }}
 {{- if eq .component "embedding" }}
 {{- $_ := set $env "RAG_EMBEDDING_BACKEND" $v.backends.embedding.backend -}}
 {{- if eq $v.backends.embedding.backend "vertex" }}
-{{- $_ := set $env "RAG_EMBEDDING_MODEL" $v.backends.embedding.vertex.model -}}
-{{- $_ := set $env "RAG_EMBEDDING_DIMENSION" $v.backends.embedding.vertex.outputDimensionality -}}
+{{- $ve := $v.backends.embedding.vertex }}
+{{- $_ := set $env "RAG_VERTEX_EMBEDDING_MODEL" $ve.model -}}
+{{- $_ := set $env "RAG_VERTEX_EMBEDDING_DIMENSION" $ve.outputDimensionality -}}
+{{- if $ve.maxTextsPerRequest }}
+{{- $_ := set $env "RAG_VERTEX_EMBEDDING_MAX_TEXTS_PER_REQUEST" $ve.maxTextsPerRequest -}}
+{{- end }}
+{{- if $ve.maxTokensPerRequest }}
+{{- $_ := set $env "RAG_VERTEX_EMBEDDING_MAX_TOKENS_PER_REQUEST" $ve.maxTokensPerRequest -}}
+{{- end }}
+{{- if $ve.concurrency }}
+{{- $_ := set $env "RAG_VERTEX_EMBEDDING_CONCURRENCY" $ve.concurrency -}}
+{{- end }}
+{{- if $ve.prices }}
+{{- $_ := set $env "RAG_EMBEDDING_PRICES" ($ve.prices | toJson) -}}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if eq .component "retrieval" }}
@@ -195,8 +236,14 @@ true
 {{- end }}
 {{- end }}
 {{- if eq $v.backends.retrieval.backend "vertex" }}
-{{- $_ := set $env "RAG_VECTOR_SEARCH_INDEX_ENDPOINT" $v.backends.retrieval.vertex.indexEndpoint -}}
-{{- $_ := set $env "RAG_VECTOR_SEARCH_DEPLOYED_INDEX_ID" $v.backends.retrieval.vertex.deployedIndexId -}}
+{{- $vs := $v.backends.retrieval.vertex }}
+{{- $_ := set $env "RAG_VECTOR_SEARCH_INDEX" $vs.index -}}
+{{- $_ := set $env "RAG_VECTOR_SEARCH_INDEX_ENDPOINT" $vs.indexEndpoint -}}
+{{- $_ := set $env "RAG_VECTOR_SEARCH_DEPLOYED_INDEX_ID" $vs.deployedIndexId -}}
+{{- $_ := set $env "RAG_VECTOR_SEARCH_QUERY_ENDPOINT" $vs.queryEndpoint -}}
+{{- $_ := set $env "RAG_VECTOR_SEARCH_API_ENDPOINT" $vs.apiEndpoint -}}
+{{- $_ := set $env "RAG_FIRESTORE_DATABASE" $v.backends.retrieval.firestore.database -}}
+{{- $_ := set $env "RAG_FIRESTORE_COLLECTION_PREFIX" $v.backends.retrieval.firestore.collectionPrefix -}}
 {{- end }}
 {{- end }}
 {{- if eq .component "generation" }}
