@@ -71,6 +71,7 @@ def test_layout_modules_and_one_environment() -> None:
         "storage",
         "redis",
         "vector-search",
+        "firestore",
         "workload-identity",
     }
     assert {p.name for p in MODULES.iterdir() if p.is_dir()} == expected
@@ -245,19 +246,128 @@ def test_buckets_are_private(hcl: dict[Path, dict[str, Any]]) -> None:
         assert first_block(b.body, "versioning")["enabled"] is True
 
 
-def test_vector_search_is_private_and_sized_like_the_embedder(
+def test_vector_search_is_public_streaming_and_sized_like_the_embedder(
     hcl: dict[Path, dict[str, Any]],
 ) -> None:
     endpoint = one(hcl, "google_vertex_ai_index_endpoint").body
-    assert endpoint["public_endpoint_enabled"] is False
-    assert "networks/" in endpoint["network"]
+    assert endpoint["public_endpoint_enabled"] == "${var.public_endpoint}"
+    assert prod_module_call(hcl, "vector_search")["public_endpoint"] is True, (
+        "the retrieval service queries the endpoint's public domain name"
+    )
+    deployed = one(hcl, "google_vertex_ai_index_endpoint_deployed_index").body
+    assert deployed["index_endpoint"] == "${google_vertex_ai_index_endpoint.chunks.id}"
     index = one(hcl, "google_vertex_ai_index").body
     assert index["index_update_method"] == "STREAM_UPDATE"
+    config = first_block(first_block(index, "metadata"), "config")
+    # The store sends L2-normalised vectors: dot product on unit norm is cosine.
+    assert config["distance_measure_type"] == "DOT_PRODUCT_DISTANCE"
+    assert config["feature_norm_type"] == "UNIT_L2_NORM"
+    assert config["dimensions"] == "${var.dimensions}"
+    assert prod_module_call(hcl, "vector_search")["dimensions"] == "${var.vector_dimensions}"
     defaults = tf_variable_defaults(hcl, PROD_ENV)
     values = load_yaml(REPO / "helm" / "ragplatform" / "values-prod.yaml")
     dimension = values["backends"]["retrieval"]["dimension"]
     assert defaults["vector_dimensions"] == dimension
     assert values["backends"]["embedding"]["vertex"]["outputDimensionality"] == dimension
+    assert values["backends"]["retrieval"]["backend"] == "vertex"
+
+
+def test_firestore_database_is_protected_and_scoped(hcl: dict[Path, dict[str, Any]]) -> None:
+    db = one(hcl, "google_firestore_database").body
+    assert db["type"] == "FIRESTORE_NATIVE"
+    assert db["location_id"] == "${var.location}"
+    assert db["delete_protection_state"] == "DELETE_PROTECTION_ENABLED"
+    assert db["point_in_time_recovery_enablement"] == "POINT_IN_TIME_RECOVERY_ENABLED"
+    assert db["deletion_policy"] == "ABANDON"
+    assert first_block(db, "cmek_config")["kms_key_name"] == "${var.kms_key_id}"
+    call = prod_module_call(hcl, "firestore")
+    assert call["location"] == "${var.region}"
+    assert call["kms_key_id"] == '${module.kms.key_ids["firestore"]}'
+    assert call["users"] == {"retrieval": '${module.workload_identity.members["retrieval"]}'}
+    assert "firestore" in prod_module_call(hcl, "kms")["keys"]
+    # roles/datastore.user, conditioned on this database's name.
+    grant = one(hcl, "google_project_iam_member", "user").body
+    assert grant["role"] == "roles/datastore.user"
+    condition = first_block(grant, "condition")
+    assert condition["expression"] == (
+        'resource.name == \\"projects/${var.project_id}/databases/${var.database_id}\\"'
+    ) or condition["expression"] == (
+        'resource.name == \"projects/${var.project_id}/databases/${var.database_id}\"'
+    )
+    # The database the chart names is the one terraform creates.
+    values = load_yaml(REPO / "helm" / "ragplatform" / "values-prod.yaml")
+    database = tf_variable_defaults(hcl, PROD_ENV)["firestore_database"]
+    assert values["backends"]["retrieval"]["firestore"]["database"] == database
+    assert "firestore.googleapis.com" in tf_locals(hcl, PROD_ENV / "main.tf")["apis"]
+
+
+# The project roles of each workload, exactly (least privilege); the resource-level
+# grants are checked on their resources.
+TELEMETRY = {"roles/cloudtrace.agent", "roles/logging.logWriter", "roles/monitoring.metricWriter"}
+EXPECTED_ROLES = {
+    "gateway": TELEMETRY,
+    "query": TELEMETRY,
+    "ingestion": TELEMETRY | {"roles/documentai.apiUser"},
+    "embedding": TELEMETRY | {"roles/aiplatform.user"},
+    "retrieval": TELEMETRY | {"roles/aiplatform.user"},
+    "generation": TELEMETRY | {"roles/aiplatform.user"},
+    "vllm": {"roles/logging.logWriter"},
+    "metrics-adapter": {"roles/monitoring.viewer"},
+}
+
+
+def test_each_workload_has_exactly_its_roles(hcl: dict[Path, dict[str, Any]]) -> None:
+    local = tf_locals(hcl, PROD_ENV / "main.tf")
+    telemetry = set(local["telemetry_roles"])
+    assert telemetry == TELEMETRY
+    roles = {}
+    for key, w in local["workloads"].items():
+        granted = w["roles"]
+        if isinstance(granted, str):  # ${concat(local.telemetry_roles, [...])}
+            extra = set(re.findall(r'"(roles/[A-Za-z.]+)"', granted))
+            assert "local.telemetry_roles" in granted, f"{key}: {granted}"
+            roles[key] = telemetry | extra
+        else:
+            roles[key] = set(granted)
+    assert roles == EXPECTED_ROLES
+    # Resource-level grants: who gets what, on which resource.
+    resource_grants = {
+        (b.body["role"], b.body["member"])
+        for b in tf_blocks(hcl, "resource")
+        if b.path.parent == PROD_ENV and b.type == "google_storage_bucket_iam_member"
+    }
+    assert resource_grants == {
+        ("roles/storage.objectViewer", '${module.workload_identity.members["ingestion"]}'),
+        ("roles/storage.objectViewer", '${module.workload_identity.members["vllm"]}'),
+    }
+    # Firestore is retrieval's only (test_firestore_database_is_protected_and_scoped).
+    assert set(prod_module_call(hcl, "firestore")["users"]) == {"retrieval"}
+
+
+def test_helm_values_output_fills_the_chart_values(hcl: dict[Path, dict[str, Any]]) -> None:
+    """Every key of `terraform output helm_values` is a key of the chart's values.yaml,
+    and the retrieval vertex backend gets everything it needs from it."""
+    outputs = {o.name: o.body for o in tf_blocks(hcl, "output") if o.path.parent == PROD_ENV}
+    text = str(outputs["helm_values"]["value"])
+    defaults = load_yaml(REPO / "helm" / "ragplatform" / "values.yaml")
+    vertex = defaults["backends"]["retrieval"]["vertex"]
+    for key in ("index", "indexEndpoint", "deployedIndexId", "queryEndpoint"):
+        assert key in vertex and re.search(rf"\b{key}\s*=", text), key
+    assert re.search(r"\bfirestore\s*=\s*\{\s*database\s*=\s*module\.firestore", text)
+    assert "module.vector_search.public_endpoint_domain" in text
+    assert "database" in defaults["backends"]["retrieval"]["firestore"]
+    assert "outputDimensionality" in defaults["backends"]["embedding"]["vertex"]
+    for key in ("projectId", "region"):
+        assert key in defaults["gcp"]
+    assert set(outputs["vector_search"]["value"]) == {
+        "project",
+        "location",
+        "index",
+        "index_endpoint",
+        "deployed_index_id",
+        "public_endpoint_domain",
+    }
+    assert "firestore_database" in outputs
 
 
 def test_artifact_registry_tags_are_immutable(hcl: dict[Path, dict[str, Any]]) -> None:

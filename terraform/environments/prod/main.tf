@@ -13,6 +13,7 @@ locals {
     "container.googleapis.com",
     "dns.googleapis.com",
     "documentai.googleapis.com",
+    "firestore.googleapis.com",
     "iam.googleapis.com",
     "logging.googleapis.com",
     "monitoring.googleapis.com",
@@ -24,7 +25,8 @@ locals {
   # Every workload that calls Google APIs from the cluster, with what it may do.
   # Keys are the chart's component names: Google service account rag-<key>, bound to
   # the Kubernetes service account <release>-<key> the chart creates (gcp.workloadIdentity).
-  # Resource-level grants (buckets) follow below; project roles are only these.
+  # Resource-level grants (buckets, the Firestore database) follow below; unconditional
+  # project roles are only these. gateway and query call no Google API but telemetry.
   telemetry_roles = [
     "roles/cloudtrace.agent",
     "roles/logging.logWriter",
@@ -50,13 +52,15 @@ locals {
     embedding = {
       namespace = var.namespace
       ksa       = "${var.release_name}-embedding"
-      # Vertex AI embeddings.
+      # Vertex AI embeddings: predict on the publisher models (aiplatform.endpoints.predict).
       roles = concat(local.telemetry_roles, ["roles/aiplatform.user"])
     }
     retrieval = {
       namespace = var.namespace
       ksa       = "${var.release_name}-retrieval"
-      # Vertex AI Vector Search (query, upsert, remove datapoints).
+      # Vertex AI Vector Search: upsert and remove datapoints, find neighbors (no narrower
+      # predefined role covers these). Firestore: roles/datastore.user on the platform's
+      # database only, granted by module.firestore.
       roles = concat(local.telemetry_roles, ["roles/aiplatform.user"])
     }
     generation = {
@@ -112,15 +116,23 @@ resource "google_project_service_identity" "aiplatform" {
   depends_on = [google_project_service.api]
 }
 
+resource "google_project_service_identity" "firestore" {
+  provider   = google-beta
+  project    = var.project_id
+  service    = "firestore.googleapis.com"
+  depends_on = [google_project_service.api]
+}
+
 locals {
   project_number = data.google_project.project.number
   agents = {
-    gke     = "serviceAccount:service-${local.project_number}@container-engine-robot.iam.gserviceaccount.com"
-    compute = "serviceAccount:service-${local.project_number}@compute-system.iam.gserviceaccount.com"
-    redis   = "serviceAccount:service-${local.project_number}@cloud-redis.iam.gserviceaccount.com"
-    storage = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
-    ar      = "serviceAccount:${google_project_service_identity.artifactregistry.email}"
-    vertex  = "serviceAccount:${google_project_service_identity.aiplatform.email}"
+    gke       = "serviceAccount:service-${local.project_number}@container-engine-robot.iam.gserviceaccount.com"
+    compute   = "serviceAccount:service-${local.project_number}@compute-system.iam.gserviceaccount.com"
+    redis     = "serviceAccount:service-${local.project_number}@cloud-redis.iam.gserviceaccount.com"
+    storage   = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
+    ar        = "serviceAccount:${google_project_service_identity.artifactregistry.email}"
+    vertex    = "serviceAccount:${google_project_service_identity.aiplatform.email}"
+    firestore = "serviceAccount:${google_project_service_identity.firestore.email}"
   }
 }
 
@@ -137,6 +149,7 @@ module "kms" {
     redis             = { encrypters = [local.agents.redis] }
     artifact-registry = { encrypters = [local.agents.ar] }
     vertex-ai         = { encrypters = [local.agents.vertex] }
+    firestore         = { encrypters = [local.agents.firestore] }
   }
   depends_on = [google_project_service.api]
 }
@@ -250,17 +263,28 @@ resource "google_dns_record_set" "redis" {
   rrdatas      = [module.redis.host]
 }
 
+# The retrieval service's vertex backend: vectors in Vector Search (queried on the
+# endpoint's public domain name), chunk text and the document registry in Firestore.
 module "vector_search" {
-  source            = "../../modules/vector-search"
-  project_id        = var.project_id
-  project_number    = local.project_number
-  region            = var.region
-  name              = "ragplatform"
-  network_name      = module.network.network_name
-  reserved_ip_range = module.network.private_service_access_range_name
-  dimensions        = var.vector_dimensions
-  kms_key_id        = module.kms.key_ids["vertex-ai"]
-  depends_on        = [module.network, module.kms]
+  source          = "../../modules/vector-search"
+  project_id      = var.project_id
+  project_number  = local.project_number
+  region          = var.region
+  name            = "ragplatform"
+  public_endpoint = true
+  dimensions      = var.vector_dimensions
+  kms_key_id      = module.kms.key_ids["vertex-ai"]
+  depends_on      = [module.kms]
+}
+
+module "firestore" {
+  source      = "../../modules/firestore"
+  project_id  = var.project_id
+  location    = var.region
+  database_id = var.firestore_database
+  kms_key_id  = module.kms.key_ids["firestore"]
+  users       = { retrieval = module.workload_identity.members["retrieval"] }
+  depends_on  = [module.kms]
 }
 
 # --- Workload identities ------------------------------------------------------------

@@ -51,12 +51,20 @@ output "workload_service_accounts" {
 }
 
 output "vector_search" {
-  description = "Vertex AI Vector Search index, endpoint and deployed index."
+  description = "Vertex AI Vector Search: index and endpoint resource names, deployed index ID, the endpoint's public domain name (queries), project and location."
   value = {
-    index             = module.vector_search.index_id
-    index_endpoint    = module.vector_search.index_endpoint_id
-    deployed_index_id = module.vector_search.deployed_index_id
+    project                = var.project_id
+    location               = var.region
+    index                  = module.vector_search.index_id
+    index_endpoint         = module.vector_search.index_endpoint_id
+    deployed_index_id      = module.vector_search.deployed_index_id
+    public_endpoint_domain = module.vector_search.public_endpoint_domain
   }
+}
+
+output "firestore_database" {
+  description = "ID of the Firestore database of the chunk text and the document registry (backends.retrieval.firestore.database)."
+  value       = module.firestore.database_id
 }
 
 output "gateway_ip" {
@@ -65,7 +73,7 @@ output "gateway_ip" {
 }
 
 output "helm_values" {
-  description = "Values of the chart that come from this environment (merge over values-prod.yaml)."
+  description = "Values of the chart that come from this environment, keyed as in values.yaml (pass after values-prod.yaml: terraform output -raw helm_values > values-gcp.yaml)."
   value = yamlencode({
     global = { imageRegistry = module.artifact_registry.images_url }
     gcp    = { projectId = var.project_id, region = var.region }
@@ -73,9 +81,12 @@ output "helm_values" {
       retrieval = {
         dimension = var.vector_dimensions
         vertex = {
+          index           = module.vector_search.index_id
           indexEndpoint   = module.vector_search.index_endpoint_id
           deployedIndexId = module.vector_search.deployed_index_id
+          queryEndpoint   = module.vector_search.public_endpoint_domain
         }
+        firestore = { database = module.firestore.database_id }
       }
       embedding = { vertex = { outputDimensionality = var.vector_dimensions } }
     }

@@ -127,3 +127,13 @@ variable "kms_protection_level" {
     error_message = "kms_protection_level must be SOFTWARE or HSM."
   }
 }
+
+variable "firestore_database" {
+  description = "ID of the Firestore database holding the chunk text and the document registry (the chart's backends.retrieval.firestore.database)."
+  type        = string
+  default     = "ragplatform"
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{2,61}[a-z0-9]$", var.firestore_database))
+    error_message = "firestore_database: 4-63 lowercase letters, digits or hyphens, starting with a letter."
+  }
+}

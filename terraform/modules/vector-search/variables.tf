@@ -26,14 +26,26 @@ variable "name" {
   }
 }
 
+variable "public_endpoint" {
+  description = "Whether the index endpoint is public (queried on its public domain name, what the retrieval service's RAG_VECTOR_SEARCH_QUERY_ENDPOINT expects) or private (VPC peering: network_name and reserved_ip_range)."
+  type        = bool
+  default     = true
+}
+
 variable "network_name" {
-  description = "VPC peered with Vertex AI (private service access) from which the endpoint is queried."
+  description = "VPC peered with Vertex AI (private service access) from which a private endpoint is queried; unused when public_endpoint is true."
   type        = string
+  default     = ""
+  validation {
+    condition     = var.network_name == "" || can(regex("^[a-z][-a-z0-9]{0,61}[a-z0-9]$", var.network_name))
+    error_message = "network_name is a VPC name (or empty with a public endpoint)."
+  }
 }
 
 variable "reserved_ip_range" {
-  description = "Name of the private service access range the deployed index takes its address from."
+  description = "Name of the private service access range a private endpoint's deployed index takes its address from; unused when public_endpoint is true."
   type        = string
+  default     = ""
 }
 
 variable "dimensions" {
