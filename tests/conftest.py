@@ -85,8 +85,7 @@ def firestore_emulator() -> Iterator[str]:
     missing = emulators.firestore_missing()
     if missing:
         pytest.fail(missing, pytrace=False)
-    with emulators.firestore_emulator() as host:
-        yield host
+    yield emulators.shared_firestore_emulator()
 
 
 @pytest.fixture

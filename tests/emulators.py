@@ -23,6 +23,7 @@ project, for code configured with a fixed project id.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -178,3 +179,17 @@ def wipe_firestore(host: str, project: str) -> None:
     """Delete every document of `project`'s default database in the emulator."""
     url = f"http://{host}/emulator/v1/projects/{project}/databases/(default)/documents"
     httpx.delete(url, timeout=10.0).raise_for_status()
+
+
+_SHARED: dict[str, str] = {}
+_SHARED_STACK = contextlib.ExitStack()
+
+
+def shared_firestore_emulator() -> str:
+    """The ``host:port`` of one Firestore emulator per test process, started on
+    first use and stopped when the process exits: the session fixture and the
+    `VectorStore` contract's factories (plain functions, not fixtures) share it."""
+    if "host" not in _SHARED:
+        _SHARED["host"] = _SHARED_STACK.enter_context(firestore_emulator())
+        atexit.register(_SHARED_STACK.close)
+    return _SHARED["host"]

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Self
 
+import numpy as np
 from google.api_core import exceptions as google_errors
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import aiplatform_v1
@@ -439,7 +440,7 @@ class VertexVectorStore(EngineStore):
                 elif manifest is None or hit.version not in manifest.pending:
                     raced = raced or known.get(hit.key) != current
                     known[hit.key] = current
-            live_legs.append(live[: plan.leg_size])
+            live_legs.append(_by_score_then_id(live)[: plan.leg_size])
             short = short or (len(leg) == neighbors and len(live) < plan.leg_size)
         if raced:
             raise _Raced
@@ -624,6 +625,15 @@ def _datapoint(
             )
         ],
     )
+
+
+def _by_score_then_id(hits: list[_Hit]) -> list[_Hit]:
+    """A leg's hits best first, ties broken by chunk id as `best_first` does:
+    the index breaks them by datapoint id, which changes with every version,
+    so the same request would fuse differently after each rewrite."""
+    scores = np.asarray([hit.score for hit in hits], dtype=np.float32).tolist()
+    order = sorted(range(len(hits)), key=lambda i: (-scores[i], hits[i].chunk_id))
+    return [hits[i] for i in order]
 
 
 def _terms(chunk: StoredChunk) -> list[int]:

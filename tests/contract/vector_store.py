@@ -9,13 +9,14 @@ The test data builders and search helpers below are shared with the
 per-engine tests in tests/unit.
 """
 
+import atexit
 import hashlib
 import shutil
 import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,15 @@ from services.retrieval.store import (
     StoredChunk,
     VectorStore,
 )
+from services.retrieval.vertex import (
+    VectorSearchTarget,
+    VertexTuning,
+    VertexVectorStore,
+    anonymous,
+)
+from tests.contract.fakes.server import serve
+from tests.contract.fakes.vector_search_fake import VectorSearchFake
+from tests.emulators import firestore_client, fresh_project, shared_firestore_emulator
 
 Opener = Callable[[int], VectorStore]
 """Opens the backend's storage with this dimension (again after a `close()`)."""
@@ -77,11 +87,70 @@ def qdrant_store(directory: Path) -> Opener:
     return lambda dimension: QdrantServerStore.open(server, "chunks", dimension)  # type: ignore[arg-type]
 
 
+class VectorSearchWorld:
+    """The Vector Search fake, served once per test process (stopped at exit),
+    next to the shared Firestore emulator: every vertex store gets an index,
+    an endpoint and a Firestore project of its own on them."""
+
+    _instance: "VectorSearchWorld | None" = None
+
+    def __init__(self) -> None:
+        self.fake = VectorSearchFake()
+        self._stack = ExitStack()
+        self.url = self._stack.enter_context(serve(self.fake.app))
+        self.firestore = shared_firestore_emulator()
+        atexit.register(self._stack.close)
+
+    @classmethod
+    def get(cls) -> "VectorSearchWorld":
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def target(self, dimension: int) -> VectorSearchTarget:
+        """A new empty index of `dimension`, deployed on a new endpoint."""
+        name = uuid.uuid4().hex[:12]
+        index = f"projects/test/locations/us-central1/indexes/{name}"
+        endpoint = f"projects/test/locations/us-central1/indexEndpoints/{name}"
+        self.fake.create_index(index, dimension)
+        self.fake.deploy_index(endpoint, "deployed", index)
+        return VectorSearchTarget(index, endpoint, "deployed", self.url)
+
+    def open(
+        self, target: VectorSearchTarget, project: str, dimension: int, **tuning: Any
+    ) -> VertexVectorStore:
+        """A store on `target` with its side store in the emulator's `project`."""
+        return VertexVectorStore.connect(
+            target,
+            firestore_client(self.firestore, project),
+            "rag",
+            dimension,
+            credentials=anonymous(),
+            tuning=VertexTuning(exact=True, **tuning),
+        )
+
+
+def vertex_store(directory: Path) -> Opener:
+    """Vertex AI Vector Search through the real aiplatform REST clients on the
+    fake, with its side store in the Firestore emulator (`directory` is not used)."""
+    world = VectorSearchWorld.get()
+    project = fresh_project()
+    targets: dict[str, VectorSearchTarget] = {}
+
+    def opener(dimension: int) -> VectorStore:
+        if "target" not in targets:
+            targets["target"] = world.target(max(dimension, 1))
+        return world.open(targets["target"], project, dimension)
+
+    return opener
+
+
 STORE_FACTORIES: dict[str, Callable[[Path], Opener]] = {
     "edge": edge_store,
     "qdrant": qdrant_store,
+    "vertex": vertex_store,
 }
-"""Every backend of the contract, by the name its tests carry ([edge], [qdrant])."""
+"""Every backend of the contract, by the name its tests carry ([edge], [qdrant], [vertex])."""
 
 RAM_DISK = Path("/dev/shm")
 
