@@ -27,6 +27,7 @@ from typing import Any, Final, Self
 
 import numpy as np
 from google.api_core import exceptions as google_errors
+from google.api_core.retry import Retry, if_exception_type
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import aiplatform_v1
 from google.cloud.aiplatform_v1.types import IndexDatapoint
@@ -95,11 +96,34 @@ class VertexTuning:
     """How long a replacement waits for the index to serve its new datapoints."""
     max_neighbors: int = 1000
     """Most neighbours one query asks for when stale hits make it look further."""
+    retry_seconds: float = 10.0
+    """How long a call retries 429, 500 and 503 answers, with exponential backoff
+    and jitter (every call the store makes is idempotent); 0: no retries. The
+    SDK retries none of these methods by default."""
 
     def __post_init__(self) -> None:
         for name in ("upsert_batch", "search_attempts", "max_neighbors"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.retry_seconds < 0:
+            raise InvalidInputError(f"retry_seconds must be >= 0, got {self.retry_seconds}")
+
+    @property
+    def retry(self) -> Retry | None:
+        """The retry policy of every Vector Search call."""
+        if not self.retry_seconds:
+            return None
+        return Retry(
+            predicate=if_exception_type(
+                google_errors.TooManyRequests,
+                google_errors.InternalServerError,
+                google_errors.ServiceUnavailable,
+            ),
+            initial=0.1,
+            maximum=2.0,
+            multiplier=2.0,
+            timeout=self.retry_seconds,
+        )
 
 
 @dataclass(frozen=True)
@@ -490,7 +514,7 @@ class VertexVectorStore(EngineStore):
                 datapoints=datapoints[start : start + self._tuning.upsert_batch],
             )
             with self._calls():
-                self._index_client.upsert_datapoints(request=request)
+                self._index_client.upsert_datapoints(request=request, retry=self._tuning.retry)
 
     def _remove_datapoints(self, datapoints: Sequence[str]) -> None:
         for start in range(0, len(datapoints), self._tuning.upsert_batch):
@@ -499,7 +523,7 @@ class VertexVectorStore(EngineStore):
                 datapoint_ids=list(datapoints[start : start + self._tuning.upsert_batch]),
             )
             with self._calls():
-                self._index_client.remove_datapoints(request=request)
+                self._index_client.remove_datapoints(request=request, retry=self._tuning.retry)
 
     def _find(
         self, queries: list[IndexDatapoint], neighbors: int, *, exact: bool | None
@@ -520,7 +544,7 @@ class VertexVectorStore(EngineStore):
             return_full_datapoint=True,
         )
         with self._calls():
-            response = self._match_client.find_neighbors(request=request)
+            response = self._match_client.find_neighbors(request=request, retry=self._tuning.retry)
         return [
             [_hit(neighbor, sparse=not query.feature_vector) for neighbor in found.neighbors]
             for query, found in zip(queries, response.nearest_neighbors, strict=True)

@@ -1,7 +1,8 @@
-"""Parity of the backends on the same data: the embedded engine (edge.py) and
-the Qdrant server store (qdrant.py, on qdrant-client's local mode) rank alike
-in every mode, show every caller the same chunks under every filter, keep the
-same registry and raise the same errors.
+"""Parity of the backends on the same data: the Qdrant server store (qdrant.py,
+on qdrant-client's local mode) and the Vector Search store (vertex.py, on the
+fake and the Firestore emulator, exact) each rank like the embedded engine
+(edge.py) in every mode, show every caller the same chunks under every filter,
+keep the same registry and raise the same errors.
 
 What each backend must do on its own is the contract, tests/contract/test_vector_store.py.
 """
@@ -132,20 +133,30 @@ def parity_queries(corpus: list[Document], count: int) -> list[tuple[list[float]
     return queries
 
 
+OTHERS = ("qdrant", "vertex")
+"""The backends compared with the embedded engine."""
+
+
 @contextmanager
-def both_backends(dimension: int) -> Iterator[tuple[VectorStore, VectorStore]]:
-    """An empty embedded store and an empty server store of `dimension`."""
+def both_backends(dimension: int, other: str) -> Iterator[tuple[VectorStore, VectorStore]]:
+    """An empty embedded store and an empty `other` store of `dimension`."""
     with (
         scratch_directory() as directory,
         closing(STORE_FACTORIES["edge"](directory)(dimension)) as edge,
-        closing(STORE_FACTORIES["qdrant"](directory)(dimension)) as server,
+        closing(STORE_FACTORIES[other](directory)(dimension)) as server,
     ):
         yield edge, server
 
 
+@pytest.fixture(scope="module", params=OTHERS)
+def other(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
 @pytest.fixture(scope="module")
-def parity_stores() -> Iterator[tuple[VectorStore, VectorStore]]:
-    with both_backends(PARITY_DIM) as (edge, server):
+def parity_stores(other: str) -> Iterator[tuple[VectorStore, VectorStore]]:
+    with both_backends(PARITY_DIM, other) as (edge, server):
         for document in synthetic_corpus():
             assert edge.replace_document(*document) == server.replace_document(*document)
         yield edge, server
@@ -296,10 +307,10 @@ def test_parity_of_registry_and_stats(parity_stores: tuple[VectorStore, VectorSt
                 assert looked_up, (tenant, labels)  # the comparison is not vacuous
 
 
-def test_parity_of_removal() -> None:
+def test_parity_of_removal(other: str) -> None:
     """Removal on a store of its own (the shared parity stores stay intact)."""
     corpus = synthetic_corpus()[:12]
-    with both_backends(PARITY_DIM) as (edge, server):
+    with both_backends(PARITY_DIM, other) as (edge, server):
         for document in corpus:
             edge.replace_document(*document)
             server.replace_document(*document)
@@ -386,7 +397,7 @@ SCIFACT = Path(__file__).resolve().parents[3] / "shared" / "eval" / "scifact"
 
 
 @pytest.mark.slow
-def test_parity_on_scifact_with_real_embeddings() -> None:
+def test_parity_on_scifact_with_real_embeddings(other: str) -> None:
     """300 SciFact abstracts and 100 claims embedded by all-MiniLM-L6-v2: the
     same rankings from both backends (dense identical; measured top-10 overlap
     keyword 1.0, hybrid 0.996, asserted >= 0.98). About a minute on 2 cores."""
@@ -404,7 +415,7 @@ def test_parity_on_scifact_with_real_embeddings() -> None:
     vectors = embedder.embed([f"{a['title']}\n\n{a['text']}" for a in abstracts], "document")
     queries = embedder.embed(claims, "query")
     dimension = int(vectors.shape[1])
-    with both_backends(dimension) as (edge, server):
+    with both_backends(dimension, other) as (edge, server):
         for abstract, vector in zip(abstracts, vectors, strict=True):
             document_id = f"{abstract['_id']}.txt"
             chunk = StoredChunk(
