@@ -39,27 +39,17 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-import google.auth.exceptions
-import httpx
 import numpy as np
-import pydantic
-from google import genai
 from google.auth.credentials import Credentials
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from services.common.errors import (
-    DeadlineError,
-    FailedPreconditionError,
-    InvalidInputError,
-    PlatformError,
-    RateLimitedError,
-    UnavailableError,
-)
+from services.common.errors import InvalidInputError, PlatformError, UnavailableError
 from services.common.tokens import utf8_token_bound
 from services.embedding import metrics
 from services.embedding.backends import Matrix, TextKind, TokenCounting
 from services.runtime.costs import PriceTable
+from services.runtime.genai import FAILURES, http_detail, platform_error, vertex_client
 
 
 @dataclass(frozen=True)
@@ -168,16 +158,12 @@ class VertexEmbedder:
         self._prices = prices
         self._backoff = backoff or Backoff()
         self._where = f"Vertex AI {model} ({project}/{location})"
-        self._client = genai.Client(
-            vertexai=True,
+        self._client = vertex_client(
             project=project,
             location=location,
+            timeout_seconds=timeout_seconds,
+            base_url=base_url,
             credentials=credentials,
-            http_options=types.HttpOptions(
-                base_url=base_url or None,
-                timeout=int(timeout_seconds * 1000),
-                retry_options=types.HttpRetryOptions(attempts=1),  # retried here, with backoff
-            ),
         )
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="vertex-embedding")
 
@@ -308,7 +294,7 @@ class VertexEmbedder:
             response = self._client.models.embed_content(
                 model=self._model, contents=contents, config=config
             )
-        except _FAILURES as err:
+        except FAILURES as err:
             raise self._error(err, request) from err
         finally:
             metrics.REQUEST_SECONDS.labels(self._model).observe(time.perf_counter() - started)
@@ -339,35 +325,15 @@ class VertexEmbedder:
         return normalised
 
     def _error(self, err: Exception, request: _Request) -> PlatformError | _Retryable:
-        """The platform error for a failed request (retryable or not), naming the model."""
+        """The platform error for a failed request (retryable or not), naming the
+        model and the request's texts: a 400 is the caller's (INVALID_ARGUMENT)."""
         where = f"{self._where}, texts {_positions(request.indexes)}"
-        if isinstance(err, genai_errors.APIError):
-            detail = f"HTTP {err.code} {err.status or ''}: {err.message or err.details}"
-            if err.code == 429:
-                return _Retryable(_RETRYABLE[429], RateLimitedError(f"{where}: quota ({detail})"))
-            if err.code == 503:
-                return _Retryable(_RETRYABLE[503], UnavailableError(f"{where}: ({detail})"))
-            if err.code == 400:
-                return InvalidInputError(f"{where}: refused ({detail})")
-            if err.code >= 500:
-                return UnavailableError(f"{where}: server error ({detail})")
-            return FailedPreconditionError(f"{where}: request refused ({detail})")
-        if isinstance(err, httpx.TimeoutException):
-            return DeadlineError(f"{where}: timed out")
-        if isinstance(err, httpx.TransportError):
-            return UnavailableError(f"{where}: connection failed: {err!r}")
-        if isinstance(err, google.auth.exceptions.GoogleAuthError):
-            return UnavailableError(f"{where}: credentials: {err}")
-        return UnavailableError(f"{where}: malformed response: {err}")
-
-
-_FAILURES = (
-    genai_errors.APIError,
-    httpx.HTTPError,
-    google.auth.exceptions.GoogleAuthError,
-    pydantic.ValidationError,
-    ValueError,
-)
+        if isinstance(err, genai_errors.APIError) and err.code == 400:
+            return InvalidInputError(f"{where}: refused ({http_detail(err)})")
+        error = platform_error(err, where)
+        if isinstance(err, genai_errors.APIError) and err.code in _RETRYABLE:
+            return _Retryable(_RETRYABLE[err.code], error)
+        return error
 
 
 def _positions(indexes: Sequence[int]) -> str:

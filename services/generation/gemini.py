@@ -34,21 +34,11 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from enum import Enum
 
-import google.auth.exceptions
-import httpx
-import pydantic
-from google import genai
 from google.auth.credentials import Credentials
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from services.common.errors import (
-    DeadlineError,
-    FailedPreconditionError,
-    PlatformError,
-    RateLimitedError,
-    UnavailableError,
-)
+from services.common.errors import PlatformError
 from services.generation.llm import (
     Chunk,
     Completion,
@@ -57,6 +47,7 @@ from services.generation.llm import (
     ReplyCheck,
     StreamFailedError,
 )
+from services.runtime.genai import FAILURES, platform_error, vertex_client
 
 FINISH_REASONS = FinishReasons(
     complete="STOP",
@@ -105,38 +96,23 @@ class GeminiChat:
             candidate_count=1,
             thinking_config=types.ThinkingConfig(thinking_budget=thinking_budget),
         )
-        self._client = genai.Client(
-            vertexai=True,
+        self._client = vertex_client(
             project=project,
             location=location,
+            timeout_seconds=timeout_seconds,
+            base_url=base_url,
             credentials=credentials,
-            http_options=types.HttpOptions(
-                base_url=base_url or None,
-                timeout=int(timeout_seconds * 1000),
-                retry_options=types.HttpRetryOptions(attempts=1),
-            ),
         )
 
     def _error(self, err: Exception) -> PlatformError:
         """The platform error for a failed call, naming this backend."""
-        where = self._where
-        if isinstance(err, genai_errors.APIError):
+        if (
+            isinstance(err, genai_errors.APIError)
+            and getattr(err.response, "status_code", None) == 200  # the stream had begun
+        ):
             detail = f"{err.code} {err.status or ''}: {err.message or err.details}"
-            if getattr(err.response, "status_code", None) == 200:  # the stream had begun
-                return StreamFailedError(f"{where}: error inside the stream ({detail})")
-            detail = f"HTTP {detail}"
-            if err.code == 429:
-                return RateLimitedError(f"{where}: rate limited ({detail})")
-            if err.code >= 500:
-                return UnavailableError(f"{where}: server error ({detail})")
-            return FailedPreconditionError(f"{where}: request refused ({detail})")
-        if isinstance(err, httpx.TimeoutException):
-            return DeadlineError(f"{where}: timed out")
-        if isinstance(err, httpx.TransportError):
-            return UnavailableError(f"{where}: connection failed: {err!r}")
-        if isinstance(err, google.auth.exceptions.GoogleAuthError):
-            return UnavailableError(f"{where}: credentials: {err}")
-        return UnavailableError(f"{where}: malformed response: {err}")
+            return StreamFailedError(f"{self._where}: error inside the stream ({detail})")
+        return platform_error(err, self._where)
 
     def _config_for(self, system: str) -> types.GenerateContentConfig:
         return self._config.model_copy(update={"system_instruction": system})
@@ -147,7 +123,7 @@ class GeminiChat:
             response = await self._client.aio.models.generate_content(
                 model=self.model, contents=user, config=self._config_for(system)
             )
-        except _FAILURES as err:
+        except FAILURES as err:
             raise self._error(err) from err
         return self._check.completion(self._chunk(response))
 
@@ -162,7 +138,7 @@ class GeminiChat:
             )
             async for chunk in chunks:
                 yield self._chunk(chunk)
-        except _FAILURES as err:
+        except FAILURES as err:
             raise self._error(err) from err
 
     def _chunk(self, response: types.GenerateContentResponse) -> Chunk:
@@ -180,15 +156,6 @@ class GeminiChat:
             _name(reason) if reason is not None else None,
             _usage(response) if response.usage_metadata is not None else None,
         )
-
-
-_FAILURES = (
-    genai_errors.APIError,
-    httpx.HTTPError,
-    google.auth.exceptions.GoogleAuthError,
-    pydantic.ValidationError,
-    ValueError,
-)
 
 
 def _usage(response: types.GenerateContentResponse) -> tuple[int, int]:
