@@ -417,28 +417,7 @@ def test_dev_settings_are_accepted_by_the_services(
         settings_class()
 
 
-# Variables the prod chart sets for backends whose settings the services do not have
-# yet (their issues come later); anything else must be a known setting.
-PLANNED_SETTINGS = {
-    "RAG_GCP_PROJECT",
-    "RAG_GCP_LOCATION",
-    "RAG_VERTEX_EMBEDDING_MODEL",
-    "RAG_VERTEX_EMBEDDING_DIMENSION",
-    "RAG_VERTEX_EMBEDDING_MAX_TEXTS_PER_REQUEST",
-    "RAG_VERTEX_EMBEDDING_MAX_TOKENS_PER_REQUEST",
-    "RAG_VERTEX_EMBEDDING_CONCURRENCY",
-    "RAG_EMBEDDING_PRICES",
-    "RAG_VECTOR_SEARCH_INDEX",
-    "RAG_VECTOR_SEARCH_INDEX_ENDPOINT",
-    "RAG_VECTOR_SEARCH_DEPLOYED_INDEX_ID",
-    "RAG_VECTOR_SEARCH_QUERY_ENDPOINT",
-    "RAG_VECTOR_SEARCH_API_ENDPOINT",
-    "RAG_FIRESTORE_DATABASE",
-    "RAG_FIRESTORE_COLLECTION_PREFIX",
-}
-
-
-def test_prod_settings_are_known_or_planned(renders: dict[str, list[Obj]]) -> None:
+def test_prod_settings_are_known(renders: dict[str, list[Obj]]) -> None:
     from services.gateway.settings import GatewaySettings
     from services.generation.__main__ import GenerationSettings
 
@@ -454,7 +433,7 @@ def test_prod_settings_are_known_or_planned(renders: dict[str, list[Obj]]) -> No
             if component not in PLATFORM_SERVICES:
                 continue
             names = {k for k in env_of(containers(w)[0]) if k.startswith("RAG_")}
-            unknown = names - known - PLANNED_SETTINGS
+            unknown = names - known
             assert not unknown, f"{variant} {component}: {unknown}"
 
 
