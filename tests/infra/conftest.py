@@ -116,7 +116,9 @@ PROD_GCP: dict[str, Any] = {
         "retrieval": {
             "vertex": {
                 "index": "projects/ragplatform-prod/locations/europe-west4/indexes/111",
-                "indexEndpoint": "projects/ragplatform-prod/locations/europe-west4/indexEndpoints/222",
+                "indexEndpoint": (
+                    "projects/ragplatform-prod/locations/europe-west4/indexEndpoints/222"
+                ),
                 "deployedIndexId": "ragplatform_chunks",
                 "queryEndpoint": "333.europe-west4-444.vdb.vertexai.goog",
             },

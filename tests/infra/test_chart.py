@@ -469,9 +469,10 @@ def test_prod_runs_vertex_embeddings_and_vector_search(renders: dict[str, list[O
     assert retrieval["RAG_FIRESTORE_COLLECTION_PREFIX"] == "rag"
     assert not {k for k in retrieval if k.startswith("RAG_QDRANT_")}
     assert embedding["RAG_EMBEDDING_BACKEND"] == "vertex"
-    assert embedding["RAG_VERTEX_EMBEDDING_MODEL"] == values["backends"]["embedding"]["vertex"][
-        "model"
-    ]
+    assert (
+        embedding["RAG_VERTEX_EMBEDDING_MODEL"]
+        == values["backends"]["embedding"]["vertex"]["model"]
+    )
     assert embedding["RAG_VERTEX_EMBEDDING_DIMENSION"] == "768"
     # Tuning knobs left at 0 are left to the service's defaults.
     assert "RAG_VERTEX_EMBEDDING_CONCURRENCY" not in embedding

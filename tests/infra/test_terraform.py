@@ -292,7 +292,7 @@ def test_firestore_database_is_protected_and_scoped(hcl: dict[Path, dict[str, An
     assert condition["expression"] == (
         'resource.name == \\"projects/${var.project_id}/databases/${var.database_id}\\"'
     ) or condition["expression"] == (
-        'resource.name == \"projects/${var.project_id}/databases/${var.database_id}\"'
+        'resource.name == "projects/${var.project_id}/databases/${var.database_id}"'
     )
     # The database the chart names is the one terraform creates.
     values = load_yaml(REPO / "helm" / "ragplatform" / "values-prod.yaml")
