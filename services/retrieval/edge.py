@@ -14,6 +14,7 @@ gives the engine behaviour this relies on and the measurements behind it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -78,7 +79,6 @@ from services.retrieval.schema import (
 from services.retrieval.store import (
     DocumentRecord,
     StoredChunk,
-    StoreStats,
 )
 
 if TYPE_CHECKING:
@@ -90,6 +90,8 @@ BACKEND: Final = "qdrant-edge"
 _RRF: Final = cast(Fusion, Fusion.Rrf(RRF_K))  # the stub does not type Rrf as a Fusion
 _CHUNKS_DIR: Final = "chunks"
 _DOCUMENTS_DIR: Final = "documents"
+_EMBEDDER_FILE: Final = "embedding-model"
+"""The embedding model of the store's vectors, recorded by its first write."""
 _INDEX_TYPES: Final = {
     IndexKind.KEYWORD: PayloadSchemaType.Keyword,
     IndexKind.INTEGER: PayloadSchemaType.Integer,
@@ -187,18 +189,22 @@ class EdgeVectorStore(EngineStore):
     Thread-safe. One instance owns the directory; open it once per process.
     """
 
+    backend = BACKEND
+
     def __init__(
         self,
         chunks: EdgeShard,
         documents: EdgeShard,
         dimension: int,
         settings: HnswSettings,
+        data_dir: Path,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
     ) -> None:
         """Use `EdgeVectorStore.open`; this only wires already opened shards."""
         if flush_interval < 0:
             raise InvalidInputError(f"flush_interval must be >= 0, got {flush_interval}")
         super().__init__(dimension)
+        self._embedder_file = data_dir / _EMBEDDER_FILE
         self._chunks: EdgeShard | None = chunks
         self._documents: EdgeShard | None = documents
         self._settings = settings
@@ -265,7 +271,7 @@ class EdgeVectorStore(EngineStore):
             documents.close()
             chunks.close()
             raise
-        return cls(chunks, documents, dimension, settings, flush_interval)
+        return cls(chunks, documents, dimension, settings, data_dir, flush_interval)
 
     @property
     def settings(self) -> HnswSettings:
@@ -402,18 +408,36 @@ class EdgeVectorStore(EngineStore):
         self._flush(ticket)
         return deleted
 
-    def stats(self) -> StoreStats:
-        """Return document and chunk counts (consistent with each other)."""
+    def _counts(self) -> tuple[int, int]:
+        """(documents, chunks), consistent with each other."""
         with self._lock.read():
             chunk_shard, registry = self._require_open()
-            chunk_count = chunk_shard.count(CountRequest(exact=True))
-            document_count = registry.count(CountRequest(exact=True))
-        return StoreStats(
-            document_count=document_count,
-            chunk_count=chunk_count,
-            dimension=self._dimension,
-            backend=BACKEND,
-        )
+            return registry.count(CountRequest(exact=True)), chunk_shard.count(
+                CountRequest(exact=True)
+            )
+
+    def _read_embedder(self) -> str:
+        self._require_open()
+        try:
+            return self._embedder_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return ""
+
+    def _record_embedder(self, model: str) -> str:
+        """Written once, atomically (a temporary file renamed over), under the
+        write lock: one process owns the directory."""
+        with self._lock.write():
+            self._require_open()
+            recorded = self._read_embedder()
+            if recorded:
+                return recorded
+            temporary = self._embedder_file.with_suffix(".tmp")
+            with temporary.open("w", encoding="utf-8") as handle:
+                handle.write(model + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            temporary.replace(self._embedder_file)
+        return model
 
     def optimize(self) -> bool:
         """Run the engine's optimizers (HNSW build, merging, vacuum) to completion.

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Self
 
-from services.common.errors import InvalidInputError
+from services.common.errors import FailedPreconditionError, InvalidInputError
 from services.common.tenancy import validate_tenant
 from services.retrieval.ranking import Candidate, SearchPlan, hits, plan_search
 from services.retrieval.store import (
@@ -37,8 +37,12 @@ from services.retrieval.store import (
 class EngineStore(ABC):
     """A `VectorStore` whose engine-specific steps are the abstract methods."""
 
+    backend: str
+    """The backend's name, as `stats` reports it."""
+
     def __init__(self, dimension: int) -> None:
         self._dimension = dimension
+        self._embedder = ""
 
     def __enter__(self) -> Self:
         return self
@@ -124,6 +128,47 @@ class EngineStore(ABC):
         _require_document_id(document_id)
         return self._remove(tenant, document_id)
 
+    def stats(self) -> StoreStats:
+        """Return document and chunk counts, the dimension and the embedding model."""
+        documents, chunks = self._counts()
+        return StoreStats(
+            documents, chunks, self._dimension, self.backend, self._recorded_embedder()
+        )
+
+    def claim_embedder(self, model: str) -> None:
+        """Record `model` as the embedder of the store's vectors on first use (the
+        first write); FailedPreconditionError naming both when another is recorded.
+
+        Vectors of two models share no geometry: a store that mixed them would
+        rank by noise without any error, so a store serves one model for life
+        and another model needs another store (docs/embedding.md, "Changing the
+        embedder")."""
+        if not model:
+            raise InvalidInputError("embedding_model is empty: name the model of the vectors")
+        recorded = self._recorded_embedder() or self._record_embedder(model)
+        self._embedder = recorded
+        self._refuse_other(recorded, model)
+
+    def check_embedder(self, model: str) -> None:
+        """FailedPreconditionError naming both when the store's vectors come from
+        another model than `model`; a store without a recorded model passes."""
+        self._refuse_other(self._recorded_embedder(), model)
+
+    def _recorded_embedder(self) -> str:
+        """The recorded model, read from the engine until there is one: it never
+        changes once recorded, another replica may record it first."""
+        if not self._embedder:
+            self._embedder = self._read_embedder()
+        return self._embedder
+
+    def _refuse_other(self, recorded: str, model: str) -> None:
+        if recorded and model and recorded != model:
+            raise FailedPreconditionError(
+                f"the index holds vectors of embedding model '{recorded}' ({self._dimension} "
+                f"dimensions), not of '{model}': serve it with '{recorded}', or build a new "
+                f"index with '{model}' (docs/embedding.md, \"Changing the embedder\")"
+            )
+
     @abstractmethod
     def _replace(
         self, document: DocumentRecord, chunks: Sequence[StoredChunk], vectors: list[list[float]]
@@ -147,8 +192,17 @@ class EngineStore(ABC):
         """Delete a document's chunks and record; NotFoundError if neither exists."""
 
     @abstractmethod
-    def stats(self) -> StoreStats:
-        """Return document and chunk counts."""
+    def _counts(self) -> tuple[int, int]:
+        """(documents, chunks) of every tenant."""
+
+    @abstractmethod
+    def _read_embedder(self) -> str:
+        """The recorded embedding model, "" when none is."""
+
+    @abstractmethod
+    def _record_embedder(self, model: str) -> str:
+        """Record `model` unless a model is recorded already; return the one
+        recorded now (another's when a concurrent claim won)."""
 
     @abstractmethod
     def close(self) -> None:

@@ -13,7 +13,8 @@ only. Firestore keeps the rest, in four collections under a prefix:
 * `<prefix>_terms/<term id>`: how many indexed chunks hold a BM25 term, and
   `<prefix>_meta/bm25` how many chunks have BM25 terms at all: the inverse
   document frequencies Qdrant's engine keeps itself and Vector Search does not.
-* `<prefix>_meta/index`: the dimension the store was created with.
+* `<prefix>_meta/index`: the dimension the store was created with and the
+  embedding model of its vectors.
 
 Firestore (native mode) is what a GKE deployment on Google Cloud already has
 next to Vertex AI: serverless, transactional, regional; docs/vertex.md says why
@@ -131,6 +132,28 @@ class FirestoreSideStore:
                 )
 
         claim(self._client.transaction())
+
+    def embedder(self) -> str:
+        """The recorded embedding model, "" when none is."""
+        snapshot = self._meta.document(_INDEX_META).get()
+        return str((snapshot.to_dict() or {}).get("embedding_model", "")) if snapshot.exists else ""
+
+    def claim_embedder(self, model: str) -> str:
+        """Record `model` unless a model is recorded; return the recorded one."""
+        reference = self._meta.document(_INDEX_META)
+
+        @firestore.transactional
+        def claim(transaction: firestore.Transaction) -> str:
+            snapshot = reference.get(transaction=transaction)
+            data = snapshot.to_dict() or {}
+            recorded = str(data.get("embedding_model", ""))
+            if recorded:
+                return recorded
+            transaction.set(reference, {**data, "embedding_model": model})
+            return model
+
+        result: str = claim(self._client.transaction())
+        return result
 
     # -- manifests ------------------------------------------------------------------
 

@@ -48,7 +48,6 @@ from services.retrieval.ranking import Candidate, SearchPlan, best_first
 from services.retrieval.store import (
     DocumentRecord,
     StoredChunk,
-    StoreStats,
 )
 
 log = logging.getLogger(__name__)
@@ -61,13 +60,16 @@ DEFAULT_GRPC_PORT: Final = 6334
 _REGISTRY_SUFFIX: Final = "_documents"
 _DOCUMENT: Final = "document"
 _TOKEN: Final = "token"
-"""Registry point kinds: a document record, a tenant's write token."""
+_EMBEDDER: Final = "embedding_model"
+"""Registry point kinds: a document record, a tenant's write token, the
+embedding model of the store's vectors."""
 _NEVER: Final = "-"
 """A `revision` no record has (revisions are hex): the condition of an insert."""
 
 _CHUNK_NAMESPACE: Final = uuid.UUID("6f1b0c64-2a57-5d0e-b3c9-1e8a4d7f2b90")
 _RECORD_NAMESPACE: Final = uuid.UUID("0b5e9a31-7c42-5f18-9d6e-3a2c8b4f1e07")
 _TOKEN_NAMESPACE: Final = uuid.UUID("d27c4e19-8b3a-5a61-8f0d-5c9e2b7a4d13")
+_EMBEDDER_POINT: Final = str(uuid.uuid5(_TOKEN_NAMESPACE, "embedding model"))
 """Fixed namespaces of point ids: changing one orphans every stored point."""
 
 _INDEX_TYPES: Final = {
@@ -163,6 +165,8 @@ class QdrantServerStore(EngineStore):
 
     Thread-safe: `QdrantClient` is, and the store keeps no mutable state besides it.
     """
+
+    backend = BACKEND
 
     def __init__(
         self, client: QdrantClient, collection: str, dimension: int, tuning: QdrantTuning
@@ -319,15 +323,29 @@ class QdrantServerStore(EngineStore):
             self._flip(claim, {"version": "", "indexed": False})
         return deleted
 
-    def stats(self) -> StoreStats:
-        """Return document and chunk counts over every tenant (exact at rest)."""
+    def _counts(self) -> tuple[int, int]:
+        """(documents, chunks) over every tenant, exact at rest."""
         indexed = models.Filter(must=[_match("kind", _DOCUMENT), _match("indexed", True)])
-        return StoreStats(
-            document_count=self._count(self._registry, indexed),
-            chunk_count=self._count(self._chunks, None),
-            dimension=self._dimension,
-            backend=BACKEND,
+        return self._count(self._registry, indexed), self._count(self._chunks, None)
+
+    def _read_embedder(self) -> str:
+        return str((self._record(_EMBEDDER_POINT) or {}).get(_EMBEDDER, ""))
+
+    def _record_embedder(self, model: str) -> str:
+        """A registry point inserted only if none exists (the conditional upsert
+        of a document claim), then read back: a concurrent first write of
+        another replica may have won."""
+        point = models.PointStruct(
+            id=_EMBEDDER_POINT, vector={}, payload={"kind": _EMBEDDER, _EMBEDDER: model}
         )
+        with self._engine() as client:
+            client.upsert(
+                self._registry,
+                [point],
+                wait=True,
+                update_filter=models.Filter(must=[_match(_EMBEDDER, _NEVER)]),
+            )
+        return self._read_embedder()
 
     def close(self) -> None:
         """Close the client; later calls raise FailedPreconditionError. Idempotent.

@@ -6,6 +6,9 @@ worker thread so the event loop keeps serving other RPCs meanwhile.
 Every call names its tenant (a search, its whole `Caller`); the store rejects
 a missing one with INVALID_ARGUMENT, so no request ever reads across tenants.
 
+Writes name the embedding model of their vectors, which the store records on
+its first write and holds every later write and search to.
+
 Each search records its best score and how many chunks it returned: a falling
 top score or empty results tell retrieval (or ingestion) is why answers decline.
 """
@@ -96,6 +99,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         document = from_proto(request.document, DocumentRecord)
         chunks = [from_proto(item.chunk, StoredChunk) for item in request.chunks]
         vectors = [list(item.vector.values) for item in request.chunks]
+        await asyncio.to_thread(self._store.claim_embedder, request.embedding_model)
         upserted, deleted = await asyncio.to_thread(
             self._store.replace_document, document, chunks, vectors
         )
@@ -112,6 +116,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             mmr_lambda=request.mmr_lambda,
         )
         vector = list(request.vector.values)
+        if vector and request.embedding_model:
+            await asyncio.to_thread(self._store.check_embedder, request.embedding_model)
         hits = await asyncio.to_thread(
             self._store.search,
             _caller(request.caller),

@@ -132,6 +132,8 @@ class StoreStats:
     chunk_count: int
     dimension: int
     backend: str
+    embedding_model: str = ""
+    """The model of the indexed vectors; "" until the first write."""
 
 
 class VectorStore(Protocol):
@@ -209,6 +211,16 @@ class VectorStore(Protocol):
 
     def stats(self) -> StoreStats:
         """Return document and chunk counts."""
+        ...
+
+    def claim_embedder(self, model: str) -> None:
+        """Record `model` as the embedding model of the store's vectors if none
+        is recorded yet; FailedPreconditionError naming both if another is."""
+        ...
+
+    def check_embedder(self, model: str) -> None:
+        """FailedPreconditionError naming both if the store's vectors come from
+        another model than `model` (nothing is recorded: nothing to check)."""
         ...
 
     def close(self) -> None:

@@ -44,7 +44,7 @@ from services.retrieval.engine_store import EngineStore
 from services.retrieval.firestore_side import FirestoreSideStore, Manifest
 from services.retrieval.fusion import RRF_K, rrf
 from services.retrieval.ranking import Candidate, SearchPlan, best_first
-from services.retrieval.store import DocumentRecord, StoredChunk, StoreStats
+from services.retrieval.store import DocumentRecord, StoredChunk
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,8 @@ class VertexVectorStore(EngineStore):
 
     Thread-safe: the SDK clients are, and the store keeps no other mutable state.
     """
+
+    backend = BACKEND
 
     def __init__(
         self,
@@ -491,11 +493,15 @@ class VertexVectorStore(EngineStore):
     def _scan_records(self, tenant: str) -> Iterator[DocumentRecord]:
         return self._require_open().indexed(tenant)
 
-    def stats(self) -> StoreStats:
-        """Document and chunk counts of every tenant's live records."""
-        with self._calls():
-            documents, chunks = self._require_open().stats()
-        return StoreStats(documents, chunks, self._dimension, BACKEND)
+    def _counts(self) -> tuple[int, int]:
+        """(documents, chunks) of every tenant's live records."""
+        return self._require_open().stats()
+
+    def _read_embedder(self) -> str:
+        return self._require_open().embedder()
+
+    def _record_embedder(self, model: str) -> str:
+        return self._require_open().claim_embedder(model)
 
     def close(self) -> None:
         """Close the clients; later calls raise FailedPreconditionError. Idempotent."""

@@ -1121,8 +1121,14 @@ def test_a_dimension_below_one_is_refused(opener: Opener) -> None:
 # -- through the servicer -------------------------------------------------------
 
 
+MODEL = "test-embedder"
+
+
 def replace_request(
-    record: DocumentRecord, chunks: list[StoredChunk], vectors: list[list[float]]
+    record: DocumentRecord,
+    chunks: list[StoredChunk],
+    vectors: list[list[float]],
+    model: str = MODEL,
 ) -> retrieval_pb2.ReplaceDocumentRequest:
     """The ReplaceDocument call that indexes `document(...)`'s parts."""
     return retrieval_pb2.ReplaceDocumentRequest(
@@ -1134,7 +1140,60 @@ def replace_request(
             )
             for chunk, vector in zip(chunks, vectors, strict=True)
         ],
+        embedding_model=model,
     )
+
+
+async def test_the_servicer_holds_the_index_to_its_embedding_model(store: VectorStore) -> None:
+    servicer = RetrievalServicer(store)
+    stats = await servicer.GetStats(retrieval_pb2.GetStatsRequest(), None)
+    assert stats.embedding_model == ""  # nothing written yet
+    first = document(ACME, "first", 1)
+    await servicer.ReplaceDocument(replace_request(*first), None)
+    stats = await servicer.GetStats(retrieval_pb2.GetStatsRequest(), None)
+    assert (stats.embedding_model, stats.dimension) == (MODEL, DIM)
+
+    other = document(ACME, "other", 1)
+    refused = (
+        f"the index holds vectors of embedding model '{MODEL}' ({DIM} dimensions), not of "
+        "'another-embedder'"
+    )
+    with pytest.raises(FailedPreconditionError, match=re.escape(refused)):
+        await servicer.ReplaceDocument(replace_request(*other, model="another-embedder"), None)
+    assert store.get_document(ACME, "other") is None  # nothing was written
+    with pytest.raises(InvalidInputError, match="embedding_model is empty"):
+        await servicer.ReplaceDocument(replace_request(*other, model=""), None)
+
+    def search(model: str) -> retrieval_pb2.SearchRequest:
+        return retrieval_pb2.SearchRequest(
+            vector=embedding_pb2.Vector(values=QUERY),
+            top_k=1,
+            caller=common_pb2.Caller(tenant=ACME),
+            embedding_model=model,
+        )
+
+    assert (await servicer.Search(search(MODEL), None)).results
+    assert (await servicer.Search(search(""), None)).results  # a tool's own vector: unchecked
+    with pytest.raises(FailedPreconditionError, match=re.escape(refused)):
+        await servicer.Search(search("another-embedder"), None)
+
+
+def test_the_embedding_model_outlives_a_reopening(opener: Opener) -> None:
+    first = opener(DIM)
+    first.claim_embedder(MODEL)
+    first.replace_document(*make_document("doc", 1))
+    first.close()
+    reopened = opener(DIM)
+    try:
+        assert reopened.stats().embedding_model == MODEL
+        with pytest.raises(FailedPreconditionError, match="not of 'another-embedder'"):
+            reopened.claim_embedder("another-embedder")
+        with pytest.raises(FailedPreconditionError, match="not of 'another-embedder'"):
+            reopened.check_embedder("another-embedder")
+        reopened.claim_embedder(MODEL)
+        reopened.check_embedder(MODEL)
+    finally:
+        reopened.close()
 
 
 async def test_the_servicer_carries_tenancy_between_protobuf_and_store(
