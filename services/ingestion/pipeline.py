@@ -141,6 +141,8 @@ class _Prepared:
     missing: int = 0
     abandoned: bool = False
     """Left the shared batches: embedded on its own after a batch failed."""
+    embedding_model: str = ""
+    """The model that embedded the chunks, as the embedding service named it."""
 
     def __post_init__(self) -> None:
         self.vectors = [None] * len(self.drafts)
@@ -258,8 +260,10 @@ class IngestionPipeline:
             raise
         return response.document
 
-    async def _embed(self, texts: list[str], title: str) -> list[embedding_pb2.Vector]:
-        """The vectors of one document's chunk texts, embedded with its title."""
+    async def _embed(self, prepared: _Prepared) -> list[embedding_pb2.Vector]:
+        """The vectors of one document's chunk texts, embedded with its title;
+        records the model that embedded them on `prepared`."""
+        texts, title = [d.text for d in prepared.drafts], prepared.title
         batch = self._limits.embed_batch
         address = self._clients.settings.embedding_addr
 
@@ -269,6 +273,7 @@ class IngestionPipeline:
                 response = await self._clients.embedding.EmbedDocuments(
                     embedding_pb2.EmbedDocumentsRequest(texts=part, titles=[title] * len(part))
                 )
+            prepared.embedding_model = response.model
             return list(response.vectors)
 
         parts = await asyncio.gather(*(embed_slice(i) for i in range(0, len(texts), batch)))
@@ -352,6 +357,7 @@ class IngestionPipeline:
                 retrieval_pb2.IndexedChunk(chunk=self._chunk_message(info, draft), vector=vector)
                 for draft, vector in zip(prepared.drafts, vectors, strict=True)
             ],
+            embedding_model=prepared.embedding_model,
         )
         with downstream("retrieval", self._clients.settings.retrieval_addr):
             await self._clients.retrieval.ReplaceDocument(request)
@@ -374,7 +380,7 @@ class IngestionPipeline:
         prepared = await self._prepare(document)
         if isinstance(prepared, ingestion_pb2.IngestResult):
             return prepared
-        vectors = await self._embed([d.text for d in prepared.drafts], prepared.title)
+        vectors = await self._embed(prepared)
         return await self._index(prepared, vectors)
 
     @staticmethod
@@ -670,6 +676,7 @@ class _BulkIngestion:
             if document.abandoned:
                 continue
             document.vectors[chunk.index] = vector
+            document.embedding_model = response.model
             document.missing -= 1
             if document.missing == 0:
                 vectors = [v for v in document.vectors if v is not None]
@@ -685,7 +692,7 @@ class _BulkIngestion:
 
     async def _embed_alone(self, document: _Prepared) -> None:
         try:
-            vectors = await self._pipeline._embed([d.text for d in document.drafts], document.title)
+            vectors = await self._pipeline._embed(document)
         except PlatformError as error:
             self._results.put_nowait(failed_result(document.source_uri, error))
             return

@@ -13,6 +13,7 @@ from services.runtime.cache import build_cache
 from services.runtime.clients import PlatformClients
 from services.runtime.server import Service, ServiceBinding, run
 from services.runtime.settings import PlatformSettings
+from services.runtime.startup import refuse_another_embedder
 
 
 class QuerySettings(PlatformSettings):
@@ -92,6 +93,7 @@ def main() -> None:
 
     async def build() -> Service:
         clients = PlatformClients(settings)
+        await refuse_another_embedder("query", clients, settings.startup_check_seconds)
         limits = QueryLimits(
             default_top_k=settings.query_default_top_k,
             max_top_k=settings.query_max_top_k,

@@ -449,6 +449,7 @@ class AnswerCache:
             filter=common_pb2.MetadataFilter(document_ids=documents),
             mode=common_pb2.RETRIEVAL_MODE_DENSE,
             caller=search.caller,
+            embedding_model=search.embedding_model,
         )
         try:
             with stage_span("cache_pin"):

@@ -167,6 +167,7 @@ class RequestDebugServicer(debug_pb2_grpc.RequestDebugServiceServicer):
                         top_k=1,
                         filter=only_document,
                         caller=caller,
+                        embedding_model=embedded.model,
                         # Dense always finds a chunk the caller may see, whatever the
                         # words; a keyword default could miss one and mislead below.
                         mode=common_pb2.RETRIEVAL_MODE_DENSE,
@@ -174,7 +175,11 @@ class RequestDebugServicer(debug_pb2_grpc.RequestDebugServiceServicer):
                 ),
                 self._clients.retrieval.Search(
                     retrieval_pb2.SearchRequest(
-                        vector=vector, query_text=question, top_k=depth, caller=caller
+                        vector=vector,
+                        query_text=question,
+                        top_k=depth,
+                        caller=caller,
+                        embedding_model=embedded.model,
                     )
                 ),
             )

@@ -225,6 +225,7 @@ class QueryPipeline:
             mode=params.retrieval_mode,
             mmr_lambda=params.mmr_lambda,
             caller=params.caller,
+            embedding_model=embedded.model,
         )
         with timer.stage("retrieve"), downstream("retrieval", settings.retrieval_addr):
             results = list((await self._clients.retrieval.Search(search)).results)

@@ -51,7 +51,8 @@ class FakeEmbedding:
         self, request: embedding_pb2.EmbedDocumentsRequest, **_: Any
     ) -> embedding_pb2.EmbedDocumentsResponse:
         return embedding_pb2.EmbedDocumentsResponse(
-            vectors=[embedding_pb2.Vector(values=hashed(text)) for text in request.texts]
+            vectors=[embedding_pb2.Vector(values=hashed(text)) for text in request.texts],
+            model="hashed",
         )
 
 
