@@ -8,6 +8,7 @@ from services.ingestion.servicer import IngestionServicer
 from services.runtime.clients import PlatformClients
 from services.runtime.server import Service, ServiceBinding, run
 from services.runtime.settings import PlatformSettings
+from services.runtime.startup import refuse_another_embedder
 
 
 class IngestionSettings(PlatformSettings):
@@ -52,6 +53,7 @@ def main() -> None:
 
     async def build() -> Service:
         clients = PlatformClients(settings)
+        await refuse_another_embedder("ingestion", clients, settings.startup_check_seconds)
         limits = IngestionLimits(
             max_document_bytes=settings.ingestion_max_document_bytes,
             target_tokens=settings.ingestion_target_tokens,

@@ -43,6 +43,14 @@ class PlatformSettings(BaseSettings):
     rpc_timeout_seconds: float = Field(
         default=30.0, gt=0, description="Deadline applied to every outgoing gRPC call."
     )
+    startup_check_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "How long query and ingestion wait at start-up for the embedding and retrieval "
+            "services, to refuse to serve when the embedder is not the index's; 0: no check."
+        ),
+    )
     drain_seconds: float = Field(
         default=10.0, ge=0, description="Grace period for in-flight calls on SIGTERM."
     )
