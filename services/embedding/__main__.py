@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal, Self
 from prometheus_client import Gauge, Histogram
 from pydantic import Field, SecretStr, model_validator
 
+import services.embedding.metrics  # noqa: F401  (remote-model metrics, declared whatever the backend)
 from ragplatform.v1 import embedding_pb2, embedding_pb2_grpc
 from services.embedding.backends import Embedder, SentenceTransformerEmbedder
 from services.embedding.batcher import BatchStats, MicroBatcher
