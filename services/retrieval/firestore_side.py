@@ -59,6 +59,8 @@ class Manifest:
     """Chunk ids of the live version, in the same order."""
     pending: dict[str, list[str]] = field(default_factory=dict)
     """Versions being written: their datapoint ids."""
+    started: dict[str, float] = field(default_factory=dict)
+    """When each pending version's writer registered it (Unix seconds)."""
     garbage: dict[str, list[str]] = field(default_factory=dict)
     """Superseded or abandoned versions still to delete: their datapoint ids."""
     counted: list[str] = field(default_factory=list)
@@ -74,6 +76,7 @@ class Manifest:
             "datapoints": self.datapoints,
             "chunk_ids": self.chunk_ids,
             "pending": self.pending,
+            "started": self.started,
             "garbage": self.garbage,
             "counted": self.counted,
         }
@@ -89,9 +92,22 @@ class Manifest:
             datapoints=list(data.get("datapoints", [])),
             chunk_ids=list(data.get("chunk_ids", [])),
             pending={k: list(v) for k, v in dict(data.get("pending", {})).items()},
+            started={k: float(v) for k, v in dict(data.get("started", {})).items()},
             garbage={k: list(v) for k, v in dict(data.get("garbage", {})).items()},
             counted=list(data.get("counted", [])),
         )
+
+    def abandon(self, version: str) -> None:
+        """Make a pending version garbage."""
+        if version in self.pending:
+            self.garbage[version] = self.pending.pop(version)
+        self.started.pop(version, None)
+
+    def abandon_stale(self, before: float) -> None:
+        """Make garbage of the pending versions registered before `before`: their
+        writers died (a writer that outlives it finds its version gone at the flip)."""
+        for version in [v for v in self.pending if self.started.get(v, 0.0) < before]:
+            self.abandon(version)
 
     @property
     def empty(self) -> bool:

@@ -94,6 +94,9 @@ class VertexTuning:
     """Searches that raced a replacement before UNAVAILABLE."""
     visibility_timeout_seconds: float = 30.0
     """How long a replacement waits for the index to serve its new datapoints."""
+    writer_timeout_seconds: float = 3600.0
+    """A version pending for longer lost its writer (a crashed process): the
+    document's next flip makes it garbage. Far above any replacement's duration."""
     max_neighbors: int = 1000
     """Most neighbours one query asks for when stale hits make it look further."""
     retry_seconds: float = 10.0
@@ -246,6 +249,7 @@ class VertexVectorStore(EngineStore):
 
         def register(manifest: Manifest) -> None:
             manifest.pending[version] = datapoints
+            manifest.started[version] = time.time()
 
         side.update(key, tenant, document_id, register)
         try:
@@ -266,10 +270,13 @@ class VertexVectorStore(EngineStore):
                 previous.clear()  # a transaction may run its function again
                 if version not in manifest.pending:
                     raise FailedPreconditionError(
-                        f"document '{document_id}' of tenant '{tenant}' was removed while this "
-                        "replacement was written; nothing was changed"
+                        f"document '{document_id}' of tenant '{tenant}' was removed, or this "
+                        "replacement outlived its writer timeout, while it was written; "
+                        "nothing was changed"
                     )
                 manifest.pending.pop(version)
+                manifest.started.pop(version, None)
+                manifest.abandon_stale(time.time() - self._tuning.writer_timeout_seconds)
                 if manifest.version:
                     manifest.garbage[manifest.version] = manifest.datapoints
                     previous.update(manifest.chunk_ids)
@@ -298,8 +305,8 @@ class VertexVectorStore(EngineStore):
                 raise side.not_found(tenant, document_id)
             if manifest.version:
                 manifest.garbage[manifest.version] = manifest.datapoints
-            manifest.garbage.update(manifest.pending)
-            manifest.pending = {}
+            for version in list(manifest.pending):
+                manifest.abandon(version)
             manifest.record, manifest.version = None, ""
             manifest.datapoints, manifest.chunk_ids = [], []
             removed.append(count)
@@ -313,8 +320,7 @@ class VertexVectorStore(EngineStore):
         try:
 
             def drop(manifest: Manifest) -> None:
-                if version in manifest.pending:
-                    manifest.garbage[version] = manifest.pending.pop(version)
+                manifest.abandon(version)
 
             self._collect(self._require_open().update(key, tenant, document_id, drop))
         except Exception:

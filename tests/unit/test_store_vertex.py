@@ -39,15 +39,17 @@ HYBRID = SearchOptions(mode=RetrievalMode.HYBRID, text="doc chunk")
 class Setup:
     fake: VectorSearchFake
     target: VectorSearchTarget
+    project: str
+    """The side store's Firestore project."""
     store: VertexVectorStore
 
 
 @pytest.fixture
 def setup() -> Iterator[Setup]:
     world = VectorSearchWorld.get()
-    target = world.target(DIM)
-    store = world.open(target, fresh_project(), DIM, retry_seconds=0)
-    yield Setup(world.fake, target, store)
+    target, project = world.target(DIM), fresh_project()
+    store = world.open(target, project, DIM, retry_seconds=0)
+    yield Setup(world.fake, target, project, store)
     world.fake.clear_faults()
     store.close()
 
@@ -188,3 +190,34 @@ def test_removal_hides_the_document_even_when_its_datapoints_cannot_be_deleted(
         c.chunk_id for c in chunks
     }
     assert len(fake.datapoints(setup.target.index)) == 2
+
+
+def test_the_next_write_collects_what_a_crashed_writer_left(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, fake = setup.store, setup.fake
+    live = make_document("doc", 2, version="live")
+    store.replace_document(*live)
+
+    def crash(*args: object) -> None:
+        raise RuntimeError("the writer's process died")
+
+    monkeypatch.setattr(store, "_await_visible", crash)
+    monkeypatch.setattr(store, "_abandon", lambda *args: None)  # no clean-up: it died
+    with pytest.raises(RuntimeError):
+        store.replace_document(*make_document("doc", 3, version="crashed"))
+    monkeypatch.undo()
+    assert len(fake.datapoints(setup.target.index)) == 2 + 3
+    assert chunk_ids(store, live[2][0]) == {c.chunk_id for c in live[1]}  # never visible
+
+    store.replace_document(*live)  # within the writer timeout: the crashed version stays
+    assert len(fake.datapoints(setup.target.index)) == 2 + 3
+
+    world = VectorSearchWorld.get()
+    later = world.open(setup.target, setup.project, DIM, retry_seconds=0, writer_timeout_seconds=0)
+    try:
+        later.replace_document(*live)
+        assert len(fake.datapoints(setup.target.index)) == 2
+        assert chunk_ids(later, live[2][0]) == {c.chunk_id for c in live[1]}
+    finally:
+        later.close()
