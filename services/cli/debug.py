@@ -8,9 +8,11 @@ the model, its parameters and the exact prompt, the answer with its citations,
 the grounding verdict, the stage timings; then the findings that follow.
 
 The record holds the question, chunk text and the prompt: it is printed to the
-operator's terminal only, never logged. The expected document is checked as the
-request's own caller (its tenant and access labels) would search, whatever
---tenant says: the question is why *that* caller got *that* answer.
+operator's terminal only, never logged. ragctl asks as --tenant (else RAG_TENANT)
+with its --access-label values, and the query service shows only the records of
+that tenant's requests whose caller held no label ragctl lacks. The expected
+document is checked as the request's own caller (its tenant and access labels)
+would search: the question is why *that* caller got *that* answer.
 """
 
 import argparse
@@ -30,7 +32,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ragplatform.v1 import debug_pb2
+from ragplatform.v1 import common_pb2, debug_pb2
+from services.common.tenancy import DEFAULT_TENANT
 from services.runtime.clients import PlatformClients
 from services.runtime.settings import PlatformSettings
 
@@ -53,7 +56,16 @@ def add_command(
         "and visible to the caller, where does it rank?",
     )
     debug.add_argument("--json", action="store_true", help="print the record and checks as JSON")
-    debug.set_defaults(handler=cmd_debug, service="query")
+    debug.add_argument(
+        "--access-label",
+        dest="access_labels",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help="an access label to read the record with: every label the request's caller "
+        "held is needed (repeatable)",
+    )
+    debug.set_defaults(handler=cmd_debug, service="query", tenant_fallback=DEFAULT_TENANT)
 
 
 def _dict(message: Message) -> dict[str, Any]:
@@ -62,15 +74,22 @@ def _dict(message: Message) -> dict[str, Any]:
     )
 
 
-async def fetch_record(clients: PlatformClients, key: str) -> debug_pb2.RequestRecord:
-    """The record whose request id is `key`, or else whose trace id is `key`."""
+async def fetch_record(
+    clients: PlatformClients, key: str, caller: common_pb2.Caller
+) -> debug_pb2.RequestRecord:
+    """The record whose request id is `key`, or else whose trace id is `key`,
+    as `caller` may read it."""
     stub = clients.request_debug
     try:
-        reply = await stub.GetRequestRecord(debug_pb2.GetRequestRecordRequest(request_id=key))
+        reply = await stub.GetRequestRecord(
+            debug_pb2.GetRequestRecordRequest(request_id=key, caller=caller)
+        )
     except aio.AioRpcError as error:
         if error.code() != grpc.StatusCode.NOT_FOUND:
             raise
-        reply = await stub.GetRequestRecord(debug_pb2.GetRequestRecordRequest(trace_id=key))
+        reply = await stub.GetRequestRecord(
+            debug_pb2.GetRequestRecordRequest(trace_id=key, caller=caller)
+        )
     record: debug_pb2.RequestRecord = reply.record
     return record
 
@@ -259,7 +278,8 @@ def cmd_debug(args: argparse.Namespace, out: Console, err: Console) -> int:
     async def work() -> int:
         clients = PlatformClients(settings)
         try:
-            record = await fetch_record(clients, args.id)
+            caller = common_pb2.Caller(tenant=args.tenant, access_labels=args.access_labels)
+            record = await fetch_record(clients, args.id, caller)
             check = None
             if args.expect:
                 check = await clients.request_debug.CheckDocument(

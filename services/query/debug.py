@@ -102,6 +102,15 @@ class RequestLog:
         return entry.record
 
 
+def _may_read(caller: Caller, record: debug_pb2.RequestRecord) -> bool:
+    """Whether `caller` may read `record`: its tenant, and every label the
+    request's caller held (the record holds what those labels could see)."""
+    asked_for = record.request.caller
+    return asked_for.tenant == caller.tenant and set(asked_for.access_labels) <= set(
+        caller.access_labels
+    )
+
+
 class RequestDebugServicer(debug_pb2_grpc.RequestDebugServiceServicer):
     """gRPC edge of request debugging (served by the query process)."""
 
@@ -112,6 +121,7 @@ class RequestDebugServicer(debug_pb2_grpc.RequestDebugServiceServicer):
     async def GetRequestRecord(
         self, request: debug_pb2.GetRequestRecordRequest, context: aio.ServicerContext[Any, Any]
     ) -> debug_pb2.GetRequestRecordResponse:
+        caller = validate_caller(from_proto(request.caller, Caller))
         key = request.WhichOneof("key")
         value = getattr(request, key) if key else ""
         if not value:
@@ -121,7 +131,7 @@ class RequestDebugServicer(debug_pb2_grpc.RequestDebugServiceServicer):
                 "this query service keeps no request records (RAG_QUERY_DEBUG_RECORDS=0)"
             )
         record = self._requests.find(request.request_id, request.trace_id)
-        if record is None:
+        if record is None or not _may_read(caller, record):
             raise NotFoundError(
                 f"no record of {key} {value!r}: not handled by this query instance, "
                 "or evicted or expired (RAG_QUERY_DEBUG_RECORDS, RAG_QUERY_DEBUG_TTL_SECONDS)"

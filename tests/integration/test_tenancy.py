@@ -146,10 +146,32 @@ def test_request_debugging_is_confined_to_the_caller(
     stubs: Stubs, observatory: ingestion_pb2.IngestResult
 ) -> None:
     answer = ask(stubs, OBSERVATORY_Q, tenant=A)
-    record = stubs.request_debug.GetRequestRecord(
-        debug_pb2.GetRequestRecordRequest(request_id=answer.request_id), timeout=10
-    ).record
+
+    def record_for(who: common_pb2.Caller) -> debug_pb2.RequestRecord:
+        reply = stubs.request_debug.GetRequestRecord(
+            debug_pb2.GetRequestRecordRequest(request_id=answer.request_id, caller=who),
+            timeout=10,
+        )
+        return reply.record  # type: ignore[no-any-return]
+
+    record = record_for(caller(A))
     assert record.request.caller.tenant == A, "the record keeps whom the request acted for"
+    for outsider in (caller(B), common_pb2.Caller(tenant=B, access_labels=["hr"])):
+        with pytest.raises(grpc.RpcError) as hidden:
+            record_for(outsider)
+        assert hidden.value.code() == grpc.StatusCode.NOT_FOUND  # as for an unknown id
+        assert "no record of request_id" in str(hidden.value.details())
+    with pytest.raises(grpc.RpcError) as anonymous:
+        record_for(common_pb2.Caller())
+    assert anonymous.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    labelled = ask(stubs, OBSERVATORY_Q, caller=common_pb2.Caller(tenant=A, access_labels=["hr"]))
+    with pytest.raises(grpc.RpcError) as fewer_labels:  # it showed what "hr" may see
+        stubs.request_debug.GetRequestRecord(
+            debug_pb2.GetRequestRecordRequest(request_id=labelled.request_id, caller=caller(A)),
+            timeout=10,
+        )
+    assert fewer_labels.value.code() == grpc.StatusCode.NOT_FOUND
 
     def check(who: common_pb2.Caller) -> debug_pb2.CheckDocumentResponse:
         request = debug_pb2.CheckDocumentRequest(

@@ -146,7 +146,7 @@ def send_traffic(platform: Platform) -> None:
         )  # a fresh answer: a cached one has no retrieval for the record to show
         debug = debug_pb2_grpc.RequestDebugServiceStub(channel)
         record = debug.GetRequestRecord(
-            debug_pb2.GetRequestRecordRequest(request_id=answer.request_id)
+            debug_pb2.GetRequestRecordRequest(request_id=answer.request_id, caller=CALLER)
         ).record
         assert record.response.debug.retrieved
         debug.CheckDocument(

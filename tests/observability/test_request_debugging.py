@@ -50,7 +50,9 @@ def test_debug_by_trace_id_as_json(
     with grpc.insecure_channel(observed_platform.settings.query_addr) as channel:
         record = (
             debug_pb2_grpc.RequestDebugServiceStub(channel)
-            .GetRequestRecord(debug_pb2.GetRequestRecordRequest(request_id=answer.request_id))
+            .GetRequestRecord(
+                debug_pb2.GetRequestRecordRequest(request_id=answer.request_id, caller=CALLER)
+            )
             .record
         )
     assert len(record.trace_id) == 32, "tracing is on: the record knows its trace"
