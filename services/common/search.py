@@ -18,6 +18,11 @@ MAX_TOP_K = 100
 """Upper bound on `search(top_k=...)`: a RAG prompt never needs more, and a bound
 keeps one request from asking the engine for an unbounded result set."""
 
+MAX_FILTER_VALUES = 1024
+"""Upper bound on the values of one filter field: a filter is a scope, not a
+list of every document, and each value becomes a term of the engine's query
+(two million document ids once grew the retrieval service to 2.2 GB)."""
+
 
 @dataclass(frozen=True)
 class SearchFilter:
@@ -49,7 +54,14 @@ def search_filter_from_proto(message: common_pb2.MetadataFilter) -> SearchFilter
 
 
 def validate_filter(search_filter: SearchFilter) -> None:
-    """Reject a filter no document could match because it is malformed, naming the field."""
+    """Reject a filter no document could match because it is malformed, or one
+    too long to run, naming the field."""
+    for name in ("document_ids", "media_types", "source_uris", "tags"):
+        count = len(getattr(search_filter, name))
+        if count > MAX_FILTER_VALUES:
+            raise InvalidInputError(
+                f"filter.{name} has {count} values; the limit is {MAX_FILTER_VALUES}"
+            )
     validate_labels(search_filter.tags, "filter.tags")
     start, end = search_filter.date_from_unix, search_filter.date_to_unix
     if start is not None and end is not None and end < start:

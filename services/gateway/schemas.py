@@ -16,6 +16,7 @@ from ragplatform.v1 import (
     query_pb2,
     retrieval_pb2,
 )
+from services.common.search import MAX_FILTER_VALUES
 from services.gateway.protojson import to_plain
 
 UINT32_MAX = 2**32 - 1
@@ -30,11 +31,13 @@ class MetadataFilter(_Model):
     combine with AND, values inside one field with OR. It narrows the caller's
     own documents: the tenant comes from the API key, never from the filter."""
 
-    document_ids: list[str] = Field(default_factory=list)
-    media_types: list[str] = Field(default_factory=list)
-    source_uris: list[str] = Field(default_factory=list)
+    document_ids: list[str] = Field(default_factory=list, max_length=MAX_FILTER_VALUES)
+    media_types: list[str] = Field(default_factory=list, max_length=MAX_FILTER_VALUES)
+    source_uris: list[str] = Field(default_factory=list, max_length=MAX_FILTER_VALUES)
     tags: list[str] = Field(
-        default_factory=list, description="Documents carrying at least one of these tags."
+        default_factory=list,
+        max_length=MAX_FILTER_VALUES,
+        description="Documents carrying at least one of these tags.",
     )
     date_from_unix: int | None = Field(
         default=None,

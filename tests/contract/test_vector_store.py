@@ -1019,6 +1019,16 @@ def test_bad_searches_are_invalid_input(
         (Caller(ACME), SearchFilter(tags=("",)), "filter.tags '' is invalid"),
         (
             Caller(ACME),
+            SearchFilter(document_ids=tuple(f"d{i}" for i in range(1025))),
+            "filter.document_ids has 1025 values; the limit is 1024",
+        ),
+        (
+            Caller(ACME),
+            SearchFilter(source_uris=("s",) * 1025),
+            "filter.source_uris has 1025 values; the limit is 1024",
+        ),
+        (
+            Caller(ACME),
             SearchFilter(date_from_unix=200, date_to_unix=100),
             r"filter.date_to_unix \(100\) is before filter.date_from_unix \(200\)",
         ),

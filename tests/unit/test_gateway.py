@@ -508,6 +508,17 @@ async def test_malformed_json_and_bad_query_params_are_422(client: httpx.AsyncCl
     assert "query.page_size" in response.json()["error"]["message"]
 
 
+async def test_a_filter_list_over_the_limit_is_422_naming_it(client: httpx.AsyncClient) -> None:
+    too_many = [f"doc-{i}" for i in range(1025)]
+    response = await client.post(
+        "/v1/ask", json={"question": "q", "filter": {"document_ids": too_many}}
+    )
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_ARGUMENT"
+    assert "filter.document_ids" in error["message"] and "1024" in error["message"]
+
+
 async def test_http_layer_errors_use_the_error_shape(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/nowhere")
     assert response.status_code == 404
