@@ -300,6 +300,7 @@ class VertexVectorStore(EngineStore):
         removed: list[int] = []
 
         def retire(manifest: Manifest) -> None:
+            removed.clear()  # a transaction may run its function again
             count = len(manifest.datapoints) + sum(map(len, manifest.pending.values()))
             if manifest.record is None and not count:
                 raise side.not_found(tenant, document_id)
