@@ -13,7 +13,7 @@ import io
 import logging
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePath
 
 from bs4 import BeautifulSoup
@@ -55,6 +55,16 @@ _PDF_MAGIC = b"%PDF-"
 # The PDF spec lets the header appear anywhere in the first 1024 bytes.
 _PDF_HEADER_WINDOW = 1024
 _MAX_TXT_TITLE_CHARS = 120
+MAX_TITLE_CHARS = 300
+"""Longest title kept: every chunk carries its document's title (in its
+payload, its BM25 text and every prompt that cites it), so a title is a label,
+not text; a longer one (PDF metadata, a <title> stuffed with keywords) is cut
+at a word boundary."""
+MAX_CONTROL_SHARE = 0.05
+"""A text whose characters are more than this share of control characters
+(other than newlines and tabs) is binary data or a broken encoding, not a
+document: it is refused rather than indexed as noise."""
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 _log = logging.getLogger(__name__)
 
@@ -171,7 +181,25 @@ def parse_document(filename: str, data: bytes, media_type: str) -> ParsedDocumen
         )
     if not doc.text.strip():
         raise InvalidInputError(f"{filename}: the document contains no text")
-    return doc
+    controls = len(_CONTROL.findall(doc.text))
+    if controls > MAX_CONTROL_SHARE * len(doc.text):
+        raise InvalidInputError(
+            f"{filename}: {controls} of its {len(doc.text)} characters are control "
+            "characters: binary data or a broken encoding, not a text document"
+        )
+    return _with_short_title(filename, doc)
+
+
+def _with_short_title(filename: str, doc: ParsedDocument) -> ParsedDocument:
+    """`doc` with its title free of control characters (the file's name when
+    nothing else is left) and at most `MAX_TITLE_CHARS` long, cut at a word
+    boundary."""
+    title = " ".join(_CONTROL.sub(" ", doc.title).split()) or _stem(filename)
+    if len(title) > MAX_TITLE_CHARS:
+        head = title[: MAX_TITLE_CHARS - 1]
+        cut = head.rfind(" ")
+        title = (head[:cut] if cut > MAX_TITLE_CHARS // 2 else head).rstrip() + "…"
+    return doc if title == doc.title else replace(doc, title=title)
 
 
 # --------------------------------------------------------------------------- helpers

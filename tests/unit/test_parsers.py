@@ -8,6 +8,7 @@ from fpdf import FPDF
 from services.common.errors import InvalidInputError
 from services.ingestion.parsers import (
     APPLICATION_PDF,
+    MAX_TITLE_CHARS,
     SUPPORTED_EXTENSIONS,
     TEXT_HTML,
     TEXT_MARKDOWN,
@@ -392,3 +393,30 @@ def test_sample_corpus_parses() -> None:
 )
 def test_atx_headings_follow_commonmark(line: str, heading: tuple[int, str] | None) -> None:
     assert _atx_heading(line) == heading
+
+
+def test_a_long_title_is_cut_at_a_word_boundary() -> None:
+    words = " ".join(f"keyword{i}" for i in range(100))
+    html = f"<html><head><title>{words}</title></head><body><p>Body text.</p></body></html>"
+    doc = parse_document("page.html", html.encode(), TEXT_HTML)
+    assert len(doc.title) <= MAX_TITLE_CHARS and doc.title.endswith("…")
+    assert words.startswith(doc.title.removesuffix("…"))
+    assert doc.title.removesuffix("…").split()[-1] in words.split()  # no cut word
+
+
+def test_control_characters_leave_the_title() -> None:
+    body = b"\n\n" + b"Sales grew in every region this quarter. " * 5
+    doc = parse_document("notes.md", b"# Quarterly\x07 report\x1b[0m" + body, TEXT_MARKDOWN)
+    assert doc.title == "Quarterly report [0m"
+    only_controls = parse_document("notes.md", b"# \x01\x02" + body, TEXT_MARKDOWN)
+    assert only_controls.title == "notes"
+
+
+def test_text_that_is_mostly_control_characters_is_refused() -> None:
+    data = ("word " * 50).encode() + bytes(range(1, 9)) * 40
+    with pytest.raises(
+        InvalidInputError, match=r"blob\.txt: 320 of its \d+ characters are control"
+    ):
+        parse_document("blob.txt", data, TEXT_PLAIN)
+    few = ("word " * 50).encode() + b"\x0c\x0c"  # two form feeds in a real text
+    assert parse_document("ok.txt", few, TEXT_PLAIN).text.startswith("word")
