@@ -60,6 +60,12 @@ MAX_TITLE_CHARS = 300
 payload, its BM25 text and every prompt that cites it), so a title is a label,
 not text; a longer one (PDF metadata, a <title> stuffed with keywords) is cut
 at a word boundary."""
+MAX_PDF_PAGES = 2000
+"""Most pages of one PDF: every page is parsed in the ingestion process, and a
+longer file is a book or an archive that reads better split."""
+MAX_HTML_TAGS = 200_000
+"""Most "<" in one HTML page (an upper bound of its elements, counted before
+the parser builds its tree, which costs memory per element)."""
 MAX_CONTROL_SHARE = 0.05
 """A text whose characters are more than this share of control characters
 (other than newlines and tabs) is binary data or a broken encoding, not a
@@ -448,6 +454,11 @@ def _parse_html(filename: str, source: str) -> ParsedDocument:
     recursion limit) and emits blank lines around block elements so the chunker
     can still split on paragraphs.
     """
+    tags = source.count("<")  # at least the elements: counted before the tree is built
+    if tags > MAX_HTML_TAGS:
+        raise InvalidInputError(
+            f"{filename}: the page has up to {tags} tags; the limit is {MAX_HTML_TAGS}"
+        )
     soup = BeautifulSoup(source, "html.parser")
     title_tag = soup.find("title")
     page_title = " ".join(title_tag.get_text(" ").split()) if isinstance(title_tag, Tag) else ""
@@ -536,6 +547,12 @@ def _parse_pdf(filename: str, data: bytes) -> ParsedDocument:
                     f"{filename}: the PDF is encrypted and needs a password; "
                     "upload an unencrypted copy"
                 )
+        page_count = len(reader.pages)
+        if page_count > MAX_PDF_PAGES:
+            raise InvalidInputError(
+                f"{filename}: the PDF has {page_count} pages; the limit is {MAX_PDF_PAGES} "
+                "(split it into several documents)"
+            )
         page_texts = [_clean_pdf_page(page.extract_text() or "") for page in reader.pages]
         title = _pdf_title(reader)
     except InvalidInputError:

@@ -6,6 +6,7 @@ import pytest
 from fpdf import FPDF
 
 from services.common.errors import InvalidInputError
+from services.ingestion import parsers
 from services.ingestion.parsers import (
     APPLICATION_PDF,
     MAX_TITLE_CHARS,
@@ -420,3 +421,22 @@ def test_text_that_is_mostly_control_characters_is_refused() -> None:
         parse_document("blob.txt", data, TEXT_PLAIN)
     few = ("word " * 50).encode() + b"\x0c\x0c"  # two form feeds in a real text
     assert parse_document("ok.txt", few, TEXT_PLAIN).text.startswith("word")
+
+
+def test_a_pdf_over_the_page_limit_is_refused_before_its_pages_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(parsers, "MAX_PDF_PAGES", 2)
+    data = make_pdf(["one", "two", "three"])
+    with pytest.raises(InvalidInputError, match=r"book\.pdf: the PDF has 3 pages; the limit is 2"):
+        parse_document("book.pdf", data, APPLICATION_PDF)
+    assert parse_document("two.pdf", make_pdf(["one", "two"]), APPLICATION_PDF).pages == [0, 5]
+
+
+def test_a_page_with_too_many_tags_is_refused_before_it_is_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(parsers, "MAX_HTML_TAGS", 100)
+    html = "<html><body>" + "<p>x</p>" * 60 + "</body></html>"
+    with pytest.raises(InvalidInputError, match=r"big\.html: the page has up to 124 tags"):
+        parse_document("big.html", html.encode(), TEXT_HTML)
