@@ -18,6 +18,7 @@ from fastapi import APIRouter, FastAPI
 
 from services.gateway.auth import ApiKeyMiddleware, with_security
 from services.gateway.errors import ERROR_RESPONSES, install_error_handlers
+from services.gateway.limits import BodyLimitMiddleware
 from services.gateway.routes.documents import document_routes
 from services.gateway.routes.health import health_routes
 from services.gateway.routes.query import query_routes
@@ -78,6 +79,12 @@ def create_app(settings: GatewaySettings, clients: PlatformClients | None = None
     app.include_router(router)
     app.include_router(health_routes(platform))
     app.openapi = with_security(app)  # type: ignore[method-assign]
+    # Innermost: a request without a valid key is refused before its body is read.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        upload_bytes=settings.gateway_max_upload_bytes,
+        other_bytes=settings.gateway_max_request_bytes,
+    )
     app.add_middleware(ApiKeyMiddleware, grants=grants, default=settings.default_caller())
     # Outermost, so that refused (401) requests are counted and traced too.
     app.add_middleware(

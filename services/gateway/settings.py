@@ -94,6 +94,19 @@ class GatewaySettings(PlatformSettings):
             "each, see docs/benchmarks.md), or off."
         ),
     )
+    gateway_max_upload_bytes: int = Field(
+        default=51 * 1024 * 1024,
+        ge=1,
+        description=(
+            "Largest upload body accepted (POST /v1/documents, multipart); larger is 413 "
+            "before it is read. Keep it just above RAG_INGESTION_MAX_DOCUMENT_BYTES."
+        ),
+    )
+    gateway_max_request_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        description="Largest body of any other request (JSON); larger is 413 before it is read.",
+    )
     gateway_default_tenant: str = Field(
         default=DEFAULT_TENANT,
         description=(

@@ -1036,3 +1036,36 @@ async def test_responses_convert_as_the_proto3_json_mapping_does(model: type[Bas
         )
         expected = model.model_validate(reference).model_dump(mode="json")
         assert from_proto(message, model).model_dump(mode="json") == expected
+
+
+async def test_bodies_over_their_limit_are_413_before_they_are_read(
+    make_client: Any, fakes: Fakes
+) -> None:
+    http = await make_client(gateway_max_upload_bytes=1000, gateway_max_request_bytes=200)
+    uploads, asks = len(fakes.ingestion.uploads), len(fakes.query.requests)
+
+    response = await http.post("/v1/documents", files={"file": ("big.txt", b"x" * 2000)})
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert (
+        error["code"] == "RESOURCE_EXHAUSTED" and "over the limit of 1000 bytes" in error["message"]
+    )
+
+    question = {"question": "why? " * 100}
+    response = await http.post("/v1/ask", json=question)
+    assert response.status_code == 413
+    assert "over the limit of 200 bytes" in response.json()["error"]["message"]
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        for _ in range(10):
+            yield b'{"question": "' + b"a" * 50
+
+    response = await http.post(
+        "/v1/ask", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert "at least" in response.json()["error"]["message"]
+    assert (len(fakes.ingestion.uploads), len(fakes.query.requests)) == (uploads, asks)
+
+    small = await http.post("/v1/documents", files={"file": ("small.txt", b"fits")})
+    assert small.status_code == 201
