@@ -20,8 +20,8 @@ keeps one request from asking the engine for an unbounded result set."""
 
 MAX_FILTER_VALUES = 1024
 """Upper bound on the values of one filter field: a filter is a scope, not a
-list of every document, and each value becomes a term of the engine's query
-(two million document ids once grew the retrieval service to 2.2 GB)."""
+list of every document, and each value becomes a term of the engine's query,
+so an unbounded list would grow the retrieval process's memory with it."""
 
 
 @dataclass(frozen=True)

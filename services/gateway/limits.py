@@ -2,9 +2,8 @@
 
 A body over its limit is refused with 413 before a byte of it is parsed: from
 its Content-Length when the client sends one, else as soon as the bytes
-received pass the limit. Without this, a 120 MB upload was spooled to disk, and
-a 20 MB question parsed into memory, before the services behind the gateway
-refused them.
+received pass the limit. The services behind the gateway have limits of their
+own, but only once the gateway has spooled or parsed the whole body.
 """
 
 from __future__ import annotations
