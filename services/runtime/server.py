@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.runtime.errors import ErrorMappingInterceptor
+from services.runtime.limits import ConcurrencyLimitInterceptor
 from services.runtime.metrics import init_rpc_series
 from services.runtime.observability import RpcTelemetryInterceptor, start_observability
 from services.runtime.settings import PlatformSettings
@@ -61,6 +62,9 @@ async def serve(
         ("grpc.so_reuseport", 0),
     ]
     interceptors: list[aio.ServerInterceptor] = [ErrorMappingInterceptor()]
+    if settings.max_concurrent_rpcs:
+        # Before the error mapping: a refusal is already a status, not a domain error.
+        interceptors.insert(0, ConcurrencyLimitInterceptor(settings.max_concurrent_rpcs))
     if settings.metrics_enabled or tracing:
         # First, so that it sees the status code the error mapping chose.
         interceptors.insert(0, RpcTelemetryInterceptor(name, metrics=settings.metrics_enabled))

@@ -43,6 +43,15 @@ class PlatformSettings(BaseSettings):
     rpc_timeout_seconds: float = Field(
         default=30.0, gt=0, description="Deadline applied to every outgoing gRPC call."
     )
+    max_concurrent_rpcs: int = Field(
+        default=256,
+        ge=0,
+        description=(
+            "Calls one service process runs at once (health checks aside); more are "
+            "refused at once with RESOURCE_EXHAUSTED instead of queueing without bound; "
+            "0: no cap."
+        ),
+    )
     startup_check_seconds: float = Field(
         default=30.0,
         ge=0,

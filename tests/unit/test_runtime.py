@@ -6,11 +6,13 @@ from typing import Any
 import grpc
 import pytest
 from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ragplatform.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from services.common.errors import InvalidInputError, NotFoundError, TooLargeError
 from services.runtime.clients import PlatformClients
 from services.runtime.errors import DownstreamError, ErrorMappingInterceptor, downstream
+from services.runtime.limits import ConcurrencyLimitInterceptor
 from services.runtime.settings import PlatformSettings
 
 
@@ -111,3 +113,41 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.listen_address_of("query") == "0.0.0.0:6000"
     with pytest.raises(ValueError, match="unknown service"):
         settings.address_of("nope")
+
+
+async def test_calls_over_the_concurrency_cap_are_refused_but_health_checks_are_not() -> None:
+    server = aio.server(interceptors=[ConcurrencyLimitInterceptor(1), ErrorMappingInterceptor()])
+    retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(FakeRetrieval(), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    clients = clients_for(port)
+    try:
+        stub = clients.retrieval
+        held = stub.GetDocument(retrieval_pb2.GetDocumentRequest(document_id="slow"))
+        codes = []
+        for _ in range(200):  # until the held call occupies the one slot
+            try:
+                await stub.GetDocument(retrieval_pb2.GetDocumentRequest(document_id="fast"))
+            except aio.AioRpcError as refused:
+                codes.append(refused.code())
+                assert "RAG_MAX_CONCURRENT_RPCS" in str(refused.details())
+                break
+            await asyncio.sleep(0.01)
+        assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED]
+        probe = health_pb2_grpc.HealthStub(clients.channel(f"127.0.0.1:{port}"))
+        reply = await probe.Check(health_pb2.HealthCheckRequest())  # a probe still gets in
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        held.cancel()
+        for _ in range(200):  # the slot comes back once the held call ends
+            try:
+                await stub.GetDocument(retrieval_pb2.GetDocumentRequest(document_id="fast"))
+                break
+            except aio.AioRpcError:
+                await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the cancelled call never gave its slot back")
+    finally:
+        await clients.close()
+        await server.stop(0)
