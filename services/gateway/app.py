@@ -17,12 +17,20 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from services.gateway.auth import ApiKeyMiddleware, with_security
+from services.gateway.concurrency import ConcurrencyCapMiddleware
 from services.gateway.errors import ERROR_RESPONSES, install_error_handlers
 from services.gateway.limits import BodyLimitMiddleware
+from services.gateway.ratelimit import (
+    MemoryBuckets,
+    RateLimitMiddleware,
+    RedisBuckets,
+    TokenBuckets,
+)
 from services.gateway.routes.documents import document_routes
 from services.gateway.routes.health import health_routes
 from services.gateway.routes.query import query_routes
 from services.gateway.settings import GatewaySettings
+from services.runtime.cache import redis_client
 from services.runtime.clients import PlatformClients
 from services.runtime.observability import HttpTelemetryMiddleware
 
@@ -49,9 +57,16 @@ def create_app(settings: GatewaySettings, clients: PlatformClients | None = None
             settings.gateway_default_tenant,
         )
 
+    buckets: TokenBuckets = (
+        RedisBuckets(redis_client(settings))
+        if settings.gateway_rate_limit_backend == "redis"
+        else MemoryBuckets()
+    )
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        await buckets.close()
         if owned:
             await platform.close()
 
@@ -85,7 +100,18 @@ def create_app(settings: GatewaySettings, clients: PlatformClients | None = None
         upload_bytes=settings.gateway_max_upload_bytes,
         other_bytes=settings.gateway_max_request_bytes,
     )
+    # Inside authentication (buckets are per key and tenant), outside the body limit:
+    # a refused upload is never read.
+    app.add_middleware(
+        RateLimitMiddleware,
+        buckets=buckets,
+        limits=settings.rate_limits(),
+        tenants=sorted({c.tenant for c in grants.values()} or {settings.gateway_default_tenant}),
+    )
     app.add_middleware(ApiKeyMiddleware, grants=grants, default=settings.default_caller())
+    if settings.gateway_max_concurrent_requests:
+        # Before authentication: an overloaded replica refuses at the least cost.
+        app.add_middleware(ConcurrencyCapMiddleware, limit=settings.gateway_max_concurrent_requests)
     # Outermost, so that refused (401) requests are counted and traced too.
     app.add_middleware(
         HttpTelemetryMiddleware,

@@ -65,30 +65,44 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(self.prefix):
-            caller, refusal = self._identify(Headers(scope=scope))
+            caller, key, refusal = self._identify(Headers(scope=scope))
             if caller is None:
                 response = error_response(
                     401, "UNAUTHENTICATED", refusal, headers={"WWW-Authenticate": "Bearer"}
                 )
                 await response(scope, receive, send)
                 return
-            scope.setdefault("state", {})[_CALLER_STATE] = caller
+            state = scope.setdefault("state", {})
+            state[_CALLER_STATE] = caller
+            state[_KEY_STATE] = key
         await self.app(scope, receive, send)
 
-    def _identify(self, headers: Headers) -> tuple[Caller | None, str]:
-        """(caller, "") or (None, why the request is refused)."""
+    def _identify(self, headers: Headers) -> tuple[Caller | None, str | None, str]:
+        """(caller, its API key or None with authentication off, "") or
+        (None, None, why the request is refused)."""
         if not self.grants:
-            return self.default, ""
+            return self.default, None, ""
         presented = _presented_keys(headers)
         if not presented:
-            return None, "missing API key"
+            return None, None, "missing API key"
         if len(presented) > 1:
-            return None, "Authorization and X-API-Key carry different keys; send one"
-        caller = caller_of_key(presented.pop(), self.grants)
-        return (caller, "") if caller is not None else (None, "invalid API key")
+            return None, None, "Authorization and X-API-Key carry different keys; send one"
+        key = presented.pop()
+        caller = caller_of_key(key, self.grants)
+        return (caller, key, "") if caller is not None else (None, None, "invalid API key")
 
 
 _CALLER_STATE = "ragplatform_caller"
+_KEY_STATE = "ragplatform_api_key"
+
+
+def identity_of(scope: Scope) -> tuple[Caller, str | None] | None:
+    """(caller, API key) of a request ApiKeyMiddleware let through (the key is
+    None with authentication off), or None outside /v1: for the middlewares
+    inside it, such as the rate limits, which run before any route."""
+    state = scope.get("state", {})
+    caller: Caller | None = state.get(_CALLER_STATE)
+    return None if caller is None else (caller, state.get(_KEY_STATE))
 
 
 async def caller_of_request(request: Request) -> common_pb2.Caller:

@@ -20,6 +20,7 @@ from services.common.tenancy import (
     validate_tenant,
 )
 from services.gateway.errors import describe_problems
+from services.gateway.ratelimit import ROUTE_CLASSES, ClassLimits, Rate, RouteClass
 from services.runtime.settings import PlatformSettings
 
 API_KEYS_FORMAT = '{"<key>": {"tenant": "<tenant>", "access_labels": ["<label>", ...]}}'
@@ -107,6 +108,73 @@ class GatewaySettings(PlatformSettings):
         ge=1,
         description="Largest body of any other request (JSON); larger is 413 before it is read.",
     )
+    gateway_max_concurrent_requests: int = Field(
+        default=256,
+        ge=0,
+        description=(
+            "HTTP requests one gateway process serves at once (a streamed answer until its "
+            "end; /healthz and /readyz aside); more are 503 with Retry-After at once instead "
+            "of queueing without bound; 0: no cap."
+        ),
+    )
+    gateway_rate_limit_backend: Literal["memory", "redis"] = Field(
+        default="memory",
+        description=(
+            "Where the rate limits' token buckets live: memory (each replica limits on its "
+            "own) or redis (shared by every replica, RAG_REDIS_*; while Redis fails each "
+            "replica limits on its own)."
+        ),
+    )
+    gateway_ask_rate_per_key: float = Field(
+        default=20.0,
+        ge=0,
+        description=(
+            "Asks (POST /v1/ask, /v1/ask/stream) per second one API key may make; more are "
+            "429 with Retry-After; 0: no per-key limit."
+        ),
+    )
+    gateway_ask_burst_per_key: int = Field(
+        default=40, ge=1, description="Asks one API key may make at once after a quiet spell."
+    )
+    gateway_ask_rate_per_tenant: float = Field(
+        default=100.0,
+        ge=0,
+        description=(
+            "Asks per second all of one tenant's keys together may make (with authentication "
+            "off: every client); 0: no per-tenant limit."
+        ),
+    )
+    gateway_ask_burst_per_tenant: int = Field(
+        default=200, ge=1, description="Asks one tenant may make at once after a quiet spell."
+    )
+    gateway_upload_rate_per_key: float = Field(
+        default=5.0,
+        ge=0,
+        description="Uploads (POST /v1/documents) per second per API key; 0: no limit.",
+    )
+    gateway_upload_burst_per_key: int = Field(
+        default=20, ge=1, description="Uploads one API key may make at once."
+    )
+    gateway_upload_rate_per_tenant: float = Field(
+        default=20.0, ge=0, description="Uploads per second per tenant; 0: no limit."
+    )
+    gateway_upload_burst_per_tenant: int = Field(
+        default=50, ge=1, description="Uploads one tenant may make at once."
+    )
+    gateway_write_rate_per_key: float = Field(
+        default=10.0,
+        ge=0,
+        description="Document writes (DELETE /v1/documents/...) per second per key; 0: no limit.",
+    )
+    gateway_write_burst_per_key: int = Field(
+        default=50, ge=1, description="Document writes one API key may make at once."
+    )
+    gateway_write_rate_per_tenant: float = Field(
+        default=50.0, ge=0, description="Document writes per second per tenant; 0: no limit."
+    )
+    gateway_write_burst_per_tenant: int = Field(
+        default=100, ge=1, description="Document writes one tenant may make at once."
+    )
     gateway_default_tenant: str = Field(
         default=DEFAULT_TENANT,
         description=(
@@ -136,3 +204,21 @@ class GatewaySettings(PlatformSettings):
     def default_caller(self) -> Caller:
         """Whom a call acts for when authentication is off."""
         return Caller(self.gateway_default_tenant)
+
+    def rate_limits(self) -> dict[RouteClass, ClassLimits]:
+        """The buckets of each route class, from RAG_GATEWAY_<CLASS>_{RATE,BURST}_PER_*."""
+        return {
+            route_class: ClassLimits(
+                per_key=self._rate(route_class, "key"),
+                per_tenant=self._rate(route_class, "tenant"),
+            )
+            for route_class in ROUTE_CLASSES
+        }
+
+    def _rate(self, route_class: RouteClass, per: str) -> Rate | None:
+        name = f"gateway_{route_class}_rate_per_{per}"
+        per_second: float = getattr(self, name)
+        if not per_second:
+            return None
+        burst: int = getattr(self, f"gateway_{route_class}_burst_per_{per}")
+        return Rate(per_second, burst, f"RAG_{name.upper()}")

@@ -136,6 +136,28 @@ class LruCache:
         self._entries.clear()
 
 
+def redis_client(settings: PlatformSettings) -> Redis:
+    """A client for RAG_REDIS_URL with the password and CA certificate from
+    settings, short timeouts and no retries (a retry would only add latency
+    to a request that can do without Redis: caches and the gateway's rate
+    limits both have a way to serve without it)."""
+    options: dict[str, Any] = {
+        "socket_timeout": settings.redis_timeout_seconds,
+        "socket_connect_timeout": settings.redis_timeout_seconds,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    password = settings.redis_password.get_secret_value()
+    if password:
+        options["password"] = password
+    if settings.redis_ca_cert is not None:
+        if not settings.redis_url.startswith("rediss://"):
+            raise ValueError(
+                "RAG_REDIS_CA_CERT is set but RAG_REDIS_URL is not a rediss:// (TLS) URL"
+            )
+        options["ssl_ca_certs"] = str(settings.redis_ca_cert)
+    return Redis.from_url(settings.redis_url, **options)
+
+
 class RedisCache:
     """A shared cache in Redis (Memorystore in production), keys prefixed
     `rag:<name>:`, expiry by Redis itself. Degrades to no caching on any error
@@ -154,24 +176,8 @@ class RedisCache:
     def from_settings(
         cls, name: str, settings: PlatformSettings, clock: Callable[[], float] = time.monotonic
     ) -> "RedisCache":
-        """A client for RAG_REDIS_URL with the password and CA certificate from
-        settings, short timeouts and no retries (a retry would only add latency
-        to a request that can do without the cache)."""
-        options: dict[str, Any] = {
-            "socket_timeout": settings.redis_timeout_seconds,
-            "socket_connect_timeout": settings.redis_timeout_seconds,
-            "retry": Retry(NoBackoff(), 0),
-        }
-        password = settings.redis_password.get_secret_value()
-        if password:
-            options["password"] = password
-        if settings.redis_ca_cert is not None:
-            if not settings.redis_url.startswith("rediss://"):
-                raise ValueError(
-                    "RAG_REDIS_CA_CERT is set but RAG_REDIS_URL is not a rediss:// (TLS) URL"
-                )
-            options["ssl_ca_certs"] = str(settings.redis_ca_cert)
-        return cls(name, Redis.from_url(settings.redis_url, **options), clock)
+        """The cache `name` on RAG_REDIS_URL (see `redis_client`)."""
+        return cls(name, redis_client(settings), clock)
 
     @property
     def name(self) -> str:

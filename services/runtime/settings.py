@@ -103,7 +103,10 @@ class PlatformSettings(BaseSettings):
     )
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
-        description="Redis for RAG_CACHE_BACKEND=redis; rediss:// for TLS.",
+        description=(
+            "Redis for RAG_CACHE_BACKEND=redis and the gateway's "
+            "RAG_GATEWAY_RATE_LIMIT_BACKEND=redis; rediss:// for TLS."
+        ),
     )
     redis_password: SecretStr = Field(
         default=SecretStr(""), description="Redis AUTH password; empty: none."

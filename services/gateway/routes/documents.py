@@ -56,7 +56,7 @@ def document_routes(clients: PlatformClients) -> APIRouter:
         summary="Upload a document",
         responses={
             200: {"model": IngestResult, "description": "Updated or unchanged."},
-            **error_responses(409, 413),
+            **error_responses(409, 413, 429),
         },
     )
     async def upload_document(
@@ -157,7 +157,7 @@ def document_routes(clients: PlatformClients) -> APIRouter:
         "/documents/{document_id:path}",
         response_model=DeleteResult,
         summary="Delete a document",
-        responses=error_responses(404),
+        responses=error_responses(404, 429),
     )
     async def delete_document(document_id: str, caller: CallerDep) -> DeleteResult:
         """IngestionService.DeleteDocument in the key's tenant: removes the document
