@@ -46,6 +46,15 @@ class IngestionSettings(PlatformSettings):
         ge=1,
         description="IngestUris: EmbedDocuments calls outstanding at once.",
     )
+    ingestion_max_concurrent_per_tenant: int = Field(
+        default=8,
+        ge=0,
+        description=(
+            "Documents of one tenant parsed or embedded at once in a process (an upload, a "
+            "document of an IngestUris, or one of its shared embedding batches); the rest "
+            "wait, so one tenant's bulk imports cannot starve another's uploads; 0: no cap."
+        ),
+    )
 
 
 def main() -> None:
@@ -62,6 +71,7 @@ def main() -> None:
             concurrency=settings.ingestion_concurrency,
             embed_pool=settings.ingestion_embed_pool,
             embed_in_flight=settings.ingestion_embed_in_flight,
+            max_concurrent_per_tenant=settings.ingestion_max_concurrent_per_tenant,
         )
         binding = ServiceBinding(
             ingestion_pb2_grpc.add_IngestionServiceServicer_to_server,

@@ -44,6 +44,7 @@ from services.ingestion.chunking import (
     Utf8BoundCounter,
     chunk_document,
 )
+from services.ingestion.fairness import TenantSlots
 from services.ingestion.ids import (
     chunk_id_for,
     content_sha256,
@@ -82,6 +83,8 @@ class IngestionLimits:
     """IngestUris: chunks kept ready to choose embedding batches from (by length)."""
     embed_in_flight: int = 2
     """IngestUris: EmbedDocuments calls outstanding at once (one running, one queued)."""
+    max_concurrent_per_tenant: int = 0
+    """Documents (or shared embedding batches) of one tenant at work at once; 0: no cap."""
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,7 @@ class IngestionPipeline:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self._clients = clients
         self._limits = limits
+        self.tenant_slots = TenantSlots(limits.max_concurrent_per_tenant)
         self._counter: OffsetTokenCounter | None = None
         self._config: ChunkingConfig | None = None
         self._setup_lock = asyncio.Lock()
@@ -570,6 +574,14 @@ class _BulkIngestion:
             log.exception("bulk ingestion failed")
             self._results.put_nowait(error)
 
+    async def _in_slot(self, work: Coroutine[Any, Any, None]) -> None:
+        """`work` holding one of the tenant's slots (services/ingestion/fairness.py)."""
+        try:
+            async with self._pipeline.tenant_slots.hold(self._access.tenant):
+                await work
+        finally:
+            work.close()  # cancelled before it started: it must not warn "never awaited"
+
     def _notify(self) -> None:
         self._changed.set()
 
@@ -597,7 +609,8 @@ class _BulkIngestion:
                         self._access,
                         document_date_unix=modified_unix,
                     )
-                    prepared = await pipeline._prepare(incoming, self._look_up)
+                    async with pipeline.tenant_slots.hold(self._access.tenant):
+                        prepared = await pipeline._prepare(incoming, self._look_up)
                 except PlatformError as error:
                     self._results.put_nowait(failed_result(source_uri, error))
                     continue
@@ -628,7 +641,7 @@ class _BulkIngestion:
             if not self._pool:
                 return  # nothing left to prepare and nothing waiting
             self._in_flight += 1
-            self._spawn(self._embed_batch(self._take()))
+            self._spawn(self._in_slot(self._embed_batch(self._take())))
 
     def _take(self) -> list[_PoolChunk]:
         """Remove the next batch from the pool: the `embed_batch` chunks of most
@@ -688,7 +701,7 @@ class _BulkIngestion:
             return
         document.abandoned = True
         self._pool = [c for c in self._pool if c.document is not document]
-        self._spawn(self._embed_alone(document))
+        self._spawn(self._in_slot(self._embed_alone(document)))
 
     async def _embed_alone(self, document: _Prepared) -> None:
         try:

@@ -104,18 +104,19 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
                 parts.append(message.data)
         if header is None or access is None:
             raise InvalidInputError("the upload sent no header")
-        return await self._pipeline.ingest(
-            IncomingDocument(
-                source_uri=f"upload://{header.filename}",
-                filename=header.filename,
-                data=b"".join(parts),
-                access=access,
-                declared_media_type=header.media_type,
-                document_id=header.document_id,
-                title=header.title,
-                document_date_unix=header.document_date_unix,
-            )
+        document = IncomingDocument(
+            source_uri=f"upload://{header.filename}",
+            filename=header.filename,
+            data=b"".join(parts),
+            access=access,
+            declared_media_type=header.media_type,
+            document_id=header.document_id,
+            title=header.title,
+            document_date_unix=header.document_date_unix,
         )
+        # One of the tenant's slots while it is parsed and embedded (ingestion/fairness.py).
+        async with self._pipeline.tenant_slots.hold(access.tenant):
+            return await self._pipeline.ingest(document)
 
     async def IngestUris(
         self, request: ingestion_pb2.IngestUrisRequest, context: aio.ServicerContext[Any, Any]
