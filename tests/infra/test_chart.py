@@ -21,6 +21,7 @@ import yaml
 
 from tests.infra.conftest import (
     CHART,
+    DEV_REDIS,
     GRPC_PORTS,
     METRICS_PORT,
     NAMESPACE,
@@ -165,6 +166,13 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     },
     "bad firestore database id": {"backends": {"retrieval": {"firestore": {"database": "Rag"}}}},
     "negative embedding concurrency": {"backends": {"embedding": {"vertex": {"concurrency": -1}}}},
+    "rate limits in redis without redis": {
+        "services": {"gateway": {"rateLimits": {"backend": "redis"}}}
+    },
+    "rate limit burst under one": {
+        "services": {"gateway": {"rateLimits": {"ask": {"perKey": {"rate": 1, "burst": 0}}}}}
+    },
+    "negative tenant concurrency": {"services": {"ingestion": {"maxConcurrentPerTenant": -1}}},
 }
 
 
@@ -593,6 +601,37 @@ def test_retrieval_keeps_its_embedded_index_on_a_volume_in_dev(
     assert env_of(containers(retrieval)[0])["RAG_DATA_DIR"] == "/data"
 
 
+def test_rate_limits_and_concurrency_caps_render(
+    renders: dict[str, list[Obj]], render: Callable[..., list[Obj]]
+) -> None:
+    """Every limit reaches its service; prod shares the gateway's buckets in Memorystore,
+    dev keeps them in each replica; an in-cluster Redis admits the gateway only when
+    the buckets live there."""
+    dev, prod = (
+        {c: env_of(containers(w)[0]) for c, w in workloads(renders[v]).items()}
+        for v in ("dev", "prod")
+    )
+    assert dev["gateway"]["RAG_GATEWAY_RATE_LIMIT_BACKEND"] == "memory"
+    assert "RAG_REDIS_URL" not in dev["gateway"]
+    gateway = prod["gateway"]
+    assert gateway["RAG_GATEWAY_RATE_LIMIT_BACKEND"] == "redis"
+    assert gateway["RAG_REDIS_URL"].startswith("rediss://") and gateway["RAG_REDIS_CA_CERT"]
+    assert "secretKeyRef" in gateway["RAG_REDIS_PASSWORD"]
+    assert "RAG_CACHE_BACKEND" not in gateway, "the gateway has no cache"
+    assert gateway["RAG_GATEWAY_MAX_CONCURRENT_REQUESTS"] == "256"
+    for route_class in ("ASK", "UPLOAD", "WRITE"):
+        for per in ("KEY", "TENANT"):
+            assert float(gateway[f"RAG_GATEWAY_{route_class}_RATE_PER_{per}"]) > 0
+            assert int(gateway[f"RAG_GATEWAY_{route_class}_BURST_PER_{per}"]) >= 1
+    assert prod["ingestion"]["RAG_INGESTION_MAX_CONCURRENT_PER_TENANT"] == "8"
+    shared = render(
+        "dev",
+        {**DEV_REDIS, "services": {"gateway": {"rateLimits": {"backend": "redis"}}}},
+    )
+    assert ("gateway", "redis", 6379) in allowed_paths(shared)
+    assert ("gateway", "redis", 6379) not in allowed_paths(renders["dev-redis"])
+
+
 def test_redis_is_optional(renders: dict[str, list[Obj]]) -> None:
     assert "redis" not in workloads(renders["dev"]) and "redis" not in workloads(renders["prod"])
     assert "redis" in workloads(renders["dev-redis"])
@@ -731,7 +770,7 @@ def test_network_policies_egress_outside_the_cluster(renders: dict[str, list[Obj
     dev, prod = renders["dev"], renders["prod"]
     for component in PLATFORM_SERVICES:
         assert cidrs(dev, component) == set(), f"dev {component} reaches outside"
-    assert cidrs(prod, "gateway") == set()
+    assert cidrs(prod, "gateway") == {"10.60.0.0/16"}  # Memorystore: the shared rate limits
     assert cidrs(prod, "query") == {"10.60.0.0/16"}  # Memorystore only
     assert cidrs(prod, "ingestion") == {google, "10.60.0.0/16"} | metadata
     assert cidrs(prod, "embedding") == {google, "10.60.0.0/16"} | metadata

@@ -135,10 +135,16 @@ automountServiceAccountToken: false
 {{- end -}}
 {{- end -}}
 
-{{/* Whether a component talks to Redis. Args: root, component. Prints "true" or "". */}}
+{{/* Whether a component talks to Redis: a cache user with the redis cache, or the
+gateway with its rate limits in Redis. Args: root, component. Prints "true" or "". */}}
 {{- define "ragplatform.usesRedis" -}}
-{{- if and (eq .root.Values.backends.cache.backend "redis") (ne .root.Values.redis.mode "none") (has .component (include "ragplatform.cacheUsers" . | fromYamlArray)) -}}
+{{- $v := .root.Values -}}
+{{- if ne $v.redis.mode "none" -}}
+{{- if and (eq $v.backends.cache.backend "redis") (has .component (include "ragplatform.cacheUsers" . | fromYamlArray)) -}}
 true
+{{- else if and (eq .component "gateway") (eq $v.services.gateway.rateLimits.backend "redis") -}}
+true
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -200,6 +206,17 @@ the vectors retrieval stores.
 {{- end }}
 {{- if eq .component "gateway" }}
 {{- $_ := set $env "RAG_GATEWAY_PORT" $svc.port -}}
+{{- $_ := set $env "RAG_GATEWAY_MAX_CONCURRENT_REQUESTS" $svc.maxConcurrentRequests -}}
+{{- $_ := set $env "RAG_GATEWAY_RATE_LIMIT_BACKEND" $svc.rateLimits.backend -}}
+{{- range $class := list "ask" "upload" "write" }}
+{{- range $per, $limit := dict "KEY" (index $svc.rateLimits $class).perKey "TENANT" (index $svc.rateLimits $class).perTenant }}
+{{- $_ := set $env (printf "RAG_GATEWAY_%s_RATE_PER_%s" (upper $class) $per) $limit.rate -}}
+{{- $_ := set $env (printf "RAG_GATEWAY_%s_BURST_PER_%s" (upper $class) $per) $limit.burst -}}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if eq .component "ingestion" }}
+{{- $_ := set $env "RAG_INGESTION_MAX_CONCURRENT_PER_TENANT" $svc.maxConcurrentPerTenant -}}
 {{- end }}
 {{- if include "ragplatform.usesGoogleCloud" . }}
 {{- $_ := set $env "RAG_GCP_PROJECT" $v.gcp.projectId -}}
@@ -264,7 +281,9 @@ the vectors retrieval stores.
 {{- end }}
 {{- end }}
 {{- if include "ragplatform.usesRedis" . }}
+{{- if ne .component "gateway" }}
 {{- $_ := set $env "RAG_CACHE_BACKEND" "redis" -}}
+{{- end }}
 {{- if eq $v.redis.mode "external" }}
 {{- $_ := set $env "RAG_REDIS_URL" $v.redis.external.url -}}
 {{- if $v.redis.external.ca.existingSecret }}
