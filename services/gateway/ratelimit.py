@@ -185,8 +185,9 @@ end
 return {refused, tostring(wait)}
 """
 """Read, refill and take from every bucket of one request at once, on Redis's
-clock. A bucket expires once it would be full again, so idle keys cost nothing.
-Numbers go back as strings: Redis turns a Lua number into an integer."""
+clock (TIME before writes needs Redis 5 or later, where scripts replicate their
+effects). A bucket expires once it would be full again, so idle keys cost
+nothing. Numbers go back as strings: Redis turns a Lua number into an integer."""
 
 
 class RedisBuckets:
