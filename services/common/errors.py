@@ -64,3 +64,10 @@ class DeadlineError(PlatformError):
     """A dependency (named in the message) did not answer within its deadline."""
 
     code_name = "DEADLINE_EXCEEDED"
+
+
+class AbortedError(PlatformError):
+    """The call lost a race with a change it must adapt to (named in the
+    message); retrying it as it was would fail again."""
+
+    code_name = "ABORTED"

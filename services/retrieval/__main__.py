@@ -1,13 +1,16 @@
 """Run the retrieval service: `python -m services.retrieval`."""
 
 import asyncio
+import shutil
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 
 from ragplatform.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.edge import EdgeVectorStore
-from services.retrieval.servicer import RetrievalServicer
+from services.retrieval.generations import GenerationStores, IndexGenerations
+from services.retrieval.servicer import IndexGenerationServicer, RetrievalServicer
 from services.retrieval.store import RetrievalMode, VectorStore
 from services.runtime.server import Service, ServiceBinding, run
 from services.runtime.settings import GoogleCloudSettings
@@ -88,21 +91,70 @@ class RetrievalSettings(GoogleCloudSettings):
     )
 
 
+class _EdgeGenerations:
+    """Generations of the embedded store: directories beside the first one."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._data_dir = data_dir
+
+    def open(self, name: str, dimension: int) -> VectorStore:
+        return EdgeVectorStore.open(self._data_dir / f"index-{name}", dimension)
+
+    def destroy(self, name: str) -> None:
+        shutil.rmtree(self._data_dir / f"index-{name}", ignore_errors=True)
+
+
+class _QdrantGenerations:
+    """Generations on a Qdrant server: collections named after the first one."""
+
+    def __init__(self, settings: RetrievalSettings) -> None:
+        self._settings = settings
+
+    def open(self, name: str, dimension: int) -> VectorStore:
+        return _connect_qdrant(
+            self._settings, f"{self._settings.qdrant_collection}_{name}", dimension
+        )
+
+    def destroy(self, name: str) -> None:
+        from services.retrieval.qdrant import QdrantServerStore
+
+        QdrantServerStore.destroy(
+            self._settings.qdrant_url,
+            f"{self._settings.qdrant_collection}_{name}",
+            api_key=self._settings.qdrant_api_key.get_secret_value(),
+        )
+
+
+def open_generations(settings: RetrievalSettings) -> IndexGenerations:
+    """The index's generations on the backend `settings` select (blocking)."""
+    first = open_store(settings)
+    stores: GenerationStores | None = None
+    if settings.retrieval_backend == "edge":
+        stores = _EdgeGenerations(settings.data_dir)
+    elif settings.retrieval_backend == "qdrant":
+        stores = _QdrantGenerations(settings)
+    return IndexGenerations(first, stores)
+
+
+def _connect_qdrant(settings: RetrievalSettings, collection: str, dimension: int) -> VectorStore:
+    # Imported here: qdrant-client (pydantic models, httpx) takes ~1 s to
+    # import, which the embedded backend's start-up need not pay.
+    from services.retrieval.qdrant import QdrantServerStore, QdrantTuning
+
+    return QdrantServerStore.connect(
+        settings.qdrant_url,
+        collection,
+        dimension,
+        api_key=settings.qdrant_api_key.get_secret_value(),
+        timeout_seconds=settings.qdrant_timeout_seconds,
+        tuning=QdrantTuning(replication_factor=settings.qdrant_replication_factor),
+    )
+
+
 def open_store(settings: RetrievalSettings) -> VectorStore:
     """The vector store `settings` select (blocking: it may reach a server)."""
     if settings.retrieval_backend == "qdrant":
-        # Imported here: qdrant-client (pydantic models, httpx) takes ~1 s to
-        # import, which the embedded backend's start-up need not pay.
-        from services.retrieval.qdrant import QdrantServerStore, QdrantTuning
-
-        return QdrantServerStore.connect(
-            settings.qdrant_url,
-            settings.qdrant_collection,
-            settings.retrieval_dimension,
-            api_key=settings.qdrant_api_key.get_secret_value(),
-            timeout_seconds=settings.qdrant_timeout_seconds,
-            tuning=QdrantTuning(replication_factor=settings.qdrant_replication_factor),
-        )
+        return _connect_qdrant(settings, settings.qdrant_collection, settings.retrieval_dimension)
     if settings.retrieval_backend == "vertex":
         return _open_vertex_store(settings)
     return EdgeVectorStore.open(settings.data_dir / "index", settings.retrieval_dimension)
@@ -147,17 +199,25 @@ def main() -> None:
     settings = RetrievalSettings()
 
     async def build() -> Service:
-        store = await asyncio.to_thread(open_store, settings)
-        binding = ServiceBinding(
-            retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server,
-            RetrievalServicer(store, settings.retrieval_default_mode),
-            retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name,
-        )
+        generations = await asyncio.to_thread(open_generations, settings)
+        services = retrieval_pb2.DESCRIPTOR.services_by_name
+        bindings = [
+            ServiceBinding(
+                retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server,
+                RetrievalServicer(generations, settings.retrieval_default_mode),
+                services["RetrievalService"].full_name,
+            ),
+            ServiceBinding(
+                retrieval_pb2_grpc.add_IndexGenerationServiceServicer_to_server,
+                IndexGenerationServicer(generations),
+                services["IndexGenerationService"].full_name,
+            ),
+        ]
 
         async def close() -> None:
-            await asyncio.to_thread(store.close)
+            await asyncio.to_thread(generations.close)
 
-        return Service([binding], cleanups=[close])
+        return Service(bindings, cleanups=[close])
 
     run("retrieval", settings, build)
 

@@ -68,6 +68,7 @@ from services.retrieval.schema import (
     REGISTRY_INDEXES,
     SCROLL_BATCH,
     IndexKind,
+    chunk_from_payload,
     chunk_payload,
     chunk_vectors,
     paged,
@@ -92,6 +93,8 @@ _CHUNKS_DIR: Final = "chunks"
 _DOCUMENTS_DIR: Final = "documents"
 _EMBEDDER_FILE: Final = "embedding-model"
 """The embedding model of the store's vectors, recorded by its first write."""
+_GENERATIONS_FILE: Final = "generations.json"
+"""The index's generation table (`generations.py`), kept by the first generation."""
 _INDEX_TYPES: Final = {
     IndexKind.KEYWORD: PayloadSchemaType.Keyword,
     IndexKind.INTEGER: PayloadSchemaType.Integer,
@@ -205,6 +208,7 @@ class EdgeVectorStore(EngineStore):
             raise InvalidInputError(f"flush_interval must be >= 0, got {flush_interval}")
         super().__init__(dimension)
         self._embedder_file = data_dir / _EMBEDDER_FILE
+        self._generations_file = data_dir / _GENERATIONS_FILE
         self._chunks: EdgeShard | None = chunks
         self._documents: EdgeShard | None = documents
         self._settings = settings
@@ -424,20 +428,41 @@ class EdgeVectorStore(EngineStore):
             return ""
 
     def _record_embedder(self, model: str) -> str:
-        """Written once, atomically (a temporary file renamed over), under the
-        write lock: one process owns the directory."""
+        """Written once under the write lock: one process owns the directory."""
         with self._lock.write():
             self._require_open()
             recorded = self._read_embedder()
             if recorded:
                 return recorded
-            temporary = self._embedder_file.with_suffix(".tmp")
-            with temporary.open("w", encoding="utf-8") as handle:
-                handle.write(model + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            temporary.replace(self._embedder_file)
+            _write_atomically(self._embedder_file, model + "\n")
         return model
+
+    def _document_chunks(self, tenant: str, document_id: str) -> list[StoredChunk]:
+        of_document = _engine_filter(filters.of_document(tenant, document_id))
+        with self._lock.read():
+            chunk_shard, _ = self._require_open()
+            return [
+                chunk_from_payload(point.payload or {})
+                for point in _scroll(chunk_shard, of_document, True)
+            ]
+
+    def _tenants(self) -> Iterator[str]:
+        with self._lock.read():
+            _, registry = self._require_open()
+            for point in _scroll(registry, None, PayloadSelector.Include(["tenant"])):
+                yield str((point.payload or {})["tenant"])
+
+    def _read_generations(self) -> str:
+        self._require_open()
+        try:
+            return self._generations_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return ""
+
+    def _write_generations(self, table: str) -> None:
+        with self._lock.write():
+            self._require_open()
+            _write_atomically(self._generations_file, table)
 
     def optimize(self) -> bool:
         """Run the engine's optimizers (HNSW build, merging, vacuum) to completion.
@@ -712,16 +737,33 @@ def _check_chunk_ownership(
 
 
 def _scan_registry(registry: EdgeShard, records_filter: Filter) -> Iterator[DocumentRecord]:
+    for record in _scroll(registry, records_filter, True):
+        yield record_from_payload(record.payload or {})
+
+
+def _scroll(shard: EdgeShard, scroll_filter: Filter | None, payload: Any) -> Iterator[Any]:
+    """Every point of `shard` matching `scroll_filter`, page by page."""
+
     def page(offset: Any) -> tuple[Sequence[Any], Any]:
-        return registry.scroll(
+        return shard.scroll(
             ScrollRequest(
                 offset=offset,
                 limit=SCROLL_BATCH,
-                filter=records_filter,
-                with_payload=True,
+                filter=scroll_filter,
+                with_payload=payload,
                 with_vector=False,
             )
         )
 
-    for record in paged(page):
-        yield record_from_payload(record.payload or {})
+    yield from paged(page)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write `text` to a temporary file, sync it and rename it over `path`: a
+    crash leaves the old content or the new, never a torn file."""
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    temporary.replace(path)

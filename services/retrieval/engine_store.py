@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Self
 
-from services.common.errors import FailedPreconditionError, InvalidInputError
+from services.common.errors import FailedPreconditionError, InvalidInputError, NotFoundError
 from services.common.tenancy import validate_tenant
 from services.retrieval.ranking import Candidate, SearchPlan, hits, plan_search
 from services.retrieval.store import (
@@ -128,6 +128,29 @@ class EngineStore(ABC):
         _require_document_id(document_id)
         return self._remove(tenant, document_id)
 
+    def document_chunks(self, tenant: str, document_id: str) -> list[StoredChunk]:
+        """The live chunks of the tenant's document, by ordinal: what a re-index
+        embeds again. NotFoundError when the tenant has no such document."""
+        validate_tenant(tenant)
+        _require_document_id(document_id)
+        chunks = self._document_chunks(tenant, document_id)
+        if not chunks:
+            raise NotFoundError(f"document '{document_id}' not found in tenant '{tenant}'")
+        return sorted(chunks, key=lambda chunk: chunk.ordinal)
+
+    def tenants(self) -> list[str]:
+        """The tenants with at least one indexed document, sorted."""
+        return sorted(set(self._tenants()))
+
+    def read_generations(self) -> str:
+        """The index's generation table as its owner (`generations.py`) wrote
+        it; "" when none was written."""
+        return self._read_generations()
+
+    def write_generations(self, table: str) -> None:
+        """Replace the generation table, durably, for every replica to read."""
+        self._write_generations(table)
+
     def stats(self) -> StoreStats:
         """Return document and chunk counts, the dimension and the embedding model."""
         documents, chunks = self._counts()
@@ -190,6 +213,22 @@ class EngineStore(ABC):
     @abstractmethod
     def _remove(self, tenant: str, document_id: str) -> int:
         """Delete a document's chunks and record; NotFoundError if neither exists."""
+
+    @abstractmethod
+    def _document_chunks(self, tenant: str, document_id: str) -> list[StoredChunk]:
+        """The chunks of the document's live version, in any order; [] if none."""
+
+    @abstractmethod
+    def _tenants(self) -> Iterator[str]:
+        """The tenant of every indexed record (repeats allowed)."""
+
+    @abstractmethod
+    def _read_generations(self) -> str:
+        """The stored generation table, "" when none is."""
+
+    @abstractmethod
+    def _write_generations(self, table: str) -> None:
+        """Store the generation table (one small value)."""
 
     @abstractmethod
     def _counts(self) -> tuple[int, int]:

@@ -40,6 +40,7 @@ IN_QUERY_VALUES: Final = 30
 """Values of one `in` filter, Firestore's limit."""
 _BM25_TOTAL: Final = "bm25"
 _INDEX_META: Final = "index"
+_GENERATIONS: Final = "generations"
 
 
 @dataclass
@@ -171,6 +172,14 @@ class FirestoreSideStore:
         result: str = claim(self._client.transaction())
         return result
 
+    def generations(self) -> str:
+        """The stored generation table, "" when none is."""
+        snapshot = self._meta.document(_GENERATIONS).get()
+        return str((snapshot.to_dict() or {}).get("table", "")) if snapshot.exists else ""
+
+    def write_generations(self, table: str) -> None:
+        self._meta.document(_GENERATIONS).set({"table": table})
+
     # -- manifests ------------------------------------------------------------------
 
     def manifests(self, keys: Sequence[str]) -> dict[str, Manifest]:
@@ -193,6 +202,12 @@ class FirestoreSideStore:
             manifest = Manifest.from_firestore(snapshot.to_dict() or {})
             if manifest.record is not None:
                 yield manifest.record
+
+    def tenants(self) -> Iterator[str]:
+        """The tenant of every live record."""
+        query = self._documents.where(filter=FieldFilter("indexed", "==", True)).select(["tenant"])
+        for snapshot in query.stream():
+            yield str((snapshot.to_dict() or {})["tenant"])
 
     def update(
         self,

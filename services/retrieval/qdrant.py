@@ -70,6 +70,8 @@ _CHUNK_NAMESPACE: Final = uuid.UUID("6f1b0c64-2a57-5d0e-b3c9-1e8a4d7f2b90")
 _RECORD_NAMESPACE: Final = uuid.UUID("0b5e9a31-7c42-5f18-9d6e-3a2c8b4f1e07")
 _TOKEN_NAMESPACE: Final = uuid.UUID("d27c4e19-8b3a-5a61-8f0d-5c9e2b7a4d13")
 _EMBEDDER_POINT: Final = str(uuid.uuid5(_TOKEN_NAMESPACE, "embedding model"))
+_GENERATIONS: Final = "generations"
+_GENERATIONS_POINT: Final = str(uuid.uuid5(_TOKEN_NAMESPACE, "generations"))
 """Fixed namespaces of point ids: changing one orphans every stored point."""
 
 _INDEX_TYPES: Final = {
@@ -204,6 +206,23 @@ class QdrantServerStore(EngineStore):
         except BaseException:
             client.close()
             raise
+
+    @staticmethod
+    def destroy(url: str, collection: str, *, api_key: str = "") -> None:
+        """Delete the store's collections (chunks and registry) on the server at
+        `url`; what does not exist is left alone."""
+        client = QdrantClient(
+            url=url,
+            grpc_port=urlsplit(url).port or DEFAULT_GRPC_PORT,
+            prefer_grpc=True,
+            api_key=api_key or None,
+            check_compatibility=False,
+        )
+        try:
+            for name in (collection, collection + _REGISTRY_SUFFIX):
+                client.delete_collection(name)
+        finally:
+            client.close()
 
     @classmethod
     def open(
@@ -346,6 +365,44 @@ class QdrantServerStore(EngineStore):
                 update_filter=models.Filter(must=[_match(_EMBEDDER, _NEVER)]),
             )
         return self._read_embedder()
+
+    def _document_chunks(self, tenant: str, document_id: str) -> list[StoredChunk]:
+        """The chunks of the live version; read again if a replacement flipped
+        the version between the record's read and the chunks'."""
+        record_id = _record_id(tenant, document_id)
+        for _ in range(self._tuning.search_attempts):
+            record = self._record(record_id) or {}
+            if not record.get("indexed"):
+                return []
+            version = str(record["version"])
+            live = models.Filter(
+                must=[*_document_conditions(tenant, document_id), _match("version", version)]
+            )
+            chunks = [
+                schema.chunk_from_payload(payload)
+                for payload in self._scan(self._chunks, live, with_payload=True)
+            ]
+            if (self._record(record_id) or {}).get("version") == version:
+                return chunks
+        raise UnavailableError(
+            f"Qdrant: document '{document_id}' of tenant '{tenant}' was replaced during "
+            f"every read ({self._tuning.search_attempts} attempts); retry"
+        )
+
+    def _tenants(self) -> Iterator[str]:
+        documents = models.Filter(must=[_match("kind", _DOCUMENT), _match("indexed", True)])
+        for payload in self._scan(self._registry, documents, with_payload=["tenant"]):
+            yield str(payload["tenant"])
+
+    def _read_generations(self) -> str:
+        return str((self._record(_GENERATIONS_POINT) or {}).get(_GENERATIONS, ""))
+
+    def _write_generations(self, table: str) -> None:
+        point = models.PointStruct(
+            id=_GENERATIONS_POINT, vector={}, payload={"kind": _GENERATIONS, _GENERATIONS: table}
+        )
+        with self._engine() as client:
+            client.upsert(self._registry, [point], wait=True)
 
     def close(self) -> None:
         """Close the client; later calls raise FailedPreconditionError. Idempotent.

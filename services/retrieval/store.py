@@ -209,6 +209,23 @@ class VectorStore(Protocol):
         """
         ...
 
+    def document_chunks(self, tenant: str, document_id: str) -> list[StoredChunk]:
+        """The live chunks of the tenant's document, by ordinal (what a re-index
+        embeds again); NotFoundError when the tenant has no such document."""
+        ...
+
+    def tenants(self) -> list[str]:
+        """The tenants with at least one indexed document, sorted."""
+        ...
+
+    def read_generations(self) -> str:
+        """The index's generation table (`generations.py`), "" when none was written."""
+        ...
+
+    def write_generations(self, table: str) -> None:
+        """Replace the generation table, durably, for every replica to read."""
+        ...
+
     def stats(self) -> StoreStats:
         """Return document and chunk counts."""
         ...

@@ -504,6 +504,29 @@ class VertexVectorStore(EngineStore):
         """(documents, chunks) of every tenant's live records."""
         return self._require_open().stats()
 
+    def _document_chunks(self, tenant: str, document_id: str) -> list[StoredChunk]:
+        """The chunks the manifest's live version names: a replacement writes
+        new datapoint ids, so the ones read never change meaning."""
+        side = self._require_open()
+        manifest = side.manifests([_document_key(tenant, document_id)]).get(
+            _document_key(tenant, document_id)
+        )
+        if manifest is None or manifest.record is None:
+            return []
+        payloads = side.chunks(manifest.datapoints)
+        return [
+            schema.chunk_from_payload(payloads[d]) for d in manifest.datapoints if d in payloads
+        ]
+
+    def _tenants(self) -> Iterator[str]:
+        return self._require_open().tenants()
+
+    def _read_generations(self) -> str:
+        return self._require_open().generations()
+
+    def _write_generations(self, table: str) -> None:
+        self._require_open().write_generations(table)
+
     def _read_embedder(self) -> str:
         return self._require_open().embedder()
 

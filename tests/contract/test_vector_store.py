@@ -29,6 +29,7 @@ from services.common.errors import (
     UnavailableError,
 )
 from services.retrieval.fusion import rrf
+from services.retrieval.generations import IndexGenerations
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.store import (
     MAX_TOP_K,
@@ -1128,6 +1129,39 @@ def test_a_dimension_below_one_is_refused(opener: Opener) -> None:
         opener(0)
 
 
+# -- what a re-index reads ---------------------------------------------------------
+
+
+def test_document_chunks_are_the_live_version_by_ordinal(store: VectorStore) -> None:
+    record, chunks, vectors = make_document("doc", 3)
+    store.replace_document(record, chunks, vectors)
+    assert store.document_chunks(ACME, "doc") == sorted(chunks, key=lambda c: c.ordinal)
+    shorter = make_document("doc", 1, version="v2")
+    store.replace_document(*shorter)
+    assert store.document_chunks(ACME, "doc") == list(shorter[1])
+    with pytest.raises(NotFoundError, match="document 'doc' not found in tenant 'globex'"):
+        store.document_chunks(GLOBEX, "doc")
+    with pytest.raises(InvalidInputError, match="tenant"):
+        store.document_chunks("", "doc")
+
+
+def test_tenants_are_those_with_documents(library: VectorStore) -> None:
+    assert library.tenants() == sorted({ACME, GLOBEX})
+
+
+def test_the_generation_table_round_trips_and_outlives_a_reopening(opener: Opener) -> None:
+    first = opener(DIM)
+    assert first.read_generations() == ""
+    first.write_generations('[{"name": "g0"}]')
+    first.write_generations('[{"name": "g1"}]')
+    first.close()
+    reopened = opener(DIM)
+    try:
+        assert reopened.read_generations() == '[{"name": "g1"}]'
+    finally:
+        reopened.close()
+
+
 # -- through the servicer -------------------------------------------------------
 
 
@@ -1155,7 +1189,7 @@ def replace_request(
 
 
 async def test_the_servicer_holds_the_index_to_its_embedding_model(store: VectorStore) -> None:
-    servicer = RetrievalServicer(store)
+    servicer = RetrievalServicer(IndexGenerations(store))
     stats = await servicer.GetStats(retrieval_pb2.GetStatsRequest(), None)
     assert stats.embedding_model == ""  # nothing written yet
     first = document(ACME, "first", 1)
@@ -1209,7 +1243,7 @@ def test_the_embedding_model_outlives_a_reopening(opener: Opener) -> None:
 async def test_the_servicer_carries_tenancy_between_protobuf_and_store(
     store: VectorStore,
 ) -> None:
-    servicer = RetrievalServicer(store)
+    servicer = RetrievalServicer(IndexGenerations(store))
     record, chunks, vectors = document(
         ACME, "doc", 2, access_labels=("hr",), tags=("policy",), document_date_unix=200
     )
