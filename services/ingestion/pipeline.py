@@ -58,6 +58,7 @@ from services.ingestion.parsers import (
     parse_document,
 )
 from services.runtime.clients import PlatformClients
+from services.runtime.embedders import Embedder
 from services.runtime.errors import downstream
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,8 @@ class _Prepared:
     replaces: bool
     """Whether an older version is indexed (the result is UPDATED, not CREATED)."""
     drafts: list[ChunkDraft]
+    embedder: Embedder
+    """The embedding service of the index's live model when the document was chunked."""
     vectors: list[embedding_pb2.Vector | None] = field(default_factory=list)
     missing: int = 0
     abandoned: bool = False
@@ -213,34 +216,27 @@ class IngestionPipeline:
         self._clients = clients
         self._limits = limits
         self.tenant_slots = TenantSlots(limits.max_concurrent_per_tenant)
-        self._counter: OffsetTokenCounter | None = None
-        self._config: ChunkingConfig | None = None
-        self._setup_lock = asyncio.Lock()
+        self._chunking_of: dict[str, tuple[OffsetTokenCounter, ChunkingConfig]] = {}
 
-    async def _chunking(self) -> tuple[OffsetTokenCounter, ChunkingConfig]:
-        """Token counter and limits of the embedder, fetched once from the embedding service.
+    def _chunking(self, embedder: Embedder) -> tuple[OffsetTokenCounter, ChunkingConfig]:
+        """Token counter and limits of the embedder's model, built once per model.
 
         Chunks are measured with the embedder's own tokenizer, or with the upper
         bound of its count that it announces when its tokenizer is not public,
         so that none is ever truncated or refused by the model.
         """
-        if self._counter is not None and self._config is not None:
-            return self._counter, self._config
-        async with self._setup_lock:
-            if self._counter is None or self._config is None:
-                address = self._clients.settings.embedding_addr
-                with downstream("embedding", address):
-                    info = await self._clients.embedding.GetModelInfo(
-                        embedding_pb2.GetModelInfoRequest()
-                    )
-                max_tokens = info.max_input_tokens - info.special_tokens_per_input
-                self._counter = _counter(info)
-                self._config = ChunkingConfig(
+        if embedder.model not in self._chunking_of:
+            info = embedder.info
+            max_tokens = info.max_input_tokens - info.special_tokens_per_input
+            self._chunking_of[embedder.model] = (
+                _counter(info),
+                ChunkingConfig(
                     max_tokens=max_tokens,
                     target_tokens=min(self._limits.target_tokens, max_tokens),
                     overlap_tokens=self._limits.overlap_tokens,
-                )
-            return self._counter, self._config
+                ),
+            )
+        return self._chunking_of[embedder.model]
 
     def check_size(self, size: int, name: str) -> None:
         """Refuse a document over the configured size limit."""
@@ -269,12 +265,12 @@ class IngestionPipeline:
         records the model that embedded them on `prepared`."""
         texts, title = [d.text for d in prepared.drafts], prepared.title
         batch = self._limits.embed_batch
-        address = self._clients.settings.embedding_addr
+        embedder = prepared.embedder
 
         async def embed_slice(start: int) -> list[embedding_pb2.Vector]:
             part = texts[start : start + batch]
-            with downstream("embedding", address):
-                response = await self._clients.embedding.EmbedDocuments(
+            with downstream("embedding", embedder.address):
+                response = await embedder.stub.EmbedDocuments(
                     embedding_pb2.EmbedDocumentsRequest(texts=part, titles=[title] * len(part))
                 )
             prepared.embedding_model = response.model
@@ -295,11 +291,12 @@ class IngestionPipeline:
         return not listing.documents
 
     async def _prepare(
-        self, document: IncomingDocument, look_up: bool = True
+        self, document: IncomingDocument, look_up: bool = True, embedder: Embedder | None = None
     ) -> _Prepared | ingestion_pb2.IngestResult:
         """Parse and chunk a document, or its result when there is nothing to embed.
 
         `look_up=False` skips asking the index for an indexed version (known absent).
+        Chunks are cut for `embedder`, by default the live model's.
         """
         name = document.filename or document.source_uri
         self.check_size(len(document.data), name)
@@ -318,7 +315,8 @@ class IngestionPipeline:
         media_type = detect_media_type(
             document.filename, document.data, document.declared_media_type
         )
-        counter, config = await self._chunking()
+        embedder = embedder or await self._clients.embedders.live()
+        counter, config = self._chunking(embedder)
         parsed, drafts = await asyncio.to_thread(
             _parse_and_chunk, document, media_type, counter, config
         )
@@ -335,12 +333,31 @@ class IngestionPipeline:
             title=document.title or parsed.title,
             replaces=existing is not None,
             drafts=drafts,
+            embedder=embedder,
         )
 
     async def _index(
         self, prepared: _Prepared, vectors: Sequence[embedding_pb2.Vector]
     ) -> ingestion_pb2.IngestResult:
-        """Replace the document's chunks in the index with the embedded ones."""
+        """Replace the document's chunks in the index with the embedded ones. If
+        the index switched to another embedding model meanwhile (ABORTED), the
+        chunks are embedded again with that model's embedder and written once
+        more; a chunk too long for it fails the document, naming the chunk."""
+        try:
+            return await self._write(prepared, vectors)
+        except PlatformError as error:
+            if error.code_name != "ABORTED":
+                raise
+            log.info(
+                "index switched embedding models; embedding again", extra={"error": str(error)}
+            )
+        prepared.embedder = await self._clients.embedders.refresh()
+        return await self._write(prepared, await self._embed(prepared))
+
+    async def _write(
+        self, prepared: _Prepared, vectors: Sequence[embedding_pb2.Vector]
+    ) -> ingestion_pb2.IngestResult:
+        """ReplaceDocument with `vectors`; the document's result."""
         info = common_pb2.DocumentInfo(
             document_id=prepared.document_id,
             title=prepared.title,
@@ -665,12 +682,14 @@ class _BulkIngestion:
         return taken
 
     async def _embed_batch(self, chunks: list[_PoolChunk]) -> None:
-        pipeline = self._pipeline
         texts = [c.document.drafts[c.index].text for c in chunks]
         titles = [c.document.title for c in chunks]
+        # The embedder its first chunk was cut for: across a switch of models, a
+        # batch may mix documents cut for two; each write names the model used.
+        embedder = chunks[0].document.embedder
         try:
-            with downstream("embedding", pipeline._clients.settings.embedding_addr):
-                response = await pipeline._clients.embedding.EmbedDocuments(
+            with downstream("embedding", embedder.address):
+                response = await embedder.stub.EmbedDocuments(
                     embedding_pb2.EmbedDocumentsRequest(texts=texts, titles=titles)
                 )
         except PlatformError as error:

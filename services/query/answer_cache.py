@@ -50,7 +50,8 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import Counter
 
-from ragplatform.v1 import common_pb2, embedding_pb2, query_pb2, retrieval_pb2
+from ragplatform.v1 import common_pb2, query_pb2, retrieval_pb2
+from services.common.errors import PlatformError
 from services.common.search import MAX_TOP_K
 from services.runtime.cache import Cache
 from services.runtime.clients import PlatformClients
@@ -67,9 +68,6 @@ TRAILING_MARKS = ".?!。"
 """Sentence-ending marks dropped from the end of a question (after NFKC, which
 maps full-width ? and ! to these). Other punctuation can change the meaning
 ("C#", "C++") and is kept."""
-INDEX_INFO_SECONDS = 60.0
-"""How long the embedding model's identity is trusted before it is asked again:
-a new model deployed behind the same address changes every key within a minute."""
 INVALIDATION_REASONS = ("changed", "deleted")
 
 VERSION_CHECKS = Counter(
@@ -333,8 +331,6 @@ class AnswerCache:
         self._ttl_seconds = ttl_seconds
         self._index_label = index_label
         self.semantic = semantic
-        self._index_version = ""
-        self._index_checked_at = -INDEX_INFO_SECONDS
         caches = [EXACT_CACHE]
         if semantic is not None:
             caches.append(SEMANTIC_CACHE)
@@ -344,20 +340,16 @@ class AnswerCache:
                 INVALIDATIONS.labels(cache, reason)
 
     async def index_version(self) -> str | None:
-        """Embedding model, dimension and RAG_INDEX_VERSION; None while the
-        embedding service cannot say (the request then goes without the cache)."""
-        now = time.monotonic()
-        if now - self._index_checked_at >= INDEX_INFO_SECONDS:
-            try:
-                info = await self._clients.embedding.GetModelInfo(
-                    embedding_pb2.GetModelInfoRequest()
-                )
-            except grpc.RpcError as error:
-                log.warning("answer cache skipped: no model info", extra={"error": str(error)})
-                return None
-            self._index_version = f"{info.model}|{info.dimension}|{self._index_label}"
-            self._index_checked_at = now
-        return self._index_version
+        """The live embedding model, its dimension and RAG_INDEX_VERSION: a
+        re-index to another model changes every key, so answers retrieved from
+        the previous generation are never served after the switch. None while
+        the model cannot be told (the request then goes without the cache)."""
+        try:
+            info = (await self._clients.embedders.live()).info
+        except PlatformError as error:
+            log.warning("answer cache skipped: no model info", extra={"error": str(error)})
+            return None
+        return f"{info.model}|{info.dimension}|{self._index_label}"
 
     async def _versions(
         self, caller: common_pb2.Caller, document_ids: Collection[str]

@@ -29,7 +29,6 @@ from ragplatform.v1 import (
     common_pb2,
     debug_pb2,
     debug_pb2_grpc,
-    embedding_pb2,
     retrieval_pb2,
 )
 from services.common.errors import InvalidInputError, NotFoundError
@@ -162,10 +161,7 @@ class RequestDebugServicer(debug_pb2_grpc.RequestDebugServiceServicer):
             if error.code_name != "NOT_FOUND":
                 raise
             return not_indexed
-        with downstream("embedding", settings.embedding_addr):
-            embedded = await self._clients.embedding.EmbedQueries(
-                embedding_pb2.EmbedQueriesRequest(texts=[question])
-            )
+        embedded = await self._clients.embedders.embed_question(question)
         vector = embedded.vectors[0]
         only_document = common_pb2.MetadataFilter(document_ids=[request.document_id])
         with downstream("retrieval", settings.retrieval_addr):

@@ -24,7 +24,6 @@ from typing import Any, Protocol
 
 from ragplatform.v1 import (
     common_pb2,
-    embedding_pb2,
     generation_pb2,
     query_pb2,
     retrieval_pb2,
@@ -213,10 +212,8 @@ class QueryPipeline:
         started = time.perf_counter()
         timer = _Timer()
         settings = self._clients.settings
-        with timer.stage("embed"), downstream("embedding", settings.embedding_addr):
-            embedded = await self._clients.embedding.EmbedQueries(
-                embedding_pb2.EmbedQueriesRequest(texts=[question])
-            )
+        with timer.stage("embed"):
+            embedded = await self._clients.embedders.embed_question(question)
         search = retrieval_pb2.SearchRequest(
             vector=embedded.vectors[0],
             top_k=top_k,
@@ -228,7 +225,9 @@ class QueryPipeline:
             embedding_model=embedded.model,
         )
         with timer.stage("retrieve"), downstream("retrieval", settings.retrieval_addr):
-            results = list((await self._clients.retrieval.Search(search)).results)
+            found = await self._clients.retrieval.Search(search)
+        self._clients.embedders.observe(found.live_embedding_model)
+        results = list(found.results)
         sources = [
             generation_pb2.Source(number=n, chunk=r.chunk, score=r.score)
             for n, r in enumerate(results, start=1)

@@ -20,6 +20,7 @@ from ragplatform.v1 import (
     query_pb2_grpc,
     retrieval_pb2_grpc,
 )
+from services.runtime.embedders import EmbedderRouter
 from services.runtime.settings import PlatformSettings
 from services.runtime.telemetry import outgoing_metadata, tracing_enabled
 
@@ -79,6 +80,9 @@ class PlatformClients:
     def __init__(self, settings: PlatformSettings) -> None:
         self.settings = settings
         self._channels: dict[str, aio.Channel] = {}
+        self.embedders = EmbedderRouter(self)
+        """The embedding service of the index's live model (use it, not `embedding`,
+        for vectors that go into the index or are searched in it)."""
 
     def channel(self, address: str) -> aio.Channel:
         """The shared channel to `address`."""
@@ -107,9 +111,18 @@ class PlatformClients:
     def embedding(self) -> embedding_pb2_grpc.EmbeddingServiceStub:
         return self._stub("embedding", embedding_pb2_grpc.EmbeddingServiceStub)
 
+    def embedding_at(self, address: str) -> embedding_pb2_grpc.EmbeddingServiceStub:
+        """EmbeddingService at `address`, one of several (one per model, `embedders`)."""
+        return embedding_pb2_grpc.EmbeddingServiceStub(self.channel(address))
+
     @property
     def retrieval(self) -> retrieval_pb2_grpc.RetrievalServiceStub:
         return self._stub("retrieval", retrieval_pb2_grpc.RetrievalServiceStub)
+
+    @property
+    def index_generations(self) -> retrieval_pb2_grpc.IndexGenerationServiceStub:
+        """IndexGenerationService, served by the retrieval process."""
+        return self._stub("retrieval", retrieval_pb2_grpc.IndexGenerationServiceStub)
 
     @property
     def generation(self) -> generation_pb2_grpc.GenerationServiceStub:

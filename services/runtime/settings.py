@@ -35,6 +35,14 @@ class PlatformSettings(BaseSettings):
     query_addr: str = Field(default="127.0.0.1:50051", description="QueryService address.")
     ingestion_addr: str = Field(default="127.0.0.1:50052", description="IngestionService address.")
     embedding_addr: str = Field(default="127.0.0.1:50053", description="EmbeddingService address.")
+    embedding_addrs: str = Field(
+        default="",
+        description=(
+            "Other EmbeddingService addresses, comma-separated, one per model: query and "
+            "ingestion embed with the one whose model the index serves, so they follow a "
+            "re-index to another model (`ragctl reindex`) without a restart."
+        ),
+    )
     retrieval_addr: str = Field(default="127.0.0.1:50054", description="RetrievalService address.")
     generation_addr: str = Field(
         default="127.0.0.1:50055", description="GenerationService address."
@@ -123,6 +131,10 @@ class PlatformSettings(BaseSettings):
             "so a slow cache cannot slow requests down by more."
         ),
     )
+
+    def other_embedding_addresses(self) -> list[str]:
+        """RAG_EMBEDDING_ADDRS as a list."""
+        return [address.strip() for address in self.embedding_addrs.split(",") if address.strip()]
 
     def address_of(self, service: str) -> str:
         """The address clients dial for `service` (one of SERVICE_NAMES)."""

@@ -15,14 +15,15 @@ import logging
 from grpc import aio
 
 from ragplatform.v1 import embedding_pb2, retrieval_pb2
+from services.common.errors import PlatformError
 from services.runtime.clients import PlatformClients
 
 log = logging.getLogger(__name__)
 
 
 async def refuse_another_embedder(service: str, clients: PlatformClients, wait: float) -> None:
-    """Exit naming both models when the embedding service's model is not the one
-    of the index's vectors. Waits up to `wait` seconds for both services (they
+    """Exit naming both models when no configured embedding service runs the
+    model of the index's live vectors. Waits up to `wait` seconds for both services (they
     may start at the same time); if they do not answer, serving goes on, and
     retrieval checks each request's model instead. 0 skips the check."""
     if wait <= 0:
@@ -43,11 +44,17 @@ async def refuse_another_embedder(service: str, clients: PlatformClients, wait: 
             extra={"error": f"{error.code().name}: {error.details()}"},
         )
         return
-    if stats.embedding_model and stats.embedding_model != info.model:
+    if not stats.embedding_model or stats.embedding_model == info.model:
+        return
+    try:
+        await clients.embedders.refresh()  # another configured embedder may serve it
+    except PlatformError:
+        others = clients.settings.other_embedding_addresses()
         raise SystemExit(
             f"{service}: the embedding service at {clients.settings.embedding_addr} runs "
             f"'{info.model}' ({info.dimension} dimensions), but the index at "
             f"{clients.settings.retrieval_addr} holds vectors of '{stats.embedding_model}' "
-            f"({stats.dimension} dimensions); refusing to serve (docs/embedding.md, "
+            f"({stats.dimension} dimensions), and none of RAG_EMBEDDING_ADDRS "
+            f"({', '.join(others) or 'empty'}) runs it; refusing to serve (docs/embedding.md, "
             '"Changing the embedder")'
-        )
+        ) from None

@@ -54,6 +54,9 @@ class FakeEmbedding(embedding_pb2_grpc.EmbeddingServiceServicer):
             vectors=[embedding_pb2.Vector(values=[1.0, 0.0])], model="fake"
         )
 
+    async def GetModelInfo(self, request: Any, context: Any) -> embedding_pb2.GetModelInfoResponse:
+        return embedding_pb2.GetModelInfoResponse(model="fake", dimension=2)
+
 
 class FakeRetrieval(retrieval_pb2_grpc.RetrievalServiceServicer):
     async def Search(self, request: Any, context: Any) -> retrieval_pb2.SearchResponse:
@@ -63,6 +66,9 @@ class FakeRetrieval(retrieval_pb2_grpc.RetrievalServiceServicer):
         return retrieval_pb2.SearchResponse(
             results=[common_pb2.ScoredChunk(chunk=chunk, score=0.8)]
         )
+
+    async def GetStats(self, request: Any, context: Any) -> retrieval_pb2.GetStatsResponse:
+        return retrieval_pb2.GetStatsResponse(embedding_model="fake", dimension=2)
 
 
 @dataclass

