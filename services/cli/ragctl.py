@@ -43,6 +43,7 @@ from rich.text import Text
 from ragplatform.v1 import common_pb2, ingestion_pb2, query_pb2, retrieval_pb2
 from services.cli import debug as debug_command
 from services.cli import evaluate as eval_command
+from services.cli import reindex as reindex_command
 from services.cli.evaluate import EVAL_TENANT
 from services.cli.supervisor import (
     ALL,
@@ -270,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     debug_command.add_command(commands, common)
     eval_command.add_command(commands, common)
+    reindex_command.add_command(commands, common)
     return parser
 
 
