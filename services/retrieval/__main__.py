@@ -1,19 +1,21 @@
 """Run the retrieval service: `python -m services.retrieval`."""
 
 import asyncio
-import shutil
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr
 
 from ragplatform.v1 import retrieval_pb2, retrieval_pb2_grpc
-from services.retrieval.edge import EdgeVectorStore
+from services.retrieval.edge import EdgeGenerationStores, EdgeVectorStore
 from services.retrieval.generations import GenerationStores, IndexGenerations
 from services.retrieval.servicer import IndexGenerationServicer, RetrievalServicer
 from services.retrieval.store import RetrievalMode, VectorStore
 from services.runtime.server import Service, ServiceBinding, run
 from services.runtime.settings import GoogleCloudSettings
+
+if TYPE_CHECKING:
+    from services.retrieval.qdrant import QdrantTuning
 
 
 class RetrievalSettings(GoogleCloudSettings):
@@ -91,73 +93,55 @@ class RetrievalSettings(GoogleCloudSettings):
     )
 
 
-class _EdgeGenerations:
-    """Generations of the embedded store: directories beside the first one."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self._data_dir = data_dir
-
-    def open(self, name: str, dimension: int) -> VectorStore:
-        return EdgeVectorStore.open(self._data_dir / f"index-{name}", dimension)
-
-    def destroy(self, name: str) -> None:
-        shutil.rmtree(self._data_dir / f"index-{name}", ignore_errors=True)
-
-
-class _QdrantGenerations:
-    """Generations on a Qdrant server: collections named after the first one."""
-
-    def __init__(self, settings: RetrievalSettings) -> None:
-        self._settings = settings
-
-    def open(self, name: str, dimension: int) -> VectorStore:
-        return _connect_qdrant(
-            self._settings, f"{self._settings.qdrant_collection}_{name}", dimension
-        )
-
-    def destroy(self, name: str) -> None:
-        from services.retrieval.qdrant import QdrantServerStore
-
-        QdrantServerStore.destroy(
-            self._settings.qdrant_url,
-            f"{self._settings.qdrant_collection}_{name}",
-            api_key=self._settings.qdrant_api_key.get_secret_value(),
-        )
-
-
 def open_generations(settings: RetrievalSettings) -> IndexGenerations:
     """The index's generations on the backend `settings` select (blocking)."""
     first = open_store(settings)
-    stores: GenerationStores | None = None
+    stores: GenerationStores | None = None  # Vector Search: docs/vertex.md
     if settings.retrieval_backend == "edge":
-        stores = _EdgeGenerations(settings.data_dir)
+        stores = EdgeGenerationStores(_edge_directory(settings))
     elif settings.retrieval_backend == "qdrant":
-        stores = _QdrantGenerations(settings)
+        from services.retrieval.qdrant import QdrantGenerationStores, server_client
+
+        stores = QdrantGenerationStores(
+            lambda: server_client(
+                settings.qdrant_url,
+                api_key=settings.qdrant_api_key.get_secret_value(),
+                timeout_seconds=settings.qdrant_timeout_seconds,
+            ),
+            settings.qdrant_collection,
+            _qdrant_tuning(settings),
+        )
     return IndexGenerations(first, stores)
 
 
-def _connect_qdrant(settings: RetrievalSettings, collection: str, dimension: int) -> VectorStore:
-    # Imported here: qdrant-client (pydantic models, httpx) takes ~1 s to
-    # import, which the embedded backend's start-up need not pay.
-    from services.retrieval.qdrant import QdrantServerStore, QdrantTuning
+def _edge_directory(settings: RetrievalSettings) -> Path:
+    return settings.data_dir / "index"
 
-    return QdrantServerStore.connect(
-        settings.qdrant_url,
-        collection,
-        dimension,
-        api_key=settings.qdrant_api_key.get_secret_value(),
-        timeout_seconds=settings.qdrant_timeout_seconds,
-        tuning=QdrantTuning(replication_factor=settings.qdrant_replication_factor),
-    )
+
+def _qdrant_tuning(settings: RetrievalSettings) -> "QdrantTuning":
+    from services.retrieval.qdrant import QdrantTuning
+
+    return QdrantTuning(replication_factor=settings.qdrant_replication_factor)
 
 
 def open_store(settings: RetrievalSettings) -> VectorStore:
     """The vector store `settings` select (blocking: it may reach a server)."""
     if settings.retrieval_backend == "qdrant":
-        return _connect_qdrant(settings, settings.qdrant_collection, settings.retrieval_dimension)
+        # Imported here: qdrant-client (pydantic models, httpx) takes ~1 s to
+        # import, which the embedded backend's start-up need not pay.
+        from services.retrieval.qdrant import QdrantServerStore
+
+        return QdrantServerStore.connect(
+            settings.qdrant_url,
+            settings.qdrant_collection,
+            settings.retrieval_dimension,
+            api_key=settings.qdrant_api_key.get_secret_value(),
+            timeout_seconds=settings.qdrant_timeout_seconds,
+            tuning=_qdrant_tuning(settings),
+        )
     if settings.retrieval_backend == "vertex":
         return _open_vertex_store(settings)
-    return EdgeVectorStore.open(settings.data_dir / "index", settings.retrieval_dimension)
+    return EdgeVectorStore.open(_edge_directory(settings), settings.retrieval_dimension)
 
 
 def _open_vertex_store(settings: RetrievalSettings) -> VectorStore:

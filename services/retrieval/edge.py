@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -601,6 +602,23 @@ class EdgeVectorStore(EngineStore):
                 if flushed:
                     self._durable = max(self._durable, target)
                 self._commit.notify_all()
+
+
+class EdgeGenerationStores:
+    """Generations of the index beyond the first: directories beside its own,
+    "<index>-gN" (one process owns them all, as it owns the first)."""
+
+    def __init__(self, first: Path) -> None:
+        self._first = first
+
+    def open(self, name: str, dimension: int) -> EdgeVectorStore:
+        return EdgeVectorStore.open(self._directory(name), dimension)
+
+    def destroy(self, name: str) -> None:
+        shutil.rmtree(self._directory(name), ignore_errors=True)
+
+    def _directory(self, name: str) -> Path:
+        return self._first.with_name(f"{self._first.name}-{name}")
 
 
 def _chunk_config(dimension: int, settings: HnswSettings) -> EdgeConfig:

@@ -20,7 +20,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Self
@@ -193,36 +193,12 @@ class QdrantServerStore(EngineStore):
     ) -> Self:
         """Open the store on the server at `url`, its gRPC endpoint
         (http[s]://host:6334, as the Helm chart sets RAG_QDRANT_URL)."""
-        client = QdrantClient(
-            url=url,
-            grpc_port=urlsplit(url).port or DEFAULT_GRPC_PORT,
-            prefer_grpc=True,
-            api_key=api_key or None,
-            timeout=max(1, math.ceil(timeout_seconds)),
-            check_compatibility=False,  # `open` checks the version itself, over gRPC
-        )
+        client = server_client(url, api_key=api_key, timeout_seconds=timeout_seconds)
         try:
             return cls.open(client, collection, dimension, tuning=tuning)
         except BaseException:
             client.close()
             raise
-
-    @staticmethod
-    def destroy(url: str, collection: str, *, api_key: str = "") -> None:
-        """Delete the store's collections (chunks and registry) on the server at
-        `url`; what does not exist is left alone."""
-        client = QdrantClient(
-            url=url,
-            grpc_port=urlsplit(url).port or DEFAULT_GRPC_PORT,
-            prefer_grpc=True,
-            api_key=api_key or None,
-            check_compatibility=False,
-        )
-        try:
-            for name in (collection, collection + _REGISTRY_SUFFIX):
-                client.delete_collection(name)
-        finally:
-            client.close()
 
     @classmethod
     def open(
@@ -797,6 +773,51 @@ class QdrantServerStore(EngineStore):
             client.set_payload(
                 self._registry, dict(fields), models.FilterSelector(filter=_held(claim)), wait=True
             )
+
+
+def server_client(url: str, *, api_key: str = "", timeout_seconds: float = 10.0) -> QdrantClient:
+    """A client of the Qdrant server at `url`, its gRPC endpoint."""
+    return QdrantClient(
+        url=url,
+        grpc_port=urlsplit(url).port or DEFAULT_GRPC_PORT,
+        prefer_grpc=True,
+        api_key=api_key or None,
+        timeout=max(1, math.ceil(timeout_seconds)),
+        check_compatibility=False,  # `open` checks the version itself, over gRPC
+    )
+
+
+class QdrantGenerationStores:
+    """Generations of the index beyond the first on one Qdrant server: the
+    collections of generation N are named after the first one's, "<name>_gN"."""
+
+    def __init__(
+        self, connect: Callable[[], QdrantClient], collection: str, tuning: QdrantTuning
+    ) -> None:
+        self._connect = connect
+        self._collection = collection
+        self._tuning = tuning
+
+    def open(self, name: str, dimension: int) -> QdrantServerStore:
+        client = self._connect()
+        try:
+            return QdrantServerStore.open(
+                client, f"{self._collection}_{name}", dimension, tuning=self._tuning
+            )
+        except BaseException:
+            client.close()
+            raise
+
+    def destroy(self, name: str) -> None:
+        client = self._connect()
+        try:
+            for collection in (
+                f"{self._collection}_{name}",
+                f"{self._collection}_{name}{_REGISTRY_SUFFIX}",
+            ):
+                client.delete_collection(collection)
+        finally:
+            client.close()
 
 
 def _held(claim: _Claim) -> models.Filter:
