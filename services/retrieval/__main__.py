@@ -4,7 +4,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
 from ragplatform.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.edge import EdgeGenerationStores, EdgeVectorStore
@@ -15,7 +15,19 @@ from services.runtime.server import Service, ServiceBinding, run
 from services.runtime.settings import GoogleCloudSettings
 
 if TYPE_CHECKING:
+    from google.cloud import firestore
+
     from services.retrieval.qdrant import QdrantTuning
+    from services.retrieval.vertex import VectorSearchTarget, VertexVectorStore
+
+
+class VectorSearchSpare(BaseModel):
+    """A deployed index for a generation of the Vector Search store."""
+
+    index: str
+    index_endpoint: str
+    deployed_index_id: str
+    query_endpoint: str = ""
 
 
 class RetrievalSettings(GoogleCloudSettings):
@@ -80,6 +92,14 @@ class RetrievalSettings(GoogleCloudSettings):
         default="",
         description="Vertex AI API host; empty: {RAG_GCP_LOCATION}-aiplatform.googleapis.com.",
     )
+    vector_search_spare_indexes: list[VectorSearchSpare] = Field(
+        default_factory=list,
+        description=(
+            'JSON list of {"index", "index_endpoint", "deployed_index_id", "query_endpoint"}: '
+            "deployed Vector Search indexes (made by Terraform) that a re-index to another "
+            "model may fill (backend vertex); each holds one generation at a time."
+        ),
+    )
     vector_search_exact: bool = Field(
         default=False,
         description="Search every leaf of the index (evaluation; slower on large indexes).",
@@ -96,8 +116,10 @@ class RetrievalSettings(GoogleCloudSettings):
 def open_generations(settings: RetrievalSettings) -> IndexGenerations:
     """The index's generations on the backend `settings` select (blocking)."""
     first = open_store(settings)
-    stores: GenerationStores | None = None  # Vector Search: docs/vertex.md
-    if settings.retrieval_backend == "edge":
+    stores: GenerationStores | None = None
+    if settings.retrieval_backend == "vertex":
+        stores = _vertex_generations(settings)
+    elif settings.retrieval_backend == "edge":
         stores = EdgeGenerationStores(_edge_directory(settings))
     elif settings.retrieval_backend == "qdrant":
         from services.retrieval.qdrant import QdrantGenerationStores, server_client
@@ -149,31 +171,76 @@ def _open_vertex_store(settings: RetrievalSettings) -> VectorStore:
     (Workload Identity on GKE). An http:// API endpoint is a local fake, which
     gets no credentials (they never travel in clear text);
     FIRESTORE_EMULATOR_HOST points Firestore at its emulator."""
-    from google.cloud import firestore
-
-    from services.retrieval.vertex import (
-        VectorSearchTarget,
-        VertexTuning,
-        VertexVectorStore,
-        anonymous,
+    target = _vector_search_target(
+        settings,
+        settings.vector_search_index,
+        settings.vector_search_index_endpoint,
+        settings.vector_search_deployed_index_id,
+        settings.vector_search_query_endpoint,
     )
+    return _connect_vertex(
+        settings, target, settings.firestore_collection_prefix, settings.retrieval_dimension
+    )
+
+
+def _vertex_generations(settings: RetrievalSettings) -> GenerationStores:
+    """Generations on the spare indexes (`VertexGenerationStores`)."""
+    from services.retrieval.firestore_side import FirestoreSideStore
+    from services.retrieval.vertex import VertexGenerationStores
+
+    spares = [
+        _vector_search_target(
+            settings, spare.index, spare.index_endpoint, spare.deployed_index_id,
+            spare.query_endpoint,
+        )
+        for spare in settings.vector_search_spare_indexes
+    ]  # fmt: skip
+    slots = FirestoreSideStore(_firestore(settings), settings.firestore_collection_prefix)
+    return VertexGenerationStores(
+        spares,
+        slots,
+        settings.firestore_collection_prefix,
+        lambda target, prefix, dimension: _connect_vertex(settings, target, prefix, dimension),
+    )
+
+
+def _vector_search_target(
+    settings: RetrievalSettings,
+    index: str,
+    index_endpoint: str,
+    deployed_index_id: str,
+    query_endpoint: str,
+) -> "VectorSearchTarget":
+    from services.retrieval.vertex import VectorSearchTarget
 
     if not settings.gcp_project:
         raise ValueError("backend vertex needs RAG_GCP_PROJECT (a Google Cloud project)")
-    target = VectorSearchTarget(
-        index=settings.vector_search_index,
-        index_endpoint=settings.vector_search_index_endpoint,
-        deployed_index_id=settings.vector_search_deployed_index_id,
+    return VectorSearchTarget(
+        index=index,
+        index_endpoint=index_endpoint,
+        deployed_index_id=deployed_index_id,
         api_endpoint=settings.vector_search_api_endpoint
         or f"{settings.gcp_location}-aiplatform.googleapis.com",
-        query_endpoint=settings.vector_search_query_endpoint,
+        query_endpoint=query_endpoint,
     )
-    client = firestore.Client(project=settings.gcp_project, database=settings.firestore_database)
+
+
+def _firestore(settings: RetrievalSettings) -> "firestore.Client":
+    from google.cloud import firestore
+
+    return firestore.Client(project=settings.gcp_project, database=settings.firestore_database)
+
+
+def _connect_vertex(
+    settings: RetrievalSettings, target: "VectorSearchTarget", prefix: str, dimension: int
+) -> "VertexVectorStore":
+    from services.retrieval.vertex import VertexTuning, VertexVectorStore, anonymous
+
     return VertexVectorStore.connect(
         target,
-        client,
-        settings.firestore_collection_prefix,
-        settings.retrieval_dimension,
+        _firestore(settings),
+        prefix,
+        dimension,
         credentials=anonymous() if target.api_endpoint.startswith("http://") else None,
         tuning=VertexTuning(exact=settings.vector_search_exact),
     )

@@ -81,6 +81,7 @@ from services.retrieval.schema import (
 from services.retrieval.store import (
     DocumentRecord,
     StoredChunk,
+    VectorStore,
 )
 
 if TYPE_CHECKING:
@@ -614,7 +615,8 @@ class EdgeGenerationStores:
     def open(self, name: str, dimension: int) -> EdgeVectorStore:
         return EdgeVectorStore.open(self._directory(name), dimension)
 
-    def destroy(self, name: str) -> None:
+    def destroy(self, name: str, store: VectorStore) -> None:
+        store.close()
         shutil.rmtree(self._directory(name), ignore_errors=True)
 
     def _directory(self, name: str) -> Path:

@@ -41,6 +41,7 @@ IN_QUERY_VALUES: Final = 30
 _BM25_TOTAL: Final = "bm25"
 _INDEX_META: Final = "index"
 _GENERATIONS: Final = "generations"
+_SLOTS: Final = "generation-slots"
 
 
 @dataclass
@@ -179,6 +180,34 @@ class FirestoreSideStore:
 
     def write_generations(self, table: str) -> None:
         self._meta.document(_GENERATIONS).set({"table": table})
+
+    def claim_slot(self, name: str, candidates: Sequence[str], what: str) -> str:
+        """The candidate held by `name`: the one recorded, else the first no
+        other name holds, recorded in one transaction (replicas agree)."""
+        reference = self._meta.document(_SLOTS)
+
+        @firestore.transactional
+        def claim(transaction: firestore.Transaction) -> str:
+            snapshot = reference.get(transaction=transaction)
+            held = {str(k): str(v) for k, v in (snapshot.to_dict() or {}).items()}
+            if name in held:
+                return held[name]
+            free = [c for c in candidates if c not in held.values()]
+            if not free:
+                raise FailedPreconditionError(
+                    f"no {what} is free for generation {name}: each of the "
+                    f"{len(candidates)} configured is held by another generation; drop one "
+                    "or add another"
+                )
+            transaction.set(reference, {**held, name: free[0]})
+            return free[0]
+
+        result: str = claim(self._client.transaction())
+        return result
+
+    def release_slot(self, name: str) -> None:
+        """Forget what `name` held: another generation may take it."""
+        self._meta.document(_SLOTS).set({name: firestore.DELETE_FIELD}, merge=True)
 
     # -- manifests ------------------------------------------------------------------
 

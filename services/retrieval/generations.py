@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.common.errors import (
     AbortedError,
@@ -71,8 +71,8 @@ class GenerationStores(Protocol):
         """Open (creating on first use) the store of generation `name`."""
         ...
 
-    def destroy(self, name: str) -> None:
-        """Delete the data of generation `name`, whose store is closed."""
+    def destroy(self, name: str, store: VectorStore) -> None:
+        """Delete the data of generation `name` and close `store`, its store."""
         ...
 
 
@@ -94,6 +94,9 @@ class IndexGenerations:
         self._clock = clock
         self._lock = threading.RLock()
         self._table: list[Generation] = []
+        self._numbered = 0
+        """The highest generation number ever given: names are never reused, so a
+        dropped generation's leftovers (logs, a backend's metadata) never meet a new one."""
         self._read_at = -float("inf")
 
     # -- routing ------------------------------------------------------------------
@@ -201,7 +204,7 @@ class IndexGenerations:
                     f"generation {row.name} of '{model}' is {row.state} "
                     f"({row.dimension} dimensions): promote or drop it instead"
                 )
-            name = f"g{1 + max(int(row.name[1:]) for row in table)}"
+            name = f"g{self._numbered + 1}"
             store = self._stores.open(name, dimension)
             try:
                 store.claim_embedder(model)
@@ -249,12 +252,11 @@ class IndexGenerations:
             store = self._store_of(row)
             self._save([g for g in table if g.name != name])
             if name == FIRST:
-                _empty(store)
+                empty_store(store)
                 return
-            store.close()
             del self._open[name]
             assert self._stores is not None  # a second generation exists
-            self._stores.destroy(name)
+            self._stores.destroy(name, store)
             log.info("index generation dropped", extra={"generation": name})
 
     def close(self) -> None:
@@ -273,7 +275,11 @@ class IndexGenerations:
             now = time.monotonic()
             if refresh or now - self._read_at >= self._refresh_seconds:
                 text = self._first.read_generations()
-                self._table = [_row_of(item) for item in json.loads(text)] if text else []
+                stored: dict[str, Any] = (
+                    json.loads(text) if text else {"generations": [], "numbered": 0}
+                )
+                self._table = [_row_of(item) for item in stored["generations"]]
+                self._numbered = int(stored["numbered"])
                 self._read_at = now
             return self._table
 
@@ -286,8 +292,10 @@ class IndexGenerations:
         return [first]
 
     def _save(self, table: list[Generation]) -> None:
-        self._first.write_generations(json.dumps([asdict(row) for row in table]))
-        self._table, self._read_at = table, time.monotonic()
+        numbered = max([self._numbered, *(int(row.name[1:]) for row in table)])
+        stored = {"generations": [asdict(row) for row in table], "numbered": numbered}
+        self._first.write_generations(json.dumps(stored))
+        self._table, self._numbered, self._read_at = table, numbered, time.monotonic()
 
     def _live_row(self, table: list[Generation]) -> Generation:
         live = next((g for g in table if g.state is GenerationState.LIVE), None)
@@ -324,8 +332,9 @@ def _row_of(item: dict[str, object]) -> Generation:
     )
 
 
-def _empty(store: VectorStore) -> None:
-    """Remove every document of `store`, a page at a time."""
+def empty_store(store: VectorStore) -> None:
+    """Remove every document of `store`, a page at a time (for storage that
+    outlives its generation: the first store, a spare Vector Search index)."""
     for tenant in store.tenants():
         while page := store.list_documents(tenant, 1000):
             for record in page:

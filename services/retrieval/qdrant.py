@@ -48,6 +48,7 @@ from services.retrieval.ranking import Candidate, SearchPlan, best_first
 from services.retrieval.store import (
     DocumentRecord,
     StoredChunk,
+    VectorStore,
 )
 
 log = logging.getLogger(__name__)
@@ -808,7 +809,8 @@ class QdrantGenerationStores:
             client.close()
             raise
 
-    def destroy(self, name: str) -> None:
+    def destroy(self, name: str, store: VectorStore) -> None:
+        store.close()
         client = self._connect()
         try:
             for collection in (

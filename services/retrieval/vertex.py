@@ -20,7 +20,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Self
@@ -43,8 +43,9 @@ from services.retrieval import filters, schema
 from services.retrieval.engine_store import EngineStore
 from services.retrieval.firestore_side import FirestoreSideStore, Manifest
 from services.retrieval.fusion import RRF_K, rrf
+from services.retrieval.generations import empty_store
 from services.retrieval.ranking import Candidate, SearchPlan, best_first
-from services.retrieval.store import DocumentRecord, StoredChunk
+from services.retrieval.store import DocumentRecord, StoredChunk, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -616,6 +617,44 @@ class VertexVectorStore(EngineStore):
         if self._side is None:
             raise FailedPreconditionError("vector store is closed")
         return self._side
+
+
+class VertexGenerationStores:
+    """Generations of the index beyond the first, on spare Vector Search indexes.
+
+    An index has one dimension for life and is created by Terraform, not by the
+    service, so a re-index needs an index made for it: generation gN takes the
+    first spare that no other generation holds (recorded in Firestore, so
+    replicas agree) and keeps its chunk text in the collections "<prefix>_gN_*".
+    Dropping it empties the index, which stays for a later generation."""
+
+    def __init__(
+        self,
+        spares: Sequence[VectorSearchTarget],
+        slots: FirestoreSideStore,
+        prefix: str,
+        connect: Callable[[VectorSearchTarget, str, int], VertexVectorStore],
+    ) -> None:
+        self._spares = {target.index: target for target in spares}
+        self._slots = slots
+        self._prefix = prefix
+        self._connect = connect
+
+    def open(self, name: str, dimension: int) -> VertexVectorStore:
+        index = self._slots.claim_slot(
+            name, list(self._spares), "spare Vector Search index (RAG_VECTOR_SEARCH_SPARE_INDEXES)"
+        )
+        if index not in self._spares:
+            raise FailedPreconditionError(
+                f"generation {name} is on Vector Search index '{index}', which "
+                "RAG_VECTOR_SEARCH_SPARE_INDEXES no longer lists"
+            )
+        return self._connect(self._spares[index], f"{self._prefix}_{name}", dimension)
+
+    def destroy(self, name: str, store: VectorStore) -> None:
+        empty_store(store)
+        store.close()
+        self._slots.release_slot(name)
 
 
 def restricts_of(

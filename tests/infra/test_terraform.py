@@ -216,8 +216,12 @@ def test_cmek_everywhere(hcl: dict[Path, dict[str, Any]]) -> None:
     assert one(hcl, "google_redis_instance").body["customer_managed_key"]
     for repo in resources(hcl, "google_artifact_registry_repository"):
         assert repo.body["kms_key_name"], repo.name
-    for rtype in ("google_vertex_ai_index", "google_vertex_ai_index_endpoint"):
-        assert first_block(one(hcl, rtype).body, "encryption_spec")["kms_key_name"]
+    for rtype, name in (
+        ("google_vertex_ai_index", "chunks"),
+        ("google_vertex_ai_index", "spare"),
+        ("google_vertex_ai_index_endpoint", None),
+    ):
+        assert first_block(one(hcl, rtype, name).body, "encryption_spec")["kms_key_name"]
 
     key = one(hcl, "google_kms_crypto_key").body
     assert key["rotation_period"] == "${var.rotation_period}"
@@ -254,9 +258,9 @@ def test_vector_search_is_public_streaming_and_sized_like_the_embedder(
     assert prod_module_call(hcl, "vector_search")["public_endpoint"] is True, (
         "the retrieval service queries the endpoint's public domain name"
     )
-    deployed = one(hcl, "google_vertex_ai_index_endpoint_deployed_index").body
+    deployed = one(hcl, "google_vertex_ai_index_endpoint_deployed_index", "chunks").body
     assert deployed["index_endpoint"] == "${google_vertex_ai_index_endpoint.chunks.id}"
-    index = one(hcl, "google_vertex_ai_index").body
+    index = one(hcl, "google_vertex_ai_index", "chunks").body
     assert index["index_update_method"] == "STREAM_UPDATE"
     config = first_block(first_block(index, "metadata"), "config")
     # The store sends L2-normalised vectors: dot product on unit norm is cosine.
@@ -269,6 +273,16 @@ def test_vector_search_is_public_streaming_and_sized_like_the_embedder(
     dimension = values["backends"]["retrieval"]["dimension"]
     assert defaults["vector_dimensions"] == dimension
     assert values["backends"]["embedding"]["vertex"]["outputDimensionality"] == dimension
+
+    # Spare indexes (a re-index's generations) are built like the live one, on its endpoint.
+    spare = one(hcl, "google_vertex_ai_index", "spare").body
+    spare_config = first_block(first_block(spare, "metadata"), "config")
+    assert {**spare_config, "dimensions": config["dimensions"]} == config
+    assert spare["index_update_method"] == "STREAM_UPDATE"
+    spare_deployed = one(hcl, "google_vertex_ai_index_endpoint_deployed_index", "spare").body
+    assert spare_deployed["index_endpoint"] == deployed["index_endpoint"]
+    assert spare_deployed["dedicated_resources"] == deployed["dedicated_resources"]
+    assert defaults["vector_spare_dimensions"] == [], "spares cost replicas: none by default"
     assert values["backends"]["retrieval"]["backend"] == "vertex"
 
 

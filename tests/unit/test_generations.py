@@ -1,4 +1,4 @@
-"""Index generations (`generations.py`) on the embedded engine and on Qdrant.
+"""Index generations (`generations.py`) on the embedded engine, Qdrant and Vector Search.
 
 Routing by embedding model, the states and their transitions, deletions that
 reach every generation, and a table that outlives a restart. The whole re-index,
@@ -17,18 +17,28 @@ from services.common.errors import (
     UnimplementedError,
 )
 from services.retrieval.edge import EdgeGenerationStores, EdgeVectorStore
+from services.retrieval.firestore_side import FirestoreSideStore
 from services.retrieval.generations import GenerationState, GenerationStores, IndexGenerations
 from services.retrieval.qdrant import QdrantGenerationStores, QdrantServerStore, QdrantTuning
 from services.retrieval.store import Caller, VectorStore
+from services.retrieval.vertex import (
+    VectorSearchTarget,
+    VertexGenerationStores,
+    VertexTuning,
+    VertexVectorStore,
+    anonymous,
+)
 from tests.contract.vector_store import (
     ALL,
     DIM,
     QDRANT_LOCAL_MODE_WARNINGS,
     TENANT,
     InMemoryQdrant,
+    VectorSearchWorld,
     make_document,
     unit_vectors,
 )
+from tests.emulators import firestore_client, fresh_project
 
 pytestmark = QDRANT_LOCAL_MODE_WARNINGS
 
@@ -55,9 +65,36 @@ def qdrant_backend(directory: Path) -> Backend:
     return lambda: (connect(), stores)
 
 
-@pytest.fixture(params=["edge", "qdrant"])
+def vertex_backend(directory: Path) -> Backend:
+    """Vector Search on the fake with one spare index of the new dimension, the
+    side stores in a Firestore emulator project of the test's own."""
+    world = VectorSearchWorld.get()
+    project = fresh_project()
+    first, spare = world.target(DIM), world.target(NEW_DIM)
+
+    def connect(target: VectorSearchTarget, prefix: str, dimension: int) -> VertexVectorStore:
+        return VertexVectorStore.connect(
+            target,
+            firestore_client(world.firestore, project),
+            prefix,
+            dimension,
+            credentials=anonymous(),
+            tuning=VertexTuning(exact=True),
+        )
+
+    def open_backend() -> tuple[VectorStore, GenerationStores]:
+        slots = FirestoreSideStore(firestore_client(world.firestore, project), "rag")
+        return connect(first, "rag", DIM), VertexGenerationStores([spare], slots, "rag", connect)
+
+    return open_backend
+
+
+BACKENDS = {"edge": edge_backend, "qdrant": qdrant_backend, "vertex": vertex_backend}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return edge_backend(tmp_path) if request.param == "edge" else qdrant_backend(tmp_path)
+    return BACKENDS[request.param](tmp_path)
 
 
 @pytest.fixture
@@ -187,13 +224,13 @@ def test_dropping_deletes_a_generation_but_never_the_live_one(
         generations.drop("g0")
     generations.drop("g1")
     assert table(generations) == {"g0": (LIVE, OLD, 2)}
-    again = generations.create(NEW, NEW_DIM)  # its data went with it
-    assert again.name == "g1" and table(generations)["g1"][2] == 0
+    again = generations.create(NEW, NEW_DIM)  # its data went with it; its name too
+    assert again.name == "g2" and table(generations)["g2"][2] == 0
 
-    generations.promote("g1")
+    generations.promote("g2")
     generations.drop("g0")  # the first store keeps the table: emptied, not deleted
-    assert set(table(generations)) == {"g1"}
-    with pytest.raises(NotFoundError, match="no index generation 'g0'; the index has g1"):
+    assert set(table(generations)) == {"g2"}
+    with pytest.raises(NotFoundError, match="no index generation 'g0'; the index has g2"):
         generations.named("g0")
 
 
@@ -215,3 +252,24 @@ def test_a_generation_needs_a_model_an_index_and_a_backend_that_can_hold_it(
             fixed.create(NEW, NEW_DIM)
     finally:
         fixed.close()
+
+
+def test_vector_search_generations_take_the_spare_indexes_in_turn(tmp_path: Path) -> None:
+    """One spare: a second re-index waits until a generation lets its index go."""
+    first, stores = vertex_backend(tmp_path)()
+    generations = IndexGenerations(first, stores)
+    try:
+        first.claim_embedder(OLD)
+        first.replace_document(*make_document("kept", 1))
+        generations.create(NEW, NEW_DIM)
+        write_new(generations, "kept")
+        generations.promote("g1")
+        spare = "no spare Vector Search index \\(RAG_VECTOR_SEARCH_SPARE_INDEXES\\) is free"
+        with pytest.raises(FailedPreconditionError, match=f"{spare} for generation g2"):
+            generations.create("third-embedder", NEW_DIM)
+        generations.promote("g0")
+        generations.drop("g1")  # empties the spare and lets it go
+        again = generations.create("third-embedder", NEW_DIM)
+        assert again.name == "g2" and table(generations)["g2"][2] == 0  # on the same index
+    finally:
+        generations.close()

@@ -266,15 +266,16 @@ resource "google_dns_record_set" "redis" {
 # The retrieval service's vertex backend: vectors in Vector Search (queried on the
 # endpoint's public domain name), chunk text and the document registry in Firestore.
 module "vector_search" {
-  source          = "../../modules/vector-search"
-  project_id      = var.project_id
-  project_number  = local.project_number
-  region          = var.region
-  name            = "ragplatform"
-  public_endpoint = true
-  dimensions      = var.vector_dimensions
-  kms_key_id      = module.kms.key_ids["vertex-ai"]
-  depends_on      = [module.kms]
+  source           = "../../modules/vector-search"
+  project_id       = var.project_id
+  project_number   = local.project_number
+  region           = var.region
+  name             = "ragplatform"
+  public_endpoint  = true
+  dimensions       = var.vector_dimensions
+  spare_dimensions = var.vector_spare_dimensions
+  kms_key_id       = module.kms.key_ids["vertex-ai"]
+  depends_on       = [module.kms]
 }
 
 module "firestore" {

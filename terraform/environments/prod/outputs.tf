@@ -85,6 +85,7 @@ output "helm_values" {
           indexEndpoint   = module.vector_search.index_endpoint_id
           deployedIndexId = module.vector_search.deployed_index_id
           queryEndpoint   = module.vector_search.public_endpoint_domain
+          spareIndexes    = module.vector_search.spare_indexes
         }
         firestore = { database = module.firestore.database_id }
       }

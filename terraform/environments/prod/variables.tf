@@ -118,6 +118,12 @@ variable "vector_dimensions" {
   }
 }
 
+variable "vector_spare_dimensions" {
+  description = "Dimensions of spare Vector Search indexes for a re-index to another embedding model (docs/embedding.md); each costs its replicas, so add one only for a planned re-index."
+  type        = list(number)
+  default     = []
+}
+
 variable "kms_protection_level" {
   description = "Protection level of the CMEK keys: SOFTWARE or HSM."
   type        = string

@@ -79,6 +79,57 @@ resource "google_vertex_ai_index_endpoint_deployed_index" "chunks" {
   }
 }
 
+# Spare indexes, one per element of spare_dimensions, deployed on the same endpoint:
+# a re-index to another embedding model (`ragctl reindex`) fills one while the live
+# index keeps serving (an index's dimension is fixed for life). Each deployed spare
+# has replicas of its own, so keep the list empty until a re-index is planned.
+resource "google_vertex_ai_index" "spare" {
+  for_each            = { for i, dimensions in var.spare_dimensions : tostring(i + 1) => dimensions }
+  project             = var.project_id
+  region              = var.region
+  display_name        = "${var.name}_chunks_spare_${each.key}"
+  description         = "Chunk embeddings of the RAG platform: a generation being built or kept."
+  index_update_method = "STREAM_UPDATE"
+
+  metadata {
+    config {
+      dimensions                  = each.value
+      approximate_neighbors_count = 150
+      distance_measure_type       = "DOT_PRODUCT_DISTANCE"
+      feature_norm_type           = "UNIT_L2_NORM"
+      shard_size                  = "SHARD_SIZE_SMALL"
+
+      algorithm_config {
+        tree_ah_config {
+          leaf_node_embedding_count    = 1000
+          leaf_nodes_to_search_percent = 10
+        }
+      }
+    }
+  }
+
+  encryption_spec {
+    kms_key_name = var.kms_key_id
+  }
+}
+
+resource "google_vertex_ai_index_endpoint_deployed_index" "spare" {
+  for_each           = google_vertex_ai_index.spare
+  index_endpoint     = google_vertex_ai_index_endpoint.chunks.id
+  deployed_index_id  = "${var.name}_chunks_spare_${each.key}"
+  display_name       = "${var.name}_chunks_spare_${each.key}"
+  index              = each.value.id
+  reserved_ip_ranges = var.public_endpoint ? null : [var.reserved_ip_range]
+
+  dedicated_resources {
+    min_replica_count = var.min_replicas
+    max_replica_count = var.max_replicas
+    machine_spec {
+      machine_type = var.machine_type
+    }
+  }
+}
+
 moved {
   from = google_vertex_ai_index_endpoint.private
   to   = google_vertex_ai_index_endpoint.chunks

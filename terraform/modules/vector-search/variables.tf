@@ -42,6 +42,16 @@ variable "network_name" {
   }
 }
 
+variable "spare_dimensions" {
+  description = "Dimensions of spare indexes to create and deploy beside the live one, for a re-index to another embedding model (`ragctl reindex`, one generation per spare); empty: none."
+  type        = list(number)
+  default     = []
+  validation {
+    condition     = alltrue([for d in var.spare_dimensions : d >= 1 && d <= 4096])
+    error_message = "spare_dimensions must be between 1 and 4096 each."
+  }
+}
+
 variable "reserved_ip_range" {
   description = "Name of the private service access range a private endpoint's deployed index takes its address from; unused when public_endpoint is true."
   type        = string
