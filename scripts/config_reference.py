@@ -36,7 +36,7 @@ def rows() -> list[tuple[str, str, str, str]]:
         for field_name, field in cls.model_fields.items():
             if label != "all services" and field_name in shared:
                 continue
-            default = field.default
+            default = field.get_default(call_default_factory=True)
             shown = "" if default is None else str(default)
             table.append(
                 (f"RAG_{field_name.upper()}", label, shown, (field.description or "").strip())

@@ -173,6 +173,14 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
         "services": {"gateway": {"rateLimits": {"ask": {"perKey": {"rate": 1, "burst": 0}}}}}
     },
     "negative tenant concurrency": {"services": {"ingestion": {"maxConcurrentPerTenant": -1}}},
+    "other embedder without a port": {"backends": {"embedding": {"otherAddresses": ["host"]}}},
+    "spare index without its endpoint": {
+        "backends": {
+            "retrieval": {
+                "vertex": {"spareIndexes": [{"index": "projects/p/locations/l/indexes/i"}]}
+            }
+        }
+    },
 }
 
 
@@ -525,6 +533,35 @@ def test_embedding_tuning_and_prices_render_when_set(render: Callable[..., list[
         "text-embedding-005": 0.025,
         "gemini-embedding-001": 0.15,
     }
+
+
+def test_other_embedders_reach_the_services_that_follow_a_reindex(
+    render: Callable[..., list[Obj]],
+) -> None:
+    addresses = ["embedding-gemini.rag.svc:50053", "embedding-005.rag.svc:50053"]
+    found = workloads(render("prod", {"backends": {"embedding": {"otherAddresses": addresses}}}))
+    for component in ("query", "ingestion"):
+        assert env_of(containers(found[component])[0])["RAG_EMBEDDING_ADDRS"] == ",".join(addresses)
+    for component in ("gateway", "retrieval", "embedding", "generation"):
+        assert "RAG_EMBEDDING_ADDRS" not in env_of(containers(found[component])[0])
+
+
+def test_spare_vector_search_indexes_reach_retrieval(render: Callable[..., list[Obj]]) -> None:
+    spare = {
+        "index": "projects/p/locations/us-central1/indexes/2",
+        "indexEndpoint": "projects/p/locations/us-central1/indexEndpoints/1",
+        "deployedIndexId": "rag_chunks_spare_1",
+    }
+    over = {"backends": {"retrieval": {"vertex": {"spareIndexes": [spare]}}}}
+    env = env_of(containers(workloads(render("prod", over))["retrieval"])[0])
+    assert json.loads(env["RAG_VECTOR_SEARCH_SPARE_INDEXES"]) == [
+        {
+            "index": spare["index"],
+            "index_endpoint": spare["indexEndpoint"],
+            "deployed_index_id": spare["deployedIndexId"],
+            "query_endpoint": "",
+        }
+    ]
 
 
 def test_workload_identity_annotations(renders: dict[str, list[Obj]]) -> None:

@@ -218,6 +218,9 @@ the vectors retrieval stores.
 {{- if eq .component "ingestion" }}
 {{- $_ := set $env "RAG_INGESTION_MAX_CONCURRENT_PER_TENANT" $svc.maxConcurrentPerTenant -}}
 {{- end }}
+{{- if and (has .component (list "query" "ingestion")) $v.backends.embedding.otherAddresses }}
+{{- $_ := set $env "RAG_EMBEDDING_ADDRS" (join "," $v.backends.embedding.otherAddresses) -}}
+{{- end }}
 {{- if include "ragplatform.usesGoogleCloud" . }}
 {{- $_ := set $env "RAG_GCP_PROJECT" $v.gcp.projectId -}}
 {{- $_ := set $env "RAG_GCP_LOCATION" $v.gcp.region -}}
@@ -259,6 +262,13 @@ the vectors retrieval stores.
 {{- $_ := set $env "RAG_VECTOR_SEARCH_DEPLOYED_INDEX_ID" $vs.deployedIndexId -}}
 {{- $_ := set $env "RAG_VECTOR_SEARCH_QUERY_ENDPOINT" $vs.queryEndpoint -}}
 {{- $_ := set $env "RAG_VECTOR_SEARCH_API_ENDPOINT" $vs.apiEndpoint -}}
+{{- if $vs.spareIndexes }}
+{{- $spares := list }}
+{{- range $spare := $vs.spareIndexes }}
+{{- $spares = append $spares (dict "index" $spare.index "index_endpoint" $spare.indexEndpoint "deployed_index_id" $spare.deployedIndexId "query_endpoint" ($spare.queryEndpoint | default "")) }}
+{{- end }}
+{{- $_ := set $env "RAG_VECTOR_SEARCH_SPARE_INDEXES" ($spares | toJson) -}}
+{{- end }}
 {{- $_ := set $env "RAG_FIRESTORE_DATABASE" $v.backends.retrieval.firestore.database -}}
 {{- $_ := set $env "RAG_FIRESTORE_COLLECTION_PREFIX" $v.backends.retrieval.firestore.collectionPrefix -}}
 {{- end }}
