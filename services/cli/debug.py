@@ -33,9 +33,9 @@ from rich.table import Table
 from rich.text import Text
 
 from ragplatform.v1 import common_pb2, debug_pb2
+from services.cli.common import client_settings
 from services.common.tenancy import DEFAULT_TENANT
 from services.runtime.clients import PlatformClients
-from services.runtime.settings import PlatformSettings
 
 
 def add_command(
@@ -271,9 +271,7 @@ def render_checklist(
 
 def cmd_debug(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Print the checklist of one recent request (exit 1 if it is unknown)."""
-    settings = PlatformSettings()
-    if args.timeout is not None:
-        settings = settings.model_copy(update={"rpc_timeout_seconds": args.timeout})
+    settings = client_settings(args)
 
     async def work() -> int:
         clients = PlatformClients(settings)

@@ -36,7 +36,6 @@ from pydantic import Field
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -44,6 +43,7 @@ from ragplatform.v1 import common_pb2, ingestion_pb2, query_pb2, retrieval_pb2
 from services.cli import debug as debug_command
 from services.cli import evaluate as eval_command
 from services.cli import reindex as reindex_command
+from services.cli.common import client_settings, progress_bar, with_clients
 from services.cli.evaluate import EVAL_TENANT
 from services.cli.supervisor import (
     ALL,
@@ -469,23 +469,6 @@ def _print_json(data: object) -> None:
 # --------------------------------------------------------------------------- commands
 
 
-def _settings(args: argparse.Namespace, default_timeout: float | None = None) -> PlatformSettings:
-    settings = PlatformSettings()
-    timeout = args.timeout if args.timeout is not None else default_timeout
-    if timeout is not None:
-        settings = settings.model_copy(update={"rpc_timeout_seconds": timeout})
-    return settings
-
-
-async def _with_clients(settings: PlatformSettings, work: Callable[[PlatformClients], Any]) -> int:
-    clients = PlatformClients(settings)
-    try:
-        result: int = await work(clients)
-        return result
-    finally:
-        await clients.close()
-
-
 def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Health of every service; exit 1 unless all serve."""
     settings = PlatformSettings()
@@ -500,7 +483,7 @@ def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def cmd_ingest(args: argparse.Namespace, out: Console, err: Console) -> int:
     """IngestUris with a progress bar (or JSON lines); exit 1 if any document failed."""
-    settings = _settings(args, INGEST_DEFAULT_TIMEOUT)
+    settings = client_settings(args, INGEST_DEFAULT_TIMEOUT)
     request = ingestion_pb2.IngestUrisRequest(
         uris=[to_uri(p) for p in args.paths],
         tenant=args.tenant,
@@ -517,14 +500,7 @@ def cmd_ingest(args: argparse.Namespace, out: Console, err: Console) -> int:
                     counts[result_status(event.result)] += 1
                     _print_json(message_to_dict(event.result))
             return 1 if counts["failed"] else 0
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=out,
-            transient=True,
-        )
+        progress = progress_bar(out)
         with progress:
             task = progress.add_task("ingesting", total=None)
             async for event in call:
@@ -540,12 +516,12 @@ def cmd_ingest(args: argparse.Namespace, out: Console, err: Console) -> int:
         out.print(ingest_summary(counts), style="red" if counts["failed"] else "green")
         return 1 if counts["failed"] else 0
 
-    return asyncio.run(_with_clients(settings, work))
+    return asyncio.run(with_clients(settings, work))
 
 
 def cmd_ask(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Ask (or AskStream) and print the answer with its sources."""
-    settings = _settings(args)
+    settings = client_settings(args)
     fields = {
         "question": args.question,
         "top_k": args.top_k,
@@ -584,12 +560,12 @@ def cmd_ask(args: argparse.Namespace, out: Console, err: Console) -> int:
             )
         return 0
 
-    return asyncio.run(_with_clients(settings, work))
+    return asyncio.run(with_clients(settings, work))
 
 
 def cmd_docs_list(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Every document of the tenant, following next_page_token to the end."""
-    settings = _settings(args)
+    settings = client_settings(args)
 
     async def work(clients: PlatformClients) -> int:
         documents: list[common_pb2.DocumentInfo] = []
@@ -612,12 +588,12 @@ def cmd_docs_list(args: argparse.Namespace, out: Console, err: Console) -> int:
             out.print("no documents")
         return 0
 
-    return asyncio.run(_with_clients(settings, work))
+    return asyncio.run(with_clients(settings, work))
 
 
 def cmd_docs_delete(args: argparse.Namespace, out: Console, err: Console) -> int:
     """DeleteDocument; NOT_FOUND is an error (exit 1)."""
-    settings = _settings(args)
+    settings = client_settings(args)
 
     async def work(clients: PlatformClients) -> int:
         reply = await clients.ingestion.DeleteDocument(
@@ -627,7 +603,7 @@ def cmd_docs_delete(args: argparse.Namespace, out: Console, err: Console) -> int
         out.print(Text(f"deleted {args.document_id} ({reply.chunks_deleted} {noun})"))
         return 0
 
-    return asyncio.run(_with_clients(settings, work))
+    return asyncio.run(with_clients(settings, work))
 
 
 class _StopRequested:

@@ -25,16 +25,15 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from ragplatform.v1 import common_pb2, embedding_pb2, retrieval_pb2
+from services.cli.common import client_settings, progress_bar, with_clients
 from services.common.errors import FailedPreconditionError, PlatformError
 from services.runtime.clients import PlatformClients
 from services.runtime.embedders import Embedder
 from services.runtime.errors import downstream
-from services.runtime.settings import PlatformSettings
 
 MAX_PASSES = 5
 """Passes before the switch: each copies what changed during the previous one;
@@ -343,18 +342,10 @@ def add_command(
 
 
 def cmd_reindex(args: argparse.Namespace, out: Console, err: Console) -> int:
-    settings = PlatformSettings()
-    if args.timeout is not None:
-        settings = settings.model_copy(update={"rpc_timeout_seconds": args.timeout})
-
-    async def work() -> int:
-        clients = PlatformClients(settings)
-        try:
-            return await _dispatch(args, clients, out)
-        finally:
-            await clients.close()
-
-    return asyncio.run(work())
+    """One of the four actions; exit 1 when documents failed to copy."""
+    return asyncio.run(
+        with_clients(client_settings(args), lambda clients: _dispatch(args, clients, out))
+    )
 
 
 async def _dispatch(args: argparse.Namespace, clients: PlatformClients, out: Console) -> int:
@@ -375,14 +366,7 @@ async def _dispatch(args: argparse.Namespace, clients: PlatformClients, out: Con
         listing = await stub.ListGenerations(retrieval_pb2.ListGenerationsRequest())
         out.print(generations_table(listing.generations))
         return 0
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=out,
-        transient=True,
-    )
+    progress = progress_bar(out)
     with progress:
         task = progress.add_task("re-indexing", total=None)
 
