@@ -156,8 +156,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def error_responses(*extra: int) -> dict[int | str, dict[str, Any]]:
-    """ERROR_RESPONSES plus the `extra` statuses a route documents (404, 409, 413, 429)."""
+    """ERROR_RESPONSES plus the `extra` statuses a route documents (403, 404, 409, 413, 429)."""
     descriptions = {
+        403: "The key may not write this document (it could not read it).",
         404: "Unknown document.",
         409: "The platform's state does not allow the call.",
         413: "File over the size limit.",

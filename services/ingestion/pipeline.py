@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -35,7 +35,13 @@ from services.common.errors import (
     TooLargeError,
     UnimplementedError,
 )
-from services.common.tenancy import validate_labels, validate_tenant
+from services.common.tenancy import (
+    Caller,
+    may_see,
+    validate_caller,
+    validate_labels,
+    validate_tenant,
+)
 from services.ingestion.chunking import (
     ChunkDraft,
     ChunkingConfig,
@@ -96,18 +102,42 @@ class DocumentAccess:
     access_labels: tuple[str, ...] = ()
     """Only callers holding one of these see the documents; empty: the whole tenant."""
     tags: tuple[str, ...] = ()
+    writer: Caller | None = None
+    """Who writes (an API key's caller); None: an operator, who may write anything."""
 
     @classmethod
     def validated(
-        cls, tenant: str, access_labels: Sequence[str] = (), tags: Sequence[str] = ()
+        cls,
+        tenant: str,
+        access_labels: Sequence[str] = (),
+        tags: Sequence[str] = (),
+        writer: common_pb2.Caller | None = None,
     ) -> "DocumentAccess":
-        """Check a request's tenant, labels and tags (sorted, without duplicates);
-        raise InvalidInputError naming the field. Called before anything is read."""
-        return cls(
+        """Check a request's tenant, labels, tags (sorted, without duplicates) and
+        writer; raise InvalidInputError naming the field, or PermissionDeniedError
+        when the writer could not see what it writes. Called before anything is read."""
+        access = cls(
             tenant=validate_tenant(tenant),
             access_labels=validate_labels(access_labels, "access label"),
             tags=validate_labels(tags, "tag"),
         )
+        if writer is None:
+            return access
+        caller = validate_caller(Caller(writer.tenant, tuple(writer.access_labels)))
+        if caller.tenant != access.tenant:
+            raise PermissionDeniedError(
+                f"a caller of tenant {caller.tenant!r} may not write in tenant {access.tenant!r}"
+            )
+        if not may_see(caller.access_labels, access.access_labels):
+            raise PermissionDeniedError(
+                "the caller may not write documents it could not read: it holds none of "
+                f"their access labels {list(access.access_labels)}"
+            )
+        return replace(access, writer=caller)
+
+    def may_replace(self, existing: common_pb2.DocumentInfo) -> bool:
+        """Whether the writer may replace `existing`: it must be able to see it."""
+        return self.writer is None or may_see(self.writer.access_labels, existing.access_labels)
 
 
 @dataclass(frozen=True)
@@ -308,6 +338,11 @@ class IngestionPipeline:
         digest = content_sha256(document.data)
         access = document.access
         existing = await self._existing(access.tenant, document_id) if look_up else None
+        if existing is not None and not access.may_replace(existing):
+            # The same refusal whatever hides it: the writer learns nothing of the document.
+            raise PermissionDeniedError(
+                f"{name}: the caller may not write document {document_id!r}"
+            )
         if existing is not None and _unchanged(existing, digest, document):
             return ingestion_pb2.IngestResult(
                 status=Status.STATUS_UNCHANGED, document=existing, source_uri=document.source_uri
@@ -475,12 +510,21 @@ class IngestionPipeline:
             return [(normalised, PermissionDeniedError(f"{path}: permission denied"))]
         return [(normalised, path)]
 
-    async def delete(self, tenant: str, document_id: str) -> int:
+    async def delete(self, tenant: str, document_id: str, writer: Caller | None = None) -> int:
         """Remove the tenant's document (chunks and record); NOT_FOUND when the
-        tenant has no such document. Other tenants' documents are never touched."""
+        tenant has no such document, or `writer` could not see it (the same answer).
+        Other tenants' documents are never touched."""
         validate_tenant(tenant)
         if not document_id:
             raise InvalidInputError("document_id is empty")
+        if writer is not None:
+            if writer.tenant != tenant:
+                raise PermissionDeniedError(
+                    f"a caller of tenant {writer.tenant!r} may not delete in tenant {tenant!r}"
+                )
+            existing = await self._existing(tenant, document_id)
+            if existing is None or not may_see(writer.access_labels, existing.access_labels):
+                raise NotFoundError(f"document {document_id!r} not found in tenant {tenant!r}")
         with downstream("retrieval", self._clients.settings.retrieval_addr):
             response: retrieval_pb2.RemoveDocumentResponse = (
                 await self._clients.retrieval.RemoveDocument(

@@ -19,6 +19,7 @@ from prometheus_client import Counter, Gauge
 
 from ragplatform.v1 import ingestion_pb2, ingestion_pb2_grpc
 from services.common.errors import InvalidInputError, PlatformError
+from services.common.tenancy import Caller, validate_caller
 from services.ingestion.pipeline import DocumentAccess, IncomingDocument, IngestionPipeline
 
 Status = ingestion_pb2.IngestResult.Status
@@ -92,7 +93,12 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
                 if header is not None:
                     raise InvalidInputError("the upload sent a second header")
                 header = message.header
-                access = DocumentAccess.validated(header.tenant, header.access_labels, header.tags)
+                access = DocumentAccess.validated(
+                    header.tenant,
+                    header.access_labels,
+                    header.tags,
+                    header.caller if header.HasField("caller") else None,
+                )
                 if not header.filename:
                     raise InvalidInputError("header.filename is empty")
             elif header is None:
@@ -121,7 +127,12 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
     async def IngestUris(
         self, request: ingestion_pb2.IngestUrisRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[ingestion_pb2.IngestUrisResponse]:
-        access = DocumentAccess.validated(request.tenant, request.access_labels, request.tags)
+        access = DocumentAccess.validated(
+            request.tenant,
+            request.access_labels,
+            request.tags,
+            request.caller if request.HasField("caller") else None,
+        )
         if not request.uris:
             raise InvalidInputError("uris is empty: name at least one file or directory")
         pending = 0
@@ -141,6 +152,11 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
     async def DeleteDocument(
         self, request: ingestion_pb2.DeleteDocumentRequest, context: aio.ServicerContext[Any, Any]
     ) -> ingestion_pb2.DeleteDocumentResponse:
+        writer = (
+            validate_caller(Caller(request.caller.tenant, tuple(request.caller.access_labels)))
+            if request.HasField("caller")
+            else None
+        )
         return ingestion_pb2.DeleteDocumentResponse(
-            chunks_deleted=await self._pipeline.delete(request.tenant, request.document_id)
+            chunks_deleted=await self._pipeline.delete(request.tenant, request.document_id, writer)
         )

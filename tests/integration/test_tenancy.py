@@ -5,6 +5,7 @@ second gateway process with API keys in front of the same services. Each test
 works in tenants of its own, so their documents never meet the other tests'.
 """
 
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -481,6 +482,39 @@ def test_a_key_without_the_label_never_sees_labelled_documents(keyed: httpx.Clie
     listed = keyed.get("/v1/documents", params={"page_size": 1000}, headers=plain).json()
     assert "payroll" not in {d["document_id"] for d in listed["documents"]}
     assert keyed.get("/v1/documents/payroll", headers=hr).status_code == 200
+
+
+def test_a_key_cannot_overwrite_or_delete_what_it_cannot_read(keyed: httpx.Client) -> None:
+    """The finding: a key without a document's labels overwrote it, and learned
+    that it existed from UPDATED vs CREATED."""
+    secret = b"# Bonus\n\nThe Ostend depot bonus pool is 40,000 euros this year.\n"
+    _upload(keyed, "rest-key-a-hr", "bonus", secret, access_labels=["hr"])
+    plain, hr = as_key("rest-key-a"), as_key("rest-key-a-hr")
+    forged = keyed.post(
+        "/v1/documents",
+        files={"file": ("bonus.md", b"# Bonus\n\nThere is no bonus.\n")},
+        data={"document_id": "bonus"},
+        headers=plain,
+    )
+    assert forged.status_code == 403, forged.text
+    assert (
+        forged.json()["error"]["message"] == "bonus.md: the caller may not write document 'bonus'"
+    )
+    labelled = keyed.post(
+        "/v1/documents",
+        files={"file": ("memo.md", b"# Memo\n\nAn hr memo from a key without hr.\n")},
+        data={"document_id": "memo", "access_labels": ["hr"]},
+        headers=plain,
+    )
+    assert labelled.status_code == 403, labelled.text
+    for document_id in ("bonus", "no-such-document"):  # hidden and missing: the same answer
+        deleted = keyed.delete(f"/v1/documents/{document_id}", headers=plain)
+        assert deleted.status_code == 404
+        expected = f"document {document_id!r} not found in tenant 'rest-a'"
+        assert deleted.json()["error"]["message"] == expected
+    kept = keyed.get("/v1/documents/bonus", headers=hr).json()
+    assert kept["content_sha256"] == hashlib.sha256(secret).hexdigest(), "never overwritten"
+    assert keyed.delete("/v1/documents/bonus", headers=hr).status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -178,7 +178,10 @@ class FakeIngestion(ingestion_pb2_grpc.IngestionServiceServicer):
     async def DeleteDocument(
         self, request: ingestion_pb2.DeleteDocumentRequest, context: Any
     ) -> ingestion_pb2.DeleteDocumentResponse:
-        if request.document_id not in DOCUMENTS.get(request.tenant, ()):
+        labels = DOCUMENTS.get(request.tenant, {}).get(request.document_id)
+        held = set(request.caller.access_labels)
+        hidden = labels and request.HasField("caller") and not set(labels) & held
+        if labels is None or hidden:  # the contract: what the caller cannot see is NOT_FOUND
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no document {request.document_id!r}")
         self.deleted.append((request.tenant, request.document_id))
         return ingestion_pb2.DeleteDocumentResponse(chunks_deleted=4)
@@ -861,6 +864,8 @@ async def test_access_labels_hide_documents(secured: httpx.AsyncClient, fakes: F
     before = list(fakes.ingestion.deleted)
     assert (await secured.delete("/v1/documents/acme-salaries", headers=plain)).status_code == 404
     assert fakes.ingestion.deleted == before, "a hidden document is never deleted"
+    assert (await secured.delete("/v1/documents/acme-salaries", headers=hr)).status_code == 200
+    assert fakes.ingestion.deleted[-1] == ("acme", "acme-salaries")
 
     listed = await secured.get("/v1/documents", headers=hr)
     assert "acme-salaries" in {d["document_id"] for d in listed.json()["documents"]}

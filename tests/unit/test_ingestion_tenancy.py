@@ -4,6 +4,7 @@ gRPC transport (by direct calls to the retrieval servicer)."""
 
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from ragplatform.v1 import common_pb2, embedding_pb2, ingestion_pb2, retrieval_pb2
-from services.common.errors import InvalidInputError, NotFoundError
+from services.common.errors import InvalidInputError, NotFoundError, PermissionDeniedError
 from services.ingestion.pipeline import IngestionLimits, IngestionPipeline
 from services.ingestion.servicer import IngestionServicer
 from services.retrieval.edge import EdgeVectorStore
@@ -295,3 +296,57 @@ async def test_upload_carries_tenant_labels_tags_and_date(
     again = await upload(ingestion, UploadStream(header))
     assert again.status == Status.STATUS_UNCHANGED
     assert isinstance(again.document, common_pb2.DocumentInfo)
+
+
+def caller(tenant: str = "acme", *labels: str) -> common_pb2.Caller:
+    return common_pb2.Caller(tenant=tenant, access_labels=labels)
+
+
+def header(document_id: str, *labels: str, writer: common_pb2.Caller | None = None) -> Any:
+    return ingestion_pb2.DocumentHeader(
+        filename=f"{document_id}.md",
+        document_id=document_id,
+        tenant="acme",
+        access_labels=labels,
+        caller=writer,
+    )
+
+
+async def test_a_write_needs_the_documents_labels_old_and_new(
+    ingestion: IngestionServicer, store: EdgeVectorStore
+) -> None:
+    """An API key that could not read a document cannot overwrite or delete it, and
+    the refusal is the same whether the document exists or not."""
+    hidden = await upload(ingestion, UploadStream(header("payroll", "hr")))  # an operator's
+    assert hidden.status == Status.STATUS_CREATED
+    original = store.get_document("acme", "payroll")
+    assert original is not None
+
+    other = UploadStream(header("payroll", writer=caller("acme", "sales")), b"Overwritten.")
+    refused = "payroll.md: the caller may not write document 'payroll'"
+    with pytest.raises(PermissionDeniedError, match=re.escape(refused)):
+        await upload(ingestion, other)
+    assert store.get_document("acme", "payroll") == original  # nothing written
+
+    labelled = UploadStream(header("memo", "hr", writer=caller("acme", "sales")))
+    with pytest.raises(PermissionDeniedError, match="it holds none of their access labels"):
+        await upload(ingestion, labelled)
+    assert labelled.pulled == 1  # refused at the header
+    with pytest.raises(PermissionDeniedError, match="tenant 'globex' may not write in tenant"):
+        await upload(ingestion, UploadStream(header("memo", writer=caller("globex"))))
+
+    allowed = UploadStream(header("payroll", "hr", writer=caller("acme", "hr")), b"Updated.")
+    assert (await upload(ingestion, allowed)).status == Status.STATUS_UPDATED
+
+    def delete(document_id: str, writer: common_pb2.Caller) -> Any:
+        request = ingestion_pb2.DeleteDocumentRequest(
+            document_id=document_id, tenant="acme", caller=writer
+        )
+        return ingestion.DeleteDocument(request, None)
+
+    for document_id in ("payroll", "never-existed"):  # hidden and missing: one answer
+        with pytest.raises(NotFoundError) as found:
+            await delete(document_id, caller("acme", "sales"))
+        assert str(found.value) == f"document {document_id!r} not found in tenant 'acme'"
+    assert store.get_document("acme", "payroll") is not None
+    assert (await delete("payroll", caller("acme", "hr"))).chunks_deleted >= 1

@@ -56,7 +56,7 @@ def document_routes(clients: PlatformClients) -> APIRouter:
         summary="Upload a document",
         responses={
             200: {"model": IngestResult, "description": "Updated or unchanged."},
-            **error_responses(409, 413, 429),
+            **error_responses(403, 409, 413, 429),
         },
     )
     async def upload_document(
@@ -106,6 +106,7 @@ def document_routes(clients: PlatformClients) -> APIRouter:
             access_labels=access_labels or [],
             tags=tags or [],
             document_date_unix=document_date_unix,
+            caller=caller,
         )
         try:
             reply: ingestion_pb2.UploadDocumentResponse = await clients.ingestion.UploadDocument(
@@ -160,10 +161,12 @@ def document_routes(clients: PlatformClients) -> APIRouter:
         responses=error_responses(404, 429),
     )
     async def delete_document(document_id: str, caller: CallerDep) -> DeleteResult:
-        """IngestionService.DeleteDocument in the key's tenant: removes the document
-        and all its chunks (404 for another tenant's, or one its labels hide)."""
-        await visible_document(document_id, caller)
-        request = ingestion_pb2.DeleteDocumentRequest(document_id=document_id, tenant=caller.tenant)
+        """IngestionService.DeleteDocument in the key's tenant, as the key's caller:
+        removes the document and all its chunks (404 for another tenant's, or one
+        its labels hide: the ingestion service applies both)."""
+        request = ingestion_pb2.DeleteDocumentRequest(
+            document_id=document_id, tenant=caller.tenant, caller=caller
+        )
         reply: ingestion_pb2.DeleteDocumentResponse = await clients.ingestion.DeleteDocument(
             request
         )
