@@ -36,6 +36,7 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import services as _services_package
+from services.runtime.security import TlsFiles
 from services.runtime.settings import SERVICE_NAMES, PlatformSettings
 
 GATEWAY = "gateway"
@@ -167,6 +168,9 @@ class HealthProbe:
         if name == GATEWAY:
             return self._check_gateway()
         address = self.settings.address_of(name)
+        if TlsFiles.of(self.settings, name) is not None:  # its plaintext health port
+            host, port = address.rsplit(":", 1)
+            address = f"{host}:{int(port) + self.settings.health_port_offset}"
         if address not in self._channels:
             self._channels[address] = grpc.insecure_channel(address, options=_PROBE_CHANNEL_OPTIONS)
         stub = health_pb2_grpc.HealthStub(self._channels[address])

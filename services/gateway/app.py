@@ -48,7 +48,7 @@ def create_app(settings: GatewaySettings, clients: PlatformClients | None = None
     for the default tenant) and a warning says so.
     """
     owned = clients is None
-    platform = clients if clients is not None else PlatformClients(settings)
+    platform = clients if clients is not None else PlatformClients(settings, "gateway")
     grants = settings.api_keys()
     if not grants:
         log.warning(

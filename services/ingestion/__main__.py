@@ -61,7 +61,7 @@ def main() -> None:
     settings = IngestionSettings()
 
     async def build() -> Service:
-        clients = PlatformClients(settings)
+        clients = PlatformClients(settings, "ingestion")
         await refuse_another_embedder("ingestion", clients, settings.startup_check_seconds)
         limits = IngestionLimits(
             max_document_bytes=settings.ingestion_max_document_bytes,

@@ -92,7 +92,7 @@ def main() -> None:
     settings = QuerySettings()
 
     async def build() -> Service:
-        clients = PlatformClients(settings)
+        clients = PlatformClients(settings, "query")
         await refuse_another_embedder("query", clients, settings.startup_check_seconds)
         limits = QueryLimits(
             default_top_k=settings.query_default_top_k,

@@ -21,6 +21,7 @@ from ragplatform.v1 import (
     retrieval_pb2_grpc,
 )
 from services.runtime.embedders import EmbedderRouter
+from services.runtime.security import TlsFiles
 from services.runtime.settings import PlatformSettings
 from services.runtime.telemetry import outgoing_metadata, tracing_enabled
 
@@ -77,9 +78,13 @@ def call_defaults(seconds: float) -> list[aio.ClientInterceptor]:
 class PlatformClients:
     """Typed stubs for each service, created lazily, sharing one channel per address."""
 
-    def __init__(self, settings: PlatformSettings) -> None:
+    def __init__(self, settings: PlatformSettings, identity: str = "ragctl") -> None:
+        """`identity`: the process whose certificate the calls present with TLS
+        (the "{process}" of RAG_TLS_*_FILE)."""
         self.settings = settings
         self._channels: dict[str, aio.Channel] = {}
+        tls = TlsFiles.of(settings, identity)
+        self._credentials = tls.channel_credentials() if tls is not None else None
         self.embedders = EmbedderRouter(self)
         """The embedding service of the index's live model (use it, not `embedding`,
         for vectors that go into the index or are searched in it)."""
@@ -91,17 +96,19 @@ class PlatformClients:
         return self._channels[address]
 
     def _open(self, address: str) -> aio.Channel:
-        return aio.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", self.settings.max_message_bytes),
-                ("grpc.max_receive_message_length", self.settings.max_message_bytes),
-                # gRPC's reconnect backoff grows to two minutes by default; a peer
-                # restarted by Kubernetes would look down long after it serves.
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 2000),
-            ],
-            interceptors=call_defaults(self.settings.rpc_timeout_seconds),
+        options = [
+            ("grpc.max_send_message_length", self.settings.max_message_bytes),
+            ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+            # gRPC's reconnect backoff grows to two minutes by default; a peer
+            # restarted by Kubernetes would look down long after it serves.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+        interceptors = call_defaults(self.settings.rpc_timeout_seconds)
+        if self._credentials is None:
+            return aio.insecure_channel(address, options=options, interceptors=interceptors)
+        return aio.secure_channel(
+            address, self._credentials, options=options, interceptors=interceptors
         )
 
     def _stub(self, service: str, factory: Callable[[aio.Channel], StubT]) -> StubT:

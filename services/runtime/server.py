@@ -3,7 +3,8 @@
 It sets up the process's observability (JSON logs, tracing from OTEL_*, the
 Prometheus /metrics port), binds the service's port, registers the standard
 health service (so Kubernetes gRPC probes and `ragctl status` work) and server
-reflection (so grpcurl works), counts, times and traces every call, maps domain
+reflection (so grpcurl works), authenticates and authorises callers when TLS is
+configured (`security.py`), counts, times and traces every call, maps domain
 errors to status codes, and on SIGTERM or SIGINT reports NOT_SERVING, stops
 accepting calls and drains in-flight ones for `drain_seconds` before closing
 the service's resources and exporting the last spans.
@@ -25,6 +26,12 @@ from services.runtime.errors import ErrorMappingInterceptor
 from services.runtime.limits import ConcurrencyLimitInterceptor
 from services.runtime.metrics import init_rpc_series
 from services.runtime.observability import RpcTelemetryInterceptor, start_observability
+from services.runtime.security import (
+    AuthorizationInterceptor,
+    TlsFiles,
+    health_address,
+    parse_clients,
+)
 from services.runtime.settings import PlatformSettings
 from services.runtime.telemetry import shutdown_tracing
 
@@ -61,10 +68,14 @@ async def serve(
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    tls = TlsFiles.of(settings, name)
     interceptors: list[aio.ServerInterceptor] = [ErrorMappingInterceptor()]
     if settings.max_concurrent_rpcs:
         # Before the error mapping: a refusal is already a status, not a domain error.
         interceptors.insert(0, ConcurrencyLimitInterceptor(settings.max_concurrent_rpcs))
+    if tls is not None:
+        # Before the cap: a caller refused for who it is takes no slot.
+        interceptors.insert(0, AuthorizationInterceptor(parse_clients(settings.grpc_clients)))
     if settings.metrics_enabled or tracing:
         # First, so that it sees the status code the error mapping chose.
         interceptors.insert(0, RpcTelemetryInterceptor(name, metrics=settings.metrics_enabled))
@@ -87,7 +98,18 @@ async def serve(
         server,
     )
     address = settings.listen_address_of(name)
-    if server.add_insecure_port(address) == 0:
+    if tls is None:
+        bound = server.add_insecure_port(address)
+        log.warning(
+            "gRPC without TLS: every caller is trusted; set RAG_TLS_* (docs/security.md) "
+            "anywhere but a loopback development platform",
+            extra={"address": address},
+        )
+    else:
+        bound = server.add_secure_port(address, tls.server_credentials())
+        if server.add_insecure_port(health_address(settings, name)) == 0:
+            raise SystemExit(f"{name}: cannot bind {health_address(settings, name)}")
+    if bound == 0:
         raise SystemExit(f"{name}: cannot bind {address}")
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING

@@ -68,6 +68,35 @@ class PlatformSettings(BaseSettings):
             "services, to refuse to serve when the embedder is not the index's; 0: no check."
         ),
     )
+    tls_cert_file: str = Field(
+        default="",
+        description=(
+            "This process's TLS certificate (PEM); with RAG_TLS_KEY_FILE and RAG_TLS_CA_FILE, "
+            "gRPC is mutual TLS and the certificate's common name is the process's identity "
+            '(docs/security.md). "{process}" in the path is replaced by the process name. '
+            "Empty: plaintext, every caller trusted (loopback only)."
+        ),
+    )
+    tls_key_file: str = Field(default="", description="Private key of RAG_TLS_CERT_FILE (PEM).")
+    tls_ca_file: str = Field(
+        default="", description="CA certificate (PEM) that every peer's certificate chains to."
+    )
+    health_port_offset: int = Field(
+        default=2000,
+        ge=1,
+        description=(
+            "With TLS, each server also answers health checks, and nothing else, in "
+            "plaintext on its port plus this (for Kubernetes probes and `ragctl status`)."
+        ),
+    )
+    grpc_clients: str = Field(
+        default="",
+        description=(
+            'JSON: internal gRPC clients by certificate common name, {"name": {"tenant": '
+            '"acme", "access_labels": ["hr"]}}: each acts for that tenant and those labels '
+            "only, as an API key does at the gateway (with TLS)."
+        ),
+    )
     drain_seconds: float = Field(
         default=10.0, ge=0, description="Grace period for in-flight calls on SIGTERM."
     )
