@@ -8,7 +8,7 @@ names; tests check that they stay in step with the contract (PROTO_MODELS).
 from typing import Any, Literal, TypeVar
 
 from google.protobuf.message import Message
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ragplatform.v1 import (
     common_pb2,
@@ -20,13 +20,42 @@ from services.common.search import MAX_FILTER_VALUES
 from services.gateway.protojson import to_plain
 
 UINT32_MAX = 2**32 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""Bounds of the contract's int64 fields: a larger number cannot be put into a request."""
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class MetadataFilter(_Model):
+def _surrogate_free(value: object, path: str) -> None:
+    """Raise ValueError naming `path` if a string in `value` holds a lone UTF-16
+    surrogate (JSON can escape one: "\\ud800"), which is no Unicode text and
+    which protobuf cannot encode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{path}: not valid Unicode text (a lone surrogate)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _surrogate_free(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for item in value:
+            _surrogate_free(item, path)
+
+
+class _RequestModel(_Model):
+    """A request body: its strings must be Unicode text to go into a protobuf."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: Any) -> Any:
+        _surrogate_free(data, "")
+        return data
+
+
+class MetadataFilter(_RequestModel):
     """Restricts a search; empty lists mean no restriction on that field. Fields
     combine with AND, values inside one field with OR. It narrows the caller's
     own documents: the tenant comes from the API key, never from the filter."""
@@ -41,11 +70,15 @@ class MetadataFilter(_Model):
     )
     date_from_unix: int | None = Field(
         default=None,
+        ge=INT64_MIN,
+        le=INT64_MAX,
         description="Documents dated at or after this Unix time (seconds); documents "
         "without a date are excluded once either bound is set.",
     )
     date_to_unix: int | None = Field(
         default=None,
+        ge=INT64_MIN,
+        le=INT64_MAX,
         description="Documents dated at or before this Unix time; not before date_from_unix.",
     )
 
@@ -59,7 +92,7 @@ RetrievalModeName = Literal[
 ]
 
 
-class AskBody(_Model):
+class AskBody(_RequestModel):
     """A question for QueryService.Ask / AskStream."""
 
     question: str = Field(description="The question (length limits are the query service's).")

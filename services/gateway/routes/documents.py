@@ -11,6 +11,7 @@ from ragplatform.v1 import common_pb2, ingestion_pb2, retrieval_pb2
 from services.gateway.auth import CallerDep
 from services.gateway.errors import GatewayError, error_responses, http_status_for
 from services.gateway.schemas import (
+    INT64_MAX,
     UINT32_MAX,
     DeleteResult,
     DocumentInfo,
@@ -85,6 +86,7 @@ def document_routes(clients: PlatformClients) -> APIRouter:
             int,
             Form(
                 ge=0,
+                le=INT64_MAX,
                 description="Date of the document (Unix seconds) for filter date "
                 "ranges; 0: the upload's time.",
             ),

@@ -45,6 +45,19 @@ def _sse_event_of(message: query_pb2.AskStreamResponse) -> bytes:
     return _sse("delta", {"text": message.delta})
 
 
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "One event of the stream: its name and its data, one line of JSON (the "
+    "schema of a `text/event-stream` describes each event, as OpenAPI 3.2's `itemSchema` "
+    "does).",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["delta", "answer", "restart", "error"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
+"""What each Server-Sent Event of an answer looks like."""
+
 _SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": 'Server-Sent Events: `event: delta` with `{"text": ...}` per piece of '
@@ -52,7 +65,7 @@ _SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
         'route); `event: restart` with `{"reason": ...}` means: drop the text received so '
         "far, a new answer follows (a model failed mid-answer, or the answer was escalated); "
         "a failure after the stream began arrives as `event: error` with the error JSON.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
     }
 }
 
