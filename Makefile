@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RAGCTL := $(VENV)/bin/ragctl
 
-.PHONY: setup demo up down test test-all lint bench bench-overhead bench-cache docs k8s clean
+.PHONY: setup demo up down test test-all fuzz lint bench bench-overhead bench-cache docs k8s clean
 
 setup: ## Virtualenv, packages, generated gRPC code, contract tools
 	@bash scripts/setup.sh
@@ -26,6 +26,11 @@ test: setup ## Lint, type-check and run the default test suite (slow tests exclu
 
 test-all: setup ## Everything, slow tests included (no skips)
 	@RAG_TESTS_STRICT=1 $(PY) -m pytest -m ''
+
+# `make test` runs tests/fuzz bounded and derandomized (Hypothesis profile "ci");
+# this runs them with many random examples (profile "fuzz"), at most 10 minutes.
+fuzz: setup ## Long fuzzing: gateway vs its OpenAPI (schemathesis), parsers and chunker (hypothesis)
+	@RAG_TESTS_STRICT=1 HYPOTHESIS_PROFILE=fuzz timeout 600 $(PY) -m pytest tests/fuzz --timeout=600
 
 lint: ## ruff, mypy, buf lint
 	@$(VENV)/bin/ruff check services tests scripts
