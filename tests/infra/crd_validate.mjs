@@ -15,6 +15,7 @@ const MODELS = {
   "networking.gke.io/v1": "@kubernetes-models/gke/networking.gke.io/v1/index.mjs",
   "networking.gke.io/v1beta1": "@kubernetes-models/gke/networking.gke.io/v1beta1/index.mjs",
   "cloud.google.com/v1": "@kubernetes-models/gke/cloud.google.com/v1/index.mjs",
+  "cert-manager.io/v1": "@kubernetes-models/cert-manager/cert-manager.io/v1/index.js",
 };
 
 const objects = JSON.parse(readFileSync(0, "utf8"));

@@ -54,6 +54,7 @@ CUSTOM = {
     ("networking.gke.io/v1beta1", "FrontendConfig"): "model",
     ("monitoring.googleapis.com/v1", "PodMonitoring"): "schemas/podmonitoring.json",
     ("monitoring.googleapis.com/v1", "Rules"): "schemas/rules.json",
+    ("cert-manager.io/v1", "Certificate"): "model",
 }
 HERE = Path(__file__).parent
 
@@ -174,6 +175,7 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     },
     "negative tenant concurrency": {"services": {"ingestion": {"maxConcurrentPerTenant": -1}}},
     "other embedder without a port": {"backends": {"embedding": {"otherAddresses": ["host"]}}},
+    "grpc client without a tenant": {"tls": {"clients": {"acme-backend": {"access_labels": []}}}},
     "spare index without its endpoint": {
         "backends": {
             "retrieval": {
@@ -325,12 +327,13 @@ def test_every_workload_has_probes_resources_pdb_and_policy(
 
 
 def test_grpc_services_are_probed_with_the_health_service(renders: dict[str, list[Obj]]) -> None:
-    for variant in ("dev", "prod"):
+    """On the serving port in plaintext (dev), on the plaintext health port with TLS (prod)."""
+    for variant, offset in (("dev", 0), ("prod", 2000)):
         ws = workloads(renders[variant])
         for component, port in GRPC_PORTS.items():
             c = containers(ws[component])[0]
             for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-                assert c[probe]["grpc"] == {"port": port}, f"{component} {probe}"
+                assert c[probe]["grpc"] == {"port": port + offset}, f"{component} {probe}"
         gateway = containers(ws["gateway"])[0]
         assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -562,6 +565,34 @@ def test_spare_vector_search_indexes_reach_retrieval(render: Callable[..., list[
             "query_endpoint": "",
         }
     ]
+
+
+def test_prod_turns_mutual_tls_on(
+    renders: dict[str, list[Obj]], render: Callable[..., list[Obj]]
+) -> None:
+    """Every component and ragctl get a certificate named after their identity; the
+    gRPC services mount it, probe health on the plaintext health port, and learn the
+    internal clients; dev stays plaintext."""
+    prod = renders["prod"]
+    certificates = {o["spec"]["commonName"]: o for o in prod if o["kind"] == "Certificate"}
+    assert set(certificates) == {*workloads(prod), "ragctl"} - {"vllm", "qdrant"}
+    for component, workload in workloads(prod).items():
+        if component not in certificates:
+            continue
+        container = containers(workload)[0]
+        env = env_of(container)
+        assert env["RAG_TLS_CERT_FILE"] == "/etc/ragplatform/tls/tls.crt"
+        secret = certificates[component]["spec"]["secretName"]
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["tls"]["secret"]["secretName"] == secret
+        if component != "gateway":
+            port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+            assert container["readinessProbe"]["grpc"]["port"] == port + 2000
+            assert env["RAG_HEALTH_PORT_OFFSET"] == "2000"
+    assert not [o for o in renders["dev"] if o["kind"] == "Certificate"]
+    clients = {"acme-backend": {"tenant": "acme", "access_labels": ["hr"]}}
+    query = workloads(render("prod", {"tls": {"clients": clients}}))["query"]
+    assert json.loads(env_of(containers(query)[0])["RAG_GRPC_CLIENTS"]) == clients
 
 
 def test_workload_identity_annotations(renders: dict[str, list[Obj]]) -> None:

@@ -218,6 +218,15 @@ the vectors retrieval stores.
 {{- if eq .component "ingestion" }}
 {{- $_ := set $env "RAG_INGESTION_MAX_CONCURRENT_PER_TENANT" $svc.maxConcurrentPerTenant -}}
 {{- end }}
+{{- if $v.tls.enabled }}
+{{- $_ := set $env "RAG_TLS_CERT_FILE" "/etc/ragplatform/tls/tls.crt" -}}
+{{- $_ := set $env "RAG_TLS_KEY_FILE" "/etc/ragplatform/tls/tls.key" -}}
+{{- $_ := set $env "RAG_TLS_CA_FILE" "/etc/ragplatform/tls/ca.crt" -}}
+{{- $_ := set $env "RAG_HEALTH_PORT_OFFSET" $v.tls.healthPortOffset -}}
+{{- if and $v.tls.clients (ne .component "gateway") }}
+{{- $_ := set $env "RAG_GRPC_CLIENTS" ($v.tls.clients | toJson) -}}
+{{- end }}
+{{- end }}
 {{- if and (has .component (list "query" "ingestion")) $v.backends.embedding.otherAddresses }}
 {{- $_ := set $env "RAG_EMBEDDING_ADDRS" (join "," $v.backends.embedding.otherAddresses) -}}
 {{- end }}
