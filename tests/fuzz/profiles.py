@@ -18,7 +18,7 @@ PROFILE_ENV = "HYPOTHESIS_PROFILE"
 
 settings.register_profile(
     "ci",
-    max_examples=60,
+    max_examples=200,
     derandomize=True,
     database=None,
     deadline=None,
