@@ -77,7 +77,7 @@ from services.generation.extractive import ExtractiveAnswerer
 from services.ingestion.chunking import ChunkingConfig, HFTokenCounter, chunk_document
 from services.ingestion.ids import document_id_for
 from services.ingestion.parsers import detect_media_type, parse_document
-from services.ingestion.pipeline import normalise_uri
+from services.ingestion.sources import normalise_uri
 from services.retrieval.store import SearchFilter, SearchOptions
 from services.runtime.settings import SERVICE_NAMES
 

@@ -285,6 +285,10 @@ class DocumentInfo(_Model):
     access_labels: list[str] = Field(description="Who may see it; empty: the whole tenant.")
     tags: list[str]
     document_date_unix: int = Field(description="Date of the document; 0 when unknown.")
+    source_version: str = Field(
+        description="The source's version of the indexed bytes (a Cloud Storage object's "
+        "generation); empty for uploads."
+    )
 
 
 class IngestResult(_Model):

@@ -1,17 +1,20 @@
 """Run the ingestion service: `python -m services.ingestion`."""
 
+from typing import Any
+
 from pydantic import Field
 
 from ragplatform.v1 import ingestion_pb2, ingestion_pb2_grpc
 from services.ingestion.pipeline import IngestionLimits, IngestionPipeline
 from services.ingestion.servicer import IngestionServicer
+from services.ingestion.sources import CloudStorage, LocalFiles, Sources, parse_allowed_sources
 from services.runtime.clients import PlatformClients
 from services.runtime.server import Service, ServiceBinding, run
-from services.runtime.settings import PlatformSettings
+from services.runtime.settings import GoogleCloudSettings
 from services.runtime.startup import refuse_another_embedder
 
 
-class IngestionSettings(PlatformSettings):
+class IngestionSettings(GoogleCloudSettings):
     """Ingestion service settings (env prefix RAG_)."""
 
     ingestion_max_document_bytes: int = Field(
@@ -46,6 +49,14 @@ class IngestionSettings(PlatformSettings):
         ge=1,
         description="IngestUris: EmbedDocuments calls outstanding at once.",
     )
+    ingestion_sources: str = Field(
+        default="",
+        description=(
+            'JSON: the URI prefixes each tenant may import from, {"acme": ["gs://acme-docs/"]}; '
+            "applies to IngestUris calls made for a caller (the gateway's, an internal "
+            "client's); an operator's (ragctl, no caller) may name any file or bucket."
+        ),
+    )
     ingestion_max_concurrent_per_tenant: int = Field(
         default=8,
         ge=0,
@@ -54,6 +65,21 @@ class IngestionSettings(PlatformSettings):
             "document of an IngestUris, or one of its shared embedding batches); the rest "
             "wait, so one tenant's bulk imports cannot starve another's uploads; 0: no cap."
         ),
+    )
+
+
+def sources_of(settings: IngestionSettings) -> Sources:
+    """Files, and Cloud Storage in RAG_GCP_PROJECT (the emulator at
+    STORAGE_EMULATOR_HOST when set), with the tenants' allowed prefixes."""
+
+    def storage_client() -> Any:
+        from google.cloud import storage  # type: ignore[attr-defined]
+
+        return storage.Client(project=settings.gcp_project or None)
+
+    return Sources(
+        {"file": LocalFiles(), "gs": CloudStorage(storage_client)},
+        parse_allowed_sources(settings.ingestion_sources),
     )
 
 
@@ -75,7 +101,7 @@ def main() -> None:
         )
         binding = ServiceBinding(
             ingestion_pb2_grpc.add_IngestionServiceServicer_to_server,
-            IngestionServicer(IngestionPipeline(clients, limits)),
+            IngestionServicer(IngestionPipeline(clients, limits, sources_of(settings))),
             ingestion_pb2.DESCRIPTOR.services_by_name["IngestionService"].full_name,
         )
         return Service([binding], cleanups=[clients.close])

@@ -22,9 +22,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from ragplatform.v1 import common_pb2, embedding_pb2, ingestion_pb2, retrieval_pb2
 from services.common.errors import (
@@ -33,7 +31,6 @@ from services.common.errors import (
     PermissionDeniedError,
     PlatformError,
     TooLargeError,
-    UnimplementedError,
 )
 from services.common.tenancy import (
     Caller,
@@ -58,11 +55,11 @@ from services.ingestion.ids import (
     validate_document_id,
 )
 from services.ingestion.parsers import (
-    SUPPORTED_EXTENSIONS,
     ParsedDocument,
     detect_media_type,
     parse_document,
 )
+from services.ingestion.sources import Expanded, LocalFiles, SourceObject, Sources
 from services.runtime.clients import PlatformClients
 from services.runtime.embedders import Embedder
 from services.runtime.errors import downstream
@@ -154,6 +151,8 @@ class IncomingDocument:
     document_date_unix: int = 0
     """The document's date (Unix seconds): a file's modification time, or what an
     upload declared; 0 when unknown."""
+    source_version: str = ""
+    """The source's version of `data` (a Cloud Storage generation), "" if none."""
 
 
 @dataclass(eq=False)
@@ -170,6 +169,7 @@ class _Prepared:
     title: str
     replaces: bool
     """Whether an older version is indexed (the result is UPDATED, not CREATED)."""
+    source_version: str
     drafts: list[ChunkDraft]
     embedder: Embedder
     """The embedding service of the index's live model when the document was chunked."""
@@ -183,15 +183,6 @@ class _Prepared:
     def __post_init__(self) -> None:
         self.vectors = [None] * len(self.drafts)
         self.missing = len(self.drafts)
-
-
-def normalise_uri(uri: str) -> str:
-    """`file:///abs/path` for a file URI or a plain path; other schemes unchanged."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        path = unquote(parsed.path) if parsed.scheme == "file" else uri
-        return Path(path).expanduser().resolve().as_uri()
-    return uri
 
 
 def failed_result(source_uri: str, error: PlatformError) -> ingestion_pb2.IngestResult:
@@ -238,13 +229,16 @@ def _counter(info: embedding_pb2.GetModelInfoResponse) -> OffsetTokenCounter:
 class IngestionPipeline:
     """Runs documents through parse → chunk → embed → index."""
 
-    def __init__(self, clients: PlatformClients, limits: IngestionLimits) -> None:
+    def __init__(
+        self, clients: PlatformClients, limits: IngestionLimits, sources: Sources | None = None
+    ) -> None:
         # Documents are tokenized one per worker thread, so concurrency comes from
         # the documents; the tokenizer's own thread pool would only add wake-up
         # costs, CPU taken from the model (docs/benchmarks.md).
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self._clients = clients
         self._limits = limits
+        self.sources = sources or Sources({"file": LocalFiles()}, {})
         self.tenant_slots = TenantSlots(limits.max_concurrent_per_tenant)
         self._chunking_of: dict[str, tuple[OffsetTokenCounter, ChunkingConfig]] = {}
 
@@ -369,6 +363,7 @@ class IngestionPipeline:
             replaces=existing is not None,
             drafts=drafts,
             embedder=embedder,
+            source_version=document.source_version,
         )
 
     async def _index(
@@ -406,6 +401,7 @@ class IngestionPipeline:
             access_labels=prepared.access.access_labels,
             tags=prepared.access.tags,
             document_date_unix=prepared.document_date_unix,
+            source_version=prepared.source_version,
         )
         request = retrieval_pb2.ReplaceDocumentRequest(
             document=info,
@@ -471,44 +467,22 @@ class IngestionPipeline:
         many documents share embedding batches of similar length (see
         `_BulkIngestion`), so results arrive in no particular order.
         """
-        targets: list[tuple[str, Path | PlatformError]] = []
+        targets: list[Expanded] = []
         for uri in uris:
-            targets.extend(self._expand(uri))
+            targets.extend(await asyncio.to_thread(self.sources.expand, uri))
         yield ingestion_pb2.IngestUrisResponse(
             plan=ingestion_pb2.IngestPlan(document_count=len(targets))
         )
         async for result in _BulkIngestion(self, targets, access).run():
             yield ingestion_pb2.IngestUrisResponse(result=result)
 
-    def _read(self, path: Path) -> tuple[bytes, int]:
-        """The file's bytes and its modification time (Unix seconds, the document's date)."""
-        status = path.stat()
-        self.check_size(status.st_size, path.name)
-        return path.read_bytes(), int(status.st_mtime)
-
-    @staticmethod
-    def _expand(uri: str) -> list[tuple[str, Path | PlatformError]]:
-        """The files a URI names: itself, or a directory's supported files, sorted."""
-        normalised = normalise_uri(uri)
-        scheme = urlparse(normalised).scheme
-        if scheme != "file":
-            message = f"{uri}: the {scheme}:// scheme is not supported yet (file:// is)"
-            return [(normalised, UnimplementedError(message))]
-        path = Path(unquote(urlparse(normalised).path))
-        if path.is_dir():
-            files = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in SUPPORTED_EXTENSIONS
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
-            return [(p.as_uri(), p) for p in files]
-        if not path.exists():
-            return [(normalised, NotFoundError(f"{path}: no such file or directory"))]
-        if not os.access(path, os.R_OK):
-            return [(normalised, PermissionDeniedError(f"{path}: permission denied"))]
-        return [(normalised, path)]
+    def _read(self, item: SourceObject) -> tuple[bytes, SourceObject]:
+        """The object's bytes (checked against the size limit first) and the
+        object they are."""
+        self.check_size(item.size, item.name)
+        data, read = self.sources.read(item)
+        self.check_size(len(data), item.name)  # replaced by a larger version meanwhile
+        return data, read
 
     async def delete(self, tenant: str, document_id: str, writer: Caller | None = None) -> int:
         """Remove the tenant's document (chunks and record); NOT_FOUND when the
@@ -579,7 +553,7 @@ class _BulkIngestion:
     def __init__(
         self,
         pipeline: IngestionPipeline,
-        targets: Sequence[tuple[str, Path | PlatformError]],
+        targets: Sequence[Expanded],
         access: DocumentAccess,
     ) -> None:
         self._pipeline = pipeline
@@ -657,18 +631,25 @@ class _BulkIngestion:
     async def _prepare_documents(self) -> None:
         pipeline = self._pipeline
         try:
-            for source_uri, target in self._targets:  # shared by the workers
+            for target in self._targets:  # shared by the workers
                 await self._until(lambda: len(self._pool) < self._pool_limit)
+                if not isinstance(target, SourceObject):
+                    source_uri, error = target
+                    self._results.put_nowait(failed_result(source_uri, error))
+                    continue
+                source_uri = target.uri
                 try:
-                    if isinstance(target, PlatformError):
-                        raise target
-                    data, modified_unix = await asyncio.to_thread(pipeline._read, target)
+                    if skipped := await self._unchanged_version(target):
+                        self._results.put_nowait(skipped)
+                        continue
+                    data, read = await asyncio.to_thread(pipeline._read, target)
                     incoming = IncomingDocument(
-                        source_uri,
-                        target.name,
+                        read.uri,
+                        read.name,
                         data,
                         self._access,
-                        document_date_unix=modified_unix,
+                        document_date_unix=read.modified_unix,
+                        source_version=read.version,
                     )
                     async with pipeline.tenant_slots.hold(self._access.tenant):
                         prepared = await pipeline._prepare(incoming, self._look_up)
@@ -687,6 +668,24 @@ class _BulkIngestion:
         finally:
             self._preparing -= 1
             self._notify()
+
+    async def _unchanged_version(self, target: SourceObject) -> ingestion_pb2.IngestResult | None:
+        """UNCHANGED, without reading the object, when its generation is the
+        indexed one with the same access labels and tags; else None."""
+        if not target.version or not self._look_up:
+            return None
+        existing = await self._pipeline._existing(self._access.tenant, document_id_for(target.uri))
+        if (
+            existing is None
+            or existing.source_version != target.version
+            or not self._access.may_replace(existing)
+            or (tuple(existing.access_labels), tuple(existing.tags))
+            != (self._access.access_labels, self._access.tags)
+        ):
+            return None
+        return ingestion_pb2.IngestResult(
+            status=Status.STATUS_UNCHANGED, document=existing, source_uri=target.uri
+        )
 
     def _ready_to_send(self) -> bool:
         if self._in_flight >= self._in_flight_limit or self._indexing >= _INDEX_BACKLOG:

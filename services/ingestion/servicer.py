@@ -135,6 +135,8 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         )
         if not request.uris:
             raise InvalidInputError("uris is empty: name at least one file or directory")
+        if access.writer is not None:  # made for a caller: only its tenant's sources
+            self._pipeline.sources.authorise(request.uris, access.tenant)
         pending = 0
         try:
             async for event in self._pipeline.ingest_uris(request.uris, access):

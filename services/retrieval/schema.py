@@ -125,7 +125,8 @@ def _to_payload(obj: StoredChunk | DocumentRecord, names: Sequence[str]) -> dict
 
 
 def _from_payload(payload: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
-    values = {name: payload[name] for name in names}
+    # A field added later (with a default) is absent from what older releases wrote.
+    values = {name: payload[name] for name in names if name in payload}
     for name in _LIST_FIELDS:
         values[name] = tuple(values[name])
     return values

@@ -109,6 +109,8 @@ class DocumentRecord:
     access_labels: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     document_date_unix: int = 0
+    source_version: str = ""
+    """The source's version of the indexed bytes (a Cloud Storage generation), "" if none."""
 
 
 @dataclass(frozen=True)

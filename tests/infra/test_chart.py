@@ -176,6 +176,9 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "negative tenant concurrency": {"services": {"ingestion": {"maxConcurrentPerTenant": -1}}},
     "other embedder without a port": {"backends": {"embedding": {"otherAddresses": ["host"]}}},
     "grpc client without a tenant": {"tls": {"clients": {"acme-backend": {"access_labels": []}}}},
+    "import source not a bucket": {
+        "services": {"ingestion": {"sources": {"acme": ["https://x/"]}}}
+    },
     "spare index without its endpoint": {
         "backends": {
             "retrieval": {
@@ -593,6 +596,12 @@ def test_prod_turns_mutual_tls_on(
     clients = {"acme-backend": {"tenant": "acme", "access_labels": ["hr"]}}
     query = workloads(render("prod", {"tls": {"clients": clients}}))["query"]
     assert json.loads(env_of(containers(query)[0])["RAG_GRPC_CLIENTS"]) == clients
+
+
+def test_tenants_import_sources_reach_ingestion(render: Callable[..., list[Obj]]) -> None:
+    sources = {"acme": ["gs://acme-docs/", "gs://shared/acme/"]}
+    found = workloads(render("prod", {"services": {"ingestion": {"sources": sources}}}))
+    assert json.loads(env_of(containers(found["ingestion"])[0])["RAG_INGESTION_SOURCES"]) == sources
 
 
 def test_workload_identity_annotations(renders: dict[str, list[Obj]]) -> None:

@@ -161,6 +161,8 @@ true
 true
 {{- else if and (eq .component "generation") (contains "gemini" (printf "%s,%s" $b.generation.simpleChain $b.generation.complexChain)) -}}
 true
+{{- else if and (eq .component "ingestion") .root.Values.services.ingestion.googleApis -}}
+true
 {{- end -}}
 {{- end -}}
 
@@ -217,6 +219,9 @@ the vectors retrieval stores.
 {{- end }}
 {{- if eq .component "ingestion" }}
 {{- $_ := set $env "RAG_INGESTION_MAX_CONCURRENT_PER_TENANT" $svc.maxConcurrentPerTenant -}}
+{{- if $svc.sources }}
+{{- $_ := set $env "RAG_INGESTION_SOURCES" ($svc.sources | toJson) -}}
+{{- end }}
 {{- end }}
 {{- if $v.tls.enabled }}
 {{- $_ := set $env "RAG_TLS_CERT_FILE" "/etc/ragplatform/tls/tls.crt" -}}
