@@ -13,13 +13,18 @@ import io
 import logging
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import PurePath
+from typing import TYPE_CHECKING
 
 from bs4 import BeautifulSoup
 from bs4.element import NavigableString, PreformattedString, Tag
 
-from services.common.errors import InvalidInputError
+if TYPE_CHECKING:
+    from pypdf import PageObject
+
+from services.common.errors import InvalidInputError, PlatformError, TooLargeError
 
 TEXT_PLAIN = "text/plain"
 TEXT_MARKDOWN = "text/markdown"
@@ -63,6 +68,18 @@ at a word boundary."""
 MAX_PDF_PAGES = 2000
 """Most pages of one PDF: every page is parsed in the ingestion process, and a
 longer file is a book or an archive that reads better split."""
+PDF_DECODED_RATIO = 100
+MAX_PDF_DECODED_BYTES = 200 * 1024 * 1024
+MIN_PDF_DECODED_BYTES = 1024 * 1024
+"""A PDF's page contents may decode to `PDF_DECODED_RATIO` times its size, never
+more than `MAX_PDF_DECODED_BYTES`, and always `MIN_PDF_DECODED_BYTES`.
+
+Text extraction reads every page's content streams, decoded, at about 1 to 5 MB
+a second, so their decoded size is the parse's cost: a few kilobytes of zeros
+compressed, or 2000 pages that all draw one large stream, cost minutes. Text
+streams compress about 3 to 10 times, so 100 leaves real documents far below
+the limit; the floor keeps tiny, odd but honest files readable (a megabyte reads
+in about a second); the ceiling bounds the decoded data held in memory."""
 MAX_HTML_TAGS = 200_000
 """Most "<" in one HTML page (an upper bound of its elements, counted before
 the parser builds its tree, which costs memory per element)."""
@@ -553,9 +570,10 @@ def _parse_pdf(filename: str, data: bytes) -> ParsedDocument:
                 f"{filename}: the PDF has {page_count} pages; the limit is {MAX_PDF_PAGES} "
                 "(split it into several documents)"
             )
+        _check_decoded_size(filename, reader.pages, len(data))
         page_texts = [_clean_pdf_page(page.extract_text() or "") for page in reader.pages]
         title = _pdf_title(reader)
-    except InvalidInputError:
+    except PlatformError:
         raise
     except FileNotDecryptedError as exc:
         raise InvalidInputError(
@@ -584,6 +602,59 @@ def _parse_pdf(filename: str, data: bytes) -> ParsedDocument:
         sections=[],
         pages=pages,
     )
+
+
+def _check_decoded_size(filename: str, pages: Iterable[PageObject], size: int) -> None:
+    """Refuse a PDF whose page contents decode to more than its limit (see
+    `PDF_DECODED_RATIO`) before any text is extracted.
+
+    A page's contents are its content streams and the form XObjects it can
+    draw, counted once per page that uses them, as extraction reads them once
+    per page; pypdf decodes each stream once and keeps it for the extraction.
+    """
+    from pypdf.errors import LimitReachedError
+    from pypdf.generic import ArrayObject, DictionaryObject, StreamObject
+
+    limit = min(MAX_PDF_DECODED_BYTES, max(MIN_PDF_DECODED_BYTES, PDF_DECODED_RATIO * size))
+    refusal = TooLargeError(
+        f"{filename}: the PDF's page contents decode to more than {limit} bytes, the limit "
+        f"for a file of {size} bytes ({PDF_DECODED_RATIO} times its size, between "
+        f"{MIN_PDF_DECODED_BYTES} and {MAX_PDF_DECODED_BYTES} bytes)"
+    )
+    total = 0
+    for page in pages:
+        contents = page.get("/Contents")
+        contents = contents.get_object() if contents is not None else None
+        streams = list(contents) if isinstance(contents, ArrayObject) else [contents]
+        seen: set[int] = set()
+        resources = [page.get("/Resources")]
+        while resources:  # form XObjects, nested ones too, each once per page
+            found = resources.pop()
+            found = found.get_object() if found is not None else None
+            xobjects = found.get("/XObject") if isinstance(found, DictionaryObject) else None
+            xobjects = xobjects.get_object() if xobjects is not None else None
+            if not isinstance(xobjects, DictionaryObject):
+                continue
+            for reference in xobjects.values():
+                form = reference.get_object()
+                if (
+                    isinstance(form, StreamObject)
+                    and form.get("/Subtype") == "/Form"
+                    and id(form) not in seen
+                ):
+                    seen.add(id(form))
+                    streams.append(form)
+                    resources.append(form.get("/Resources"))
+        for stream in streams:
+            stream = stream.get_object() if stream is not None else None
+            if not isinstance(stream, StreamObject):
+                continue
+            try:
+                total += len(stream.get_data())
+            except LimitReachedError as exc:  # one stream over pypdf's own cap
+                raise refusal from exc
+            if total > limit:
+                raise refusal
 
 
 def _clean_pdf_page(text: str) -> str:
