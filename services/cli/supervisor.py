@@ -2,8 +2,9 @@
 
 `ragctl up` / `ragctl down` use it, and so do tests and benchmarks that need a
 real platform: `with Platform(tmp_path, env={"RAG_QUERY_ADDR": ...}) as p: ...`.
-Everything (addresses, ports, data dir) comes from PlatformSettings built from
-the same environment the children get, so non-default ports just work.
+Everything (addresses, ports, data dir) comes from the settings (PlatformSettings
+and the local LLM's: LlmSettings) built from the same environment the children
+get, so non-default ports just work.
 
 Each child runs `sys.executable -m services.<name>` in its own session (a
 terminal's Ctrl-C reaches only the supervisor, which then stops children in a
@@ -15,6 +16,12 @@ ingestion and query, which call them; then the gateway, which calls those), each
 stage started in that order and waited for until it reports SERVING on the gRPC
 health service (the gateway: HTTP 200 on /healthz) before the next starts, so no
 service ever meets a dependency that is not up yet.
+
+The local LLM (`ragctl up --llm`, services/llm) is one more process, started
+only when asked, in the first stage and health-checked over HTTP (llama.cpp's
+/health answers 200 once the model is loaded). Asking for it also sets, for
+every child, the generation settings that make it the simple tier
+(LlmSettings.generation_env), except those the environment sets itself.
 """
 
 import contextlib
@@ -36,14 +43,18 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import services as _services_package
+from services.llm.settings import LLM_HOST, LlmSettings
 from services.runtime.security import TlsFiles
-from services.runtime.settings import SERVICE_NAMES, PlatformSettings
+from services.runtime.settings import SERVICE_NAMES
 
 GATEWAY = "gateway"
+LLM = "llm"
 ALL: tuple[str, ...] = (*SERVICE_NAMES, GATEWAY)
-"""Every process of the platform, in start order."""
+"""Every process of the platform, in start order (what `ragctl up` starts)."""
+KNOWN: tuple[str, ...] = (LLM, *ALL)
+"""Every process the supervisor can run, the local LLM included, in start order."""
 STAGES: tuple[tuple[str, ...], ...] = (
-    ("embedding", "retrieval", "generation"),
+    (LLM, "embedding", "retrieval", "generation"),
     ("ingestion", "query"),
     (GATEWAY,),
 )
@@ -85,18 +96,19 @@ class StartupError(RuntimeError):
         self.log_tail = log_tail
 
 
-def settings_from_env(env: Mapping[str, str] | None = None) -> PlatformSettings:
-    """PlatformSettings as a child started with `os.environ | env` reads them."""
-    fields = PlatformSettings.model_fields
+def settings_from_env(env: Mapping[str, str] | None = None) -> LlmSettings:
+    """The settings a child started with `os.environ | env` reads: the shared
+    PlatformSettings and the local LLM's (LlmSettings is both)."""
+    fields = LlmSettings.model_fields
     overrides: dict[str, Any] = {
         key[4:].lower(): value
         for key, value in (env or {}).items()
         if key.upper().startswith("RAG_") and key[4:].lower() in fields
     }
-    return PlatformSettings(**overrides)
+    return LlmSettings(**overrides)
 
 
-def _reachable_host(settings: PlatformSettings) -> str:
+def _reachable_host(settings: LlmSettings) -> str:
     """The listen host as this host dials it (a wildcard becomes loopback)."""
     host = settings.listen_host
     if host in ("", "0.0.0.0"):
@@ -106,24 +118,35 @@ def _reachable_host(settings: PlatformSettings) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def gateway_url(settings: PlatformSettings) -> str:
+def llm_url(settings: LlmSettings) -> str:
+    """Where the local LLM answers (it binds loopback only)."""
+    return f"http://{LLM_HOST}:{settings.llm_port}"
+
+
+def gateway_url(settings: LlmSettings) -> str:
     """Where the gateway answers, reachable from this host."""
     return f"http://{_reachable_host(settings)}:{settings.gateway_port}"
 
 
-def metrics_url(settings: PlatformSettings, name: str) -> str:
+def metrics_url(settings: LlmSettings, name: str) -> str:
     """Where process `name` serves Prometheus metrics, reachable from this host."""
+    if name == LLM:
+        return f"{llm_url(settings)}/metrics"
     return f"http://{_reachable_host(settings)}:{settings.metrics_port_of(name)}/metrics"
 
 
-def address_of(settings: PlatformSettings, name: str) -> str:
-    """The gRPC address of a service, or the gateway's URL."""
+def address_of(settings: LlmSettings, name: str) -> str:
+    """The gRPC address of a service, or the gateway's or the local LLM's URL."""
+    if name == LLM:
+        return llm_url(settings)
     return gateway_url(settings) if name == GATEWAY else settings.address_of(name)
 
 
-def _listen_address(settings: PlatformSettings, name: str) -> tuple[str, int]:
+def _listen_address(settings: LlmSettings, name: str) -> tuple[str, int]:
     if name == GATEWAY:
         return settings.listen_host, settings.gateway_port
+    if name == LLM:
+        return LLM_HOST, settings.llm_port
     host, port = settings.listen_address_of(name).rsplit(":", 1)
     return host.strip("[]"), int(port)
 
@@ -158,7 +181,7 @@ def read_log_tail(path: Path, lines: int = LOG_TAIL_LINES, since: int = 0) -> st
 class HealthProbe:
     """Checks services' health; keeps one gRPC channel per address between checks."""
 
-    def __init__(self, settings: PlatformSettings, timeout: float = HEALTH_TIMEOUT) -> None:
+    def __init__(self, settings: LlmSettings, timeout: float = HEALTH_TIMEOUT) -> None:
         self.settings = settings
         self.timeout = timeout
         self._channels: dict[str, grpc.Channel] = {}
@@ -166,7 +189,9 @@ class HealthProbe:
     def check(self, name: str) -> str:
         """SERVING, NOT_SERVING (or another health status name) or UNREACHABLE."""
         if name == GATEWAY:
-            return self._check_gateway()
+            return self._check_http(f"{gateway_url(self.settings)}/healthz")
+        if name == LLM:
+            return self._check_http(f"{llm_url(self.settings)}/health")
         address = self.settings.address_of(name)
         if TlsFiles.of(self.settings, name) is not None:  # its plaintext health port
             host, port = address.rsplit(":", 1)
@@ -183,9 +208,9 @@ class HealthProbe:
             return str(code.name)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
-    def _check_gateway(self) -> str:
+    def _check_http(self, url: str) -> str:
         try:
-            response = httpx.get(f"{gateway_url(self.settings)}/healthz", timeout=self.timeout)
+            response = httpx.get(url, timeout=self.timeout)
         except httpx.HTTPError:
             return UNREACHABLE
         return SERVING if response.status_code == 200 else NOT_SERVING
@@ -202,7 +227,7 @@ class HealthProbe:
 
 
 def check_health(
-    settings: PlatformSettings, names: Sequence[str] = ALL, timeout: float = HEALTH_TIMEOUT
+    settings: LlmSettings, names: Sequence[str] = ALL, timeout: float = HEALTH_TIMEOUT
 ) -> dict[str, str]:
     """One health check of each of `names` (no processes needed: `ragctl status`)."""
     probe = HealthProbe(settings, timeout)
@@ -272,8 +297,10 @@ class Platform:
 
     `env` is added to os.environ for the children and for the settings used here
     (addresses, ports), and RAG_DATA_DIR is set to `data_dir`. `services` selects
-    a subset of ALL (tests may start only what they need); they still start in
-    ALL's order and stages.
+    a subset of KNOWN (tests may start only what they need, or add LLM); they
+    still start in KNOWN's order and stages. With LLM, the generation settings
+    that make it the simple tier are added where neither os.environ nor `env`
+    sets them.
     """
 
     def __init__(
@@ -285,11 +312,15 @@ class Platform:
         python: str = sys.executable,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     ) -> None:
-        unknown = [name for name in services if name not in ALL]
+        unknown = [name for name in services if name not in KNOWN]
         if unknown:
-            raise ValueError(f"unknown services {unknown}; known: {', '.join(ALL)}")
+            raise ValueError(f"unknown services {unknown}; known: {', '.join(KNOWN)}")
         self.data_dir = data_dir.resolve()
-        self.services: tuple[str, ...] = tuple(name for name in ALL if name in services)
+        self.services: tuple[str, ...] = tuple(name for name in KNOWN if name in services)
+        env = dict(env or {})
+        if LLM in self.services:
+            llm_env = settings_from_env(env).generation_env()
+            env = {**{k: v for k, v in llm_env.items() if k not in os.environ}, **env}
         self.python = python
         self.stop_timeout = stop_timeout
         root = str(Path(services_root()).parent)
@@ -298,10 +329,10 @@ class Platform:
             **os.environ,
             "PYTHONPATH": python_path,
             "PYTHONUNBUFFERED": "1",
-            **(env or {}),
+            **env,
             "RAG_DATA_DIR": str(self.data_dir),
         }
-        self.settings = settings_from_env({**(env or {}), "RAG_DATA_DIR": str(self.data_dir)})
+        self.settings = settings_from_env({**env, "RAG_DATA_DIR": str(self.data_dir)})
         self._children: dict[str, _Child] = {}
         self._probe = HealthProbe(self.settings)
 
@@ -457,7 +488,7 @@ class Platform:
     def stop(self) -> None:
         """SIGTERM every process in reverse start order, wait up to `stop_timeout` s
         for them to drain and exit, SIGKILL the rest; remove their pid files."""
-        children = [self._children[n] for n in reversed(ALL) if n in self._children]
+        children = [self._children[n] for n in reversed(KNOWN) if n in self._children]
         self._terminate(children)
         self._children.clear()
         self._probe.close()
@@ -557,6 +588,8 @@ def running(
 __all__ = [
     "ALL",
     "GATEWAY",
+    "KNOWN",
+    "LLM",
     "NOT_SERVING",
     "SERVING",
     "STAGES",
@@ -567,6 +600,7 @@ __all__ = [
     "address_of",
     "check_health",
     "gateway_url",
+    "llm_url",
     "running",
     "settings_from_env",
 ]
