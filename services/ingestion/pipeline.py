@@ -17,6 +17,7 @@ chunks (the embedding service's micro-batcher still merges concurrent uploads).
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -54,6 +55,7 @@ from services.ingestion.ids import (
     document_id_for,
     validate_document_id,
 )
+from services.ingestion.parse_pool import ParsePool
 from services.ingestion.parsers import (
     ParsedDocument,
     detect_media_type,
@@ -217,6 +219,22 @@ def _parse_and_chunk(
     return parsed, chunk_document(parsed, counter, config)
 
 
+def _parse_and_chunk_in_worker(
+    document: IncomingDocument,
+    media_type: str,
+    info: embedding_pb2.GetModelInfoResponse,
+    config: ChunkingConfig,
+) -> tuple[ParsedDocument, list[ChunkDraft]]:
+    """`_parse_and_chunk` in a parse worker process: a counter does not pickle,
+    so the worker builds it from the model's info, once per model."""
+    return _parse_and_chunk(document, media_type, _worker_counter(info.SerializeToString()), config)
+
+
+@functools.lru_cache(maxsize=4)
+def _worker_counter(info: bytes) -> OffsetTokenCounter:
+    return _counter(embedding_pb2.GetModelInfoResponse.FromString(info))
+
+
 def _counter(info: embedding_pb2.GetModelInfoResponse) -> OffsetTokenCounter:
     """The token counter the embedder announces (GetModelInfo's `token_counting`)."""
     if info.token_counting == embedding_pb2.TOKEN_COUNTING_UTF8_BYTES_UPPER_BOUND:
@@ -230,7 +248,11 @@ class IngestionPipeline:
     """Runs documents through parse → chunk → embed → index."""
 
     def __init__(
-        self, clients: PlatformClients, limits: IngestionLimits, sources: Sources | None = None
+        self,
+        clients: PlatformClients,
+        limits: IngestionLimits,
+        sources: Sources | None = None,
+        parse_pool: ParsePool | None = None,
     ) -> None:
         # Documents are tokenized one per worker thread, so concurrency comes from
         # the documents; the tokenizer's own thread pool would only add wake-up
@@ -241,6 +263,8 @@ class IngestionPipeline:
         self.sources = sources or Sources({"file": LocalFiles()}, {})
         self.tenant_slots = TenantSlots(limits.max_concurrent_per_tenant)
         self._chunking_of: dict[str, tuple[OffsetTokenCounter, ChunkingConfig]] = {}
+        self._parse_pool = parse_pool
+        """Worker processes that parse and chunk under limits; None: in a thread here."""
 
     def _chunking(self, embedder: Embedder) -> tuple[OffsetTokenCounter, ChunkingConfig]:
         """Token counter and limits of the embedder's model, built once per model.
@@ -346,9 +370,20 @@ class IngestionPipeline:
         )
         embedder = embedder or await self._clients.embedders.live()
         counter, config = self._chunking(embedder)
-        parsed, drafts = await asyncio.to_thread(
-            _parse_and_chunk, document, media_type, counter, config
-        )
+        if self._parse_pool is None:
+            parsed, drafts = await asyncio.to_thread(
+                _parse_and_chunk, document, media_type, counter, config
+            )
+        else:
+            parsed, drafts = await self._parse_pool.run(
+                _parse_and_chunk_in_worker,
+                document,
+                media_type,
+                embedder.info,
+                config,
+                name=name,
+                key=access.tenant,
+            )
         if not drafts:
             raise InvalidInputError(f"{name}: no text to index")
         return _Prepared(
