@@ -219,6 +219,9 @@ the vectors retrieval stores.
 {{- end }}
 {{- if eq .component "ingestion" }}
 {{- $_ := set $env "RAG_INGESTION_MAX_CONCURRENT_PER_TENANT" $svc.maxConcurrentPerTenant -}}
+{{- $_ := set $env "RAG_INGESTION_PARSE_WORKERS" $svc.parse.workers -}}
+{{- $_ := set $env "RAG_INGESTION_PARSE_SECONDS" $svc.parse.seconds -}}
+{{- $_ := set $env "RAG_INGESTION_PARSE_MEMORY_MB" $svc.parse.memoryMb -}}
 {{- if $svc.sources }}
 {{- $_ := set $env "RAG_INGESTION_SOURCES" ($svc.sources | toJson) -}}
 {{- end }}
