@@ -42,6 +42,7 @@ from rich.text import Text
 from ragplatform.v1 import common_pb2, ingestion_pb2, query_pb2, retrieval_pb2
 from services.cli import debug as debug_command
 from services.cli import evaluate as eval_command
+from services.cli import jobs as jobs_command
 from services.cli import reindex as reindex_command
 from services.cli.common import client_settings, progress_bar, with_clients
 from services.cli.evaluate import EVAL_TENANT
@@ -281,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     debug_command.add_command(commands, common)
     eval_command.add_command(commands, common)
     reindex_command.add_command(commands, common)
+    jobs_command.add_commands(commands, common, to_uri)
     return parser
 
 

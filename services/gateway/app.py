@@ -28,6 +28,7 @@ from services.gateway.ratelimit import (
 )
 from services.gateway.routes.documents import document_routes
 from services.gateway.routes.health import health_routes
+from services.gateway.routes.jobs import job_routes
 from services.gateway.routes.query import query_routes
 from services.gateway.settings import GatewaySettings
 from services.runtime.cache import redis_client
@@ -91,6 +92,7 @@ def create_app(settings: GatewaySettings, clients: PlatformClients | None = None
     )
     router.include_router(query_routes(platform))
     router.include_router(document_routes(platform))
+    router.include_router(job_routes(platform))
     app.include_router(router)
     app.include_router(health_routes(platform))
     app.openapi = with_security(app)  # type: ignore[method-assign]

@@ -63,7 +63,7 @@ def route_class_of(method: str, path: str) -> RouteClass | None:
     (reads: listing and looking up documents cost the platform little)."""
     if method == "POST" and path in ("/v1/ask", "/v1/ask/stream"):
         return "ask"
-    if method == "POST" and path == "/v1/documents":
+    if method == "POST" and path in ("/v1/documents", "/v1/imports"):
         return "upload"
     if method == "DELETE" and path.startswith("/v1/documents/"):
         return "write"

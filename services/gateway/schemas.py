@@ -377,3 +377,45 @@ def _filter_of(body: AskBody) -> common_pb2.MetadataFilter | None:
         return None
     # Unset date bounds stay unset (proto3 optional), not 0.
     return common_pb2.MetadataFilter(**body.filter.model_dump(exclude_none=True))
+
+
+class ImportBody(_RequestModel):
+    """A durable import into the key's tenant: the sources its configuration
+    allows (RAG_INGESTION_SOURCES), e.g. gs://acme-docs/policies/."""
+
+    uris: list[str] = Field(min_length=1, max_length=1000, description="gs:// URIs to import.")
+    access_labels: list[str] = Field(
+        default_factory=list, description="Given to every document; none: the whole tenant."
+    )
+    tags: list[str] = Field(default_factory=list, description="Given to every document.")
+
+
+class ImportJob(_Model):
+    """A durable import and its progress (IngestionService's Job)."""
+
+    id: str
+    tenant: str
+    uris: list[str]
+    state: Literal[
+        "STATE_UNSPECIFIED",
+        "STATE_PENDING",
+        "STATE_RUNNING",
+        "STATE_SUCCEEDED",
+        "STATE_FAILED",
+        "STATE_CANCELLED",
+    ]
+    total: int = Field(description="Documents found.")
+    created: int
+    updated: int
+    unchanged: int
+    failed: int
+    failures: list[IngestResult] = Field(description="The first failed documents (100 at most).")
+    error: str = Field(description="Why the job failed, for STATE_FAILED.")
+    created_at_unix: int
+    started_at_unix: int
+    finished_at_unix: int
+    attempts: int = Field(description="Runs started; more than 1: resumed after a restart.")
+
+
+class JobList(_Model):
+    jobs: list[ImportJob]

@@ -11,16 +11,19 @@ byte is read or written, so a request without one fails with INVALID_ARGUMENT
 and nothing else happens.
 """
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from grpc import aio
 from prometheus_client import Counter, Gauge
 
 from ragplatform.v1 import ingestion_pb2, ingestion_pb2_grpc
-from services.common.errors import InvalidInputError, PlatformError
-from services.common.tenancy import Caller, validate_caller
+from services.common.errors import InvalidInputError, PlatformError, UnimplementedError
+from services.common.tenancy import Caller, validate_caller, validate_tenant
+from services.ingestion.jobs import JobRunner
 from services.ingestion.pipeline import DocumentAccess, IncomingDocument, IngestionPipeline
+from services.ingestion.sources import Sources
 
 Status = ingestion_pb2.IngestResult.Status
 STATUS_LABELS = {
@@ -62,11 +65,42 @@ def _count_failure(error: PlatformError) -> None:
     FAILURES.labels(error.code_name).inc()
 
 
+def requested_access(request: ingestion_pb2.IngestUrisRequest, sources: Sources) -> DocumentAccess:
+    """An IngestUris request's validated access, its URIs checked against its
+    caller's tenant's sources; raised before anything is read."""
+    access = DocumentAccess.validated(
+        request.tenant,
+        request.access_labels,
+        request.tags,
+        request.caller if request.HasField("caller") else None,
+    )
+    if not request.uris:
+        raise InvalidInputError("uris is empty: name at least one file or directory")
+    if access.writer is not None:  # made for a caller: only its tenant's sources
+        sources.authorise(request.uris, access.tenant)
+    return access
+
+
+def import_runner(
+    pipeline: IngestionPipeline,
+) -> Callable[[ingestion_pb2.IngestUrisRequest], AsyncIterator[ingestion_pb2.IngestUrisResponse]]:
+    """What a job runs: the ingestion its stored request asks for."""
+
+    def run(
+        request: ingestion_pb2.IngestUrisRequest,
+    ) -> AsyncIterator[ingestion_pb2.IngestUrisResponse]:
+        return pipeline.ingest_uris(request.uris, requested_access(request, pipeline.sources))
+
+    return run
+
+
 class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
     """gRPC edge of the ingestion service."""
 
-    def __init__(self, pipeline: IngestionPipeline) -> None:
+    def __init__(self, pipeline: IngestionPipeline, jobs: JobRunner | None = None) -> None:
+        """`jobs` runs StartImport's durable jobs; None: StartImport is UNIMPLEMENTED."""
         self._pipeline = pipeline
+        self._jobs = jobs
 
     async def UploadDocument(
         self,
@@ -127,16 +161,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
     async def IngestUris(
         self, request: ingestion_pb2.IngestUrisRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[ingestion_pb2.IngestUrisResponse]:
-        access = DocumentAccess.validated(
-            request.tenant,
-            request.access_labels,
-            request.tags,
-            request.caller if request.HasField("caller") else None,
-        )
-        if not request.uris:
-            raise InvalidInputError("uris is empty: name at least one file or directory")
-        if access.writer is not None:  # made for a caller: only its tenant's sources
-            self._pipeline.sources.authorise(request.uris, access.tenant)
+        access = requested_access(request, self._pipeline.sources)
         pending = 0
         try:
             async for event in self._pipeline.ingest_uris(request.uris, access):
@@ -162,3 +187,42 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         return ingestion_pb2.DeleteDocumentResponse(
             chunks_deleted=await self._pipeline.delete(request.tenant, request.document_id, writer)
         )
+
+    async def StartImport(
+        self, request: ingestion_pb2.StartImportRequest, context: aio.ServicerContext[Any, Any]
+    ) -> ingestion_pb2.StartImportResponse:
+        jobs = self._require_jobs()
+        requested_access(request.request, self._pipeline.sources)
+        job = await asyncio.to_thread(jobs.start_stored, request.request)
+        jobs.run_soon(job.id)
+        return ingestion_pb2.StartImportResponse(job=job)
+
+    async def GetJob(
+        self, request: ingestion_pb2.GetJobRequest, context: aio.ServicerContext[Any, Any]
+    ) -> ingestion_pb2.GetJobResponse:
+        job = await asyncio.to_thread(
+            self._require_jobs().get, validate_tenant(request.tenant), request.job_id
+        )
+        return ingestion_pb2.GetJobResponse(job=job)
+
+    async def ListJobs(
+        self, request: ingestion_pb2.ListJobsRequest, context: aio.ServicerContext[Any, Any]
+    ) -> ingestion_pb2.ListJobsResponse:
+        limit = min(request.page_size or 50, 1000)
+        jobs = await asyncio.to_thread(
+            self._require_jobs().recent, validate_tenant(request.tenant), limit
+        )
+        return ingestion_pb2.ListJobsResponse(jobs=jobs)
+
+    async def CancelJob(
+        self, request: ingestion_pb2.CancelJobRequest, context: aio.ServicerContext[Any, Any]
+    ) -> ingestion_pb2.CancelJobResponse:
+        job = await asyncio.to_thread(
+            self._require_jobs().cancel, validate_tenant(request.tenant), request.job_id
+        )
+        return ingestion_pb2.CancelJobResponse(job=job)
+
+    def _require_jobs(self) -> JobRunner:
+        if self._jobs is None:
+            raise UnimplementedError("this ingestion service keeps no jobs (no job store)")
+        return self._jobs

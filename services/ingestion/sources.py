@@ -277,7 +277,8 @@ class Sources:
         prefixes = self._allowed.get(tenant, ())
         for uri in uris:
             normalised = normalise_uri(uri)
-            if not any(normalised.startswith(prefix) for prefix in prefixes):
+            # A prefix "gs://b/docs/" also admits the folder it names, "gs://b/docs".
+            if not any(f"{normalised}/".startswith(prefix) for prefix in prefixes):
                 raise PermissionDeniedError(
                     f"{uri}: tenant {tenant!r} may not import from there "
                     f"(RAG_INGESTION_SOURCES gives it {list(prefixes) or 'nothing'})"

@@ -104,13 +104,6 @@ class RetrievalSettings(GoogleCloudSettings):
         default=False,
         description="Search every leaf of the index (evaluation; slower on large indexes).",
     )
-    firestore_database: str = Field(
-        default="(default)",
-        description="Firestore database of the Vector Search store's chunk text and registry.",
-    )
-    firestore_collection_prefix: str = Field(
-        default="rag", description="Prefix of the store's Firestore collections."
-    )
 
 
 def open_generations(settings: RetrievalSettings) -> IndexGenerations:

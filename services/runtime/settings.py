@@ -205,3 +205,13 @@ class GoogleCloudSettings(PlatformSettings):
     gcp_location: str = Field(
         default="us-central1", description="Vertex AI region (backends vertex)."
     )
+    firestore_database: str = Field(
+        default="(default)",
+        description=(
+            "Firestore database of the Vector Search store's chunk text and registry, and of "
+            "ingestion's import jobs (RAG_INGESTION_JOB_STORE=firestore)."
+        ),
+    )
+    firestore_collection_prefix: str = Field(
+        default="rag", description="Prefix of the platform's Firestore collections."
+    )
