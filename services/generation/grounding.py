@@ -12,11 +12,16 @@ Two checkers sit behind :class:`GroundingChecker`:
   supported when at least ``min_support`` of its content words (lowercased,
   accent-folded, stemmed, stop words removed: the extractive answerer's
   :func:`~services.generation.extractive.content_terms`) occur in the sources it
-  cites. A sentence that cites nothing is unsupported. It cannot recognise a
-  paraphrase with other words (a false "unsupported") or a sentence that
-  recombines the source's words into a different claim (a false "supported"),
-  but it is deterministic, instant, and scores a verbatim extractive answer
-  1.0 by construction.
+  cites. A sentence that cites nothing is unsupported, and so is one that
+  states a number its cited sources do not state with the word it counts
+  (:func:`unsupported_numbers`): a real model's typical hallucination reuses
+  the source's words around an invented figure ("One account can create up to
+  100 buckets [3]" from a source about 100 megabytes and accounts), which the
+  word share alone let through. It cannot recognise a paraphrase with other
+  words (a false "unsupported") or every sentence that recombines the source's
+  words into a different claim (a false "supported"), but it is
+  deterministic, instant, and scores a verbatim extractive answer 1.0 by
+  construction.
 * :class:`~services.generation.vertex_grounding.VertexGroundingChecker`: Vertex
   AI's check-grounding API, a model that judges entailment claim by claim.
 """
@@ -24,7 +29,7 @@ Two checkers sit behind :class:`GroundingChecker`:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,6 +39,10 @@ from services.generation.backends import SourcePassage
 from services.generation.extractive import content_terms
 
 _LEADING_MARKERS = re.compile(r"^(?:\[\d+(?:\s*,\s*\d+)*\]\s*)+")
+_TOKEN = re.compile(r"[^\W_]+(?:[.,][^\W_]+)*")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+UNIT_WINDOW = 3
+"""Terms after a number in a source among which the word it counts must be."""
 _ANSWER_WORDS = frozenset({"yes"})
 """Words that answer rather than claim ("Yes, both were American [1][2]."): no
 source states them, so they are not looked for."""
@@ -91,6 +100,39 @@ def answer_claims(text: str) -> list[Claim]:
     return claims
 
 
+def _terms(text: str) -> list[str]:
+    """Content terms in order, numbers kept whole ("1,500" is "1500", "0.018" one term)."""
+    terms: list[str] = []
+    for token in _TOKEN.findall(text.lower()):
+        if _NUMBER.fullmatch(token):
+            terms.append(token.replace(",", ""))
+        else:
+            terms.extend(content_terms(token))
+    return terms
+
+
+def unsupported_numbers(sentence: str, cited_texts: Sequence[str]) -> list[str]:
+    """The numbers of `sentence` that its cited sources do not state with the word
+    they count: each number with the term after it ("100 buckets") must occur in a
+    source with that term among the UNIT_WINDOW terms after it ("100 US dollars
+    per night" backs "$100 per night"), or alone when nothing follows it."""
+    claim = _terms(keep_supplied_citations(sentence, set()).text)
+    stated: dict[str, set[str]] = {}
+    for text in cited_texts:
+        terms = _terms(text)
+        for i, term in enumerate(terms):
+            if _NUMBER.fullmatch(term):
+                stated.setdefault(term, set()).update(terms[i + 1 : i + 1 + UNIT_WINDOW])
+    missing = []
+    for i, term in enumerate(claim):
+        if not _NUMBER.fullmatch(term):
+            continue
+        unit = claim[i + 1] if i + 1 < len(claim) else None
+        if term not in stated or (unit is not None and unit not in stated[term]):
+            missing.append(term if unit is None else f"{term} {unit}")
+    return missing
+
+
 class GroundingChecker(Protocol):
     """Scores how well an answer's sentences are supported by their cited sources."""
 
@@ -124,17 +166,21 @@ class LexicalGroundingChecker:
             available.update(content_terms(text))
         return len(terms & available) / len(terms)
 
+    def supported(self, claim: Claim, by_number: Mapping[int, SourcePassage]) -> bool:
+        """Cited, with enough of its words and all of its numbers in its sources."""
+        if not claim.cited:
+            return False
+        cited = [by_number[n].text for n in claim.cited if n in by_number]
+        return self.support(claim.text, cited) >= self.min_support and not unsupported_numbers(
+            claim.text, cited
+        )
+
     async def check(self, answer: str, sources: Sequence[SourcePassage]) -> Grounding:
-        """Each sentence is supported when its cited sources hold enough of its words."""
+        """Each sentence is supported when its cited sources hold enough of its words
+        and every number it states (see the module docstring)."""
         by_number = {s.number: s for s in sources}
         claims = answer_claims(answer)
-        unsupported = [
-            claim.text
-            for claim in claims
-            if not claim.cited
-            or self.support(claim.text, [by_number[n].text for n in claim.cited if n in by_number])
-            < self.min_support
-        ]
+        unsupported = [claim.text for claim in claims if not self.supported(claim, by_number)]
         checked = len(claims)
         score = (checked - len(unsupported)) / checked if checked else DECLINE_GROUNDING_SCORE
         return Grounding(score, unsupported, self.name, checked)
