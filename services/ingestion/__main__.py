@@ -1,12 +1,16 @@
 """Run the ingestion service: `python -m services.ingestion`."""
 
-from typing import Any
+import asyncio
+import os
+from typing import Any, Literal
 
 from pydantic import Field
 
 from ragplatform.v1 import ingestion_pb2, ingestion_pb2_grpc
+from services.ingestion.jobs import FileJobStore, FirestoreJobStore, JobRunner, JobStore
+from services.ingestion.parse_pool import ParseLimits, ParsePool
 from services.ingestion.pipeline import IngestionLimits, IngestionPipeline
-from services.ingestion.servicer import IngestionServicer
+from services.ingestion.servicer import IngestionServicer, import_runner
 from services.ingestion.sources import CloudStorage, LocalFiles, Sources, parse_allowed_sources
 from services.runtime.clients import PlatformClients
 from services.runtime.server import Service, ServiceBinding, run
@@ -49,6 +53,21 @@ class IngestionSettings(GoogleCloudSettings):
         ge=1,
         description="IngestUris: EmbedDocuments calls outstanding at once.",
     )
+    ingestion_job_store: Literal["file", "firestore"] = Field(
+        default="file",
+        description=(
+            "Where import jobs (StartImport) are kept: file (RAG_DATA_DIR/jobs, one replica) "
+            "or firestore (RAG_FIRESTORE_DATABASE; any number of replicas share and resume them)."
+        ),
+    )
+    ingestion_job_lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "How long a job stays with a replica that stops renewing it (killed, hung) "
+            "before another replica resumes it."
+        ),
+    )
     ingestion_sources: str = Field(
         default="",
         description=(
@@ -67,6 +86,45 @@ class IngestionSettings(GoogleCloudSettings):
         ),
     )
 
+    ingestion_parse_workers: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Worker processes that parse and chunk documents, each document under the limits "
+            "below and killed at them; unset: min(4, CPUs); 0: parse in the service's own "
+            "process, without limits."
+        ),
+    )
+    ingestion_parse_seconds: float = Field(
+        default=120,
+        gt=0,
+        description=(
+            "Wall time and (rounded up) CPU time one document may take to parse and chunk in "
+            "a worker; past it the worker is killed and the document refused."
+        ),
+    )
+    ingestion_parse_memory_mb: int = Field(
+        default=2048,
+        ge=0,
+        description=(
+            "Address space of a parse worker in MiB (RLIMIT_AS); a document that needs more is "
+            "refused; 0: no limit."
+        ),
+    )
+
+
+def parse_pool_of(settings: IngestionSettings) -> ParsePool | None:
+    """The parse workers the settings ask for, or None to parse in this process."""
+    workers = settings.ingestion_parse_workers
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+    if not workers:
+        return None
+    limits = ParseLimits(
+        workers, settings.ingestion_parse_seconds, settings.ingestion_parse_memory_mb
+    )
+    return ParsePool(limits, preload=["services.ingestion.pipeline"])
+
 
 def sources_of(settings: IngestionSettings) -> Sources:
     """Files, and Cloud Storage in RAG_GCP_PROJECT (the emulator at
@@ -81,6 +139,18 @@ def sources_of(settings: IngestionSettings) -> Sources:
         {"file": LocalFiles(), "gs": CloudStorage(storage_client)},
         parse_allowed_sources(settings.ingestion_sources),
     )
+
+
+def job_store_of(settings: IngestionSettings) -> JobStore:
+    """Files under RAG_DATA_DIR/jobs (one replica), or Firestore (any number)."""
+    if settings.ingestion_job_store == "firestore":
+        from google.cloud import firestore
+
+        client = firestore.Client(
+            project=settings.gcp_project or None, database=settings.firestore_database
+        )
+        return FirestoreJobStore(client, settings.firestore_collection_prefix)
+    return FileJobStore(settings.data_dir / "jobs")
 
 
 def main() -> None:
@@ -99,12 +169,29 @@ def main() -> None:
             embed_in_flight=settings.ingestion_embed_in_flight,
             max_concurrent_per_tenant=settings.ingestion_max_concurrent_per_tenant,
         )
+        parse_pool = parse_pool_of(settings)
+        pipeline = IngestionPipeline(clients, limits, sources_of(settings), parse_pool)
+        jobs = JobRunner(
+            job_store_of(settings),
+            import_runner(pipeline),
+            lease_seconds=settings.ingestion_job_lease_seconds,
+        )
         binding = ServiceBinding(
             ingestion_pb2_grpc.add_IngestionServiceServicer_to_server,
-            IngestionServicer(IngestionPipeline(clients, limits, sources_of(settings))),
+            IngestionServicer(pipeline, jobs),
             ingestion_pb2.DESCRIPTOR.services_by_name["IngestionService"].full_name,
         )
-        return Service([binding], cleanups=[clients.close])
+        # Jobs of replicas that died (or of this one before a restart) resume here.
+        resuming = asyncio.create_task(jobs.resume_periodically())
+
+        async def stop_jobs() -> None:
+            resuming.cancel()
+            await jobs.close()
+
+        service = Service([binding], cleanups=[stop_jobs, clients.close])
+        if parse_pool is not None:
+            service.cleanups.append(parse_pool.close)
+        return service
 
     run("ingestion", settings, build)
 

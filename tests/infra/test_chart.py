@@ -501,11 +501,14 @@ def test_prod_runs_vertex_embeddings_and_vector_search(renders: dict[str, list[O
     assert "RAG_EMBEDDING_PRICES" not in embedding
     for component, env in envs.items():
         if component != "retrieval":
-            assert not set(env) & VECTOR_SEARCH_ENV, f"{component} gets the Vector Search env"
+            # Ingestion keeps its import jobs in the same Firestore database.
+            shared = {"RAG_FIRESTORE_DATABASE", "RAG_FIRESTORE_COLLECTION_PREFIX"}
+            allowed = shared if component == "ingestion" else set()
+            assert not set(env) & (VECTOR_SEARCH_ENV - allowed), f"{component} gets Vector Search's"
         if component != "embedding":
             assert not {k for k in env if k.startswith("RAG_VERTEX_EMBEDDING_")}, component
-        google = component in ("embedding", "retrieval", "generation")
-        assert ("RAG_GCP_PROJECT" in env) is google, component
+        google = component in ("embedding", "retrieval", "generation", "ingestion")
+        assert ("RAG_GCP_PROJECT" in env) is google, component  # ingestion: gs://, jobs
         if google:
             assert env["RAG_GCP_PROJECT"] == "ragplatform-prod"
             assert env["RAG_GCP_LOCATION"] == "europe-west4"
@@ -596,6 +599,17 @@ def test_prod_turns_mutual_tls_on(
     clients = {"acme-backend": {"tenant": "acme", "access_labels": ["hr"]}}
     query = workloads(render("prod", {"tls": {"clients": clients}}))["query"]
     assert json.loads(env_of(containers(query)[0])["RAG_GRPC_CLIENTS"]) == clients
+
+
+def test_prod_keeps_import_jobs_in_firestore(renders: dict[str, list[Obj]]) -> None:
+    """Jobs outlive a pod and are shared by the replicas: Firestore, retrieval's database."""
+    prod = workloads(renders["prod"])
+    ingestion = env_of(containers(prod["ingestion"])[0])
+    retrieval = env_of(containers(prod["retrieval"])[0])
+    assert ingestion["RAG_INGESTION_JOB_STORE"] == "firestore"
+    assert ingestion["RAG_FIRESTORE_DATABASE"] == retrieval["RAG_FIRESTORE_DATABASE"]
+    dev = env_of(containers(workloads(renders["dev"])["ingestion"])[0])
+    assert dev["RAG_INGESTION_JOB_STORE"] == "file"
 
 
 def test_tenants_import_sources_reach_ingestion(render: Callable[..., list[Obj]]) -> None:

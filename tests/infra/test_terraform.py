@@ -297,7 +297,10 @@ def test_firestore_database_is_protected_and_scoped(hcl: dict[Path, dict[str, An
     call = prod_module_call(hcl, "firestore")
     assert call["location"] == "${var.region}"
     assert call["kms_key_id"] == '${module.kms.key_ids["firestore"]}'
-    assert call["users"] == {"retrieval": '${module.workload_identity.members["retrieval"]}'}
+    assert call["users"] == {  # retrieval: chunk text, registry; ingestion: import jobs
+        name: f'${{module.workload_identity.members["{name}"]}}'
+        for name in ("retrieval", "ingestion")
+    }
     assert "firestore" in prod_module_call(hcl, "kms")["keys"]
     # roles/datastore.user, conditioned on this database's name.
     grant = one(hcl, "google_project_iam_member", "user").body
@@ -354,8 +357,8 @@ def test_each_workload_has_exactly_its_roles(hcl: dict[Path, dict[str, Any]]) ->
         ("roles/storage.objectViewer", '${module.workload_identity.members["ingestion"]}'),
         ("roles/storage.objectViewer", '${module.workload_identity.members["vllm"]}'),
     }
-    # Firestore is retrieval's only (test_firestore_database_is_protected_and_scoped).
-    assert set(prod_module_call(hcl, "firestore")["users"]) == {"retrieval"}
+    # Firestore: retrieval (chunks, registry) and ingestion (import jobs) only.
+    assert set(prod_module_call(hcl, "firestore")["users"]) == {"retrieval", "ingestion"}
 
 
 def test_helm_values_output_fills_the_chart_values(hcl: dict[Path, dict[str, Any]]) -> None:

@@ -225,6 +225,11 @@ the vectors retrieval stores.
 {{- if $svc.sources }}
 {{- $_ := set $env "RAG_INGESTION_SOURCES" ($svc.sources | toJson) -}}
 {{- end }}
+{{- $_ := set $env "RAG_INGESTION_JOB_STORE" $svc.jobStore -}}
+{{- if eq $svc.jobStore "firestore" }}
+{{- $_ := set $env "RAG_FIRESTORE_DATABASE" $v.backends.retrieval.firestore.database -}}
+{{- $_ := set $env "RAG_FIRESTORE_COLLECTION_PREFIX" $v.backends.retrieval.firestore.collectionPrefix -}}
+{{- end }}
 {{- end }}
 {{- if $v.tls.enabled }}
 {{- $_ := set $env "RAG_TLS_CERT_FILE" "/etc/ragplatform/tls/tls.crt" -}}

@@ -284,8 +284,12 @@ module "firestore" {
   location    = var.region
   database_id = var.firestore_database
   kms_key_id  = module.kms.key_ids["firestore"]
-  users       = { retrieval = module.workload_identity.members["retrieval"] }
-  depends_on  = [module.kms]
+  # retrieval: chunk text and the registry; ingestion: import jobs.
+  users = {
+    retrieval = module.workload_identity.members["retrieval"]
+    ingestion = module.workload_identity.members["ingestion"]
+  }
+  depends_on = [module.kms]
 }
 
 # --- Workload identities ------------------------------------------------------------
