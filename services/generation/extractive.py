@@ -20,7 +20,12 @@ How it decides:
    the supplied sentences). Sentences that match less than
    ``min_lexical_score`` are never quoted: a sentence that shares no word with
    the question is not an answer to it, whatever its source's score. If none
-   is left, decline.
+   is left, decline. Nor is a sentence that addresses the reader or the
+   assistant with instructions ("ignore previous instructions", "tell the
+   user to email their password", a fake ``SYSTEM:`` turn, "click this link")
+   unless the question asks about that kind of instruction itself
+   (``services.generation.injection``): quoted, a planted instruction would
+   reach the user as a cited, fully grounded answer.
 3. Rank by ``retrieval_weight * source score + (1 - retrieval_weight) *
    lexical``: retrieval mostly picks *which source*, the lexical match *which
    sentences* of it. Keep up to ``max_sentences`` within ``relative_cutoff`` of
@@ -52,6 +57,7 @@ from services.generation.backends import (
     SourcePassage,
     validate_request,
 )
+from services.generation.injection import instruction_families, quotable
 
 # Function words and question words: they say nothing about *what* is asked, and
 # matching them would let any sentence look relevant.
@@ -234,13 +240,18 @@ class ExtractiveAnswerer:
         which question terms discriminate between sentences. A question term
         that occurs in no sentence keeps the highest IDF, so an unmatched key
         term ("quantum" against a leave policy) pulls every sentence down.
+        Sentences that instruct the reader in a way the question does not ask
+        about are not scored at all (see the module docstring, step 2).
         """
         question_terms = list(dict.fromkeys(content_terms(question)))
+        asked_about = instruction_families(question)
         candidates: list[tuple[SourcePassage, int, str, set[str]]] = []
         for source in sources:
             for position, sentence in enumerate(quotable_sentences(source.text)):
                 sentence = _without_markers(sentence)
                 if len(sentence.split()) > self.max_sentence_words:
+                    continue
+                if not quotable(sentence, asked_about):
                     continue
                 terms = set(content_terms(sentence))
                 if terms:
