@@ -14,11 +14,11 @@ from services.ingestion.servicer import IngestionServicer, import_runner
 from services.ingestion.sources import CloudStorage, LocalFiles, Sources, parse_allowed_sources
 from services.runtime.clients import PlatformClients
 from services.runtime.server import Service, ServiceBinding, run
-from services.runtime.settings import GoogleCloudSettings
+from services.runtime.settings import FirestoreSettings
 from services.runtime.startup import refuse_another_embedder
 
 
-class IngestionSettings(GoogleCloudSettings):
+class IngestionSettings(FirestoreSettings):
     """Ingestion service settings (env prefix RAG_)."""
 
     ingestion_max_document_bytes: int = Field(

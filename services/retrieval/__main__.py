@@ -12,7 +12,7 @@ from services.retrieval.generations import GenerationStores, IndexGenerations
 from services.retrieval.servicer import IndexGenerationServicer, RetrievalServicer
 from services.retrieval.store import RetrievalMode, VectorStore
 from services.runtime.server import Service, ServiceBinding, run
-from services.runtime.settings import GoogleCloudSettings
+from services.runtime.settings import FirestoreSettings
 
 if TYPE_CHECKING:
     from google.cloud import firestore
@@ -30,7 +30,7 @@ class VectorSearchSpare(BaseModel):
     query_endpoint: str = ""
 
 
-class RetrievalSettings(GoogleCloudSettings):
+class RetrievalSettings(FirestoreSettings):
     """Retrieval service settings (env prefix RAG_)."""
 
     retrieval_backend: Literal["edge", "qdrant", "vertex"] = Field(

@@ -205,6 +205,12 @@ class GoogleCloudSettings(PlatformSettings):
     gcp_location: str = Field(
         default="us-central1", description="Vertex AI region (backends vertex)."
     )
+
+
+class FirestoreSettings(GoogleCloudSettings):
+    """Settings of the services that keep state in Firestore: retrieval (the
+    Vector Search store's side store) and ingestion (import jobs)."""
+
     firestore_database: str = Field(
         default="(default)",
         description=(
