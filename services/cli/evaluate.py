@@ -1,4 +1,5 @@
-"""`ragctl eval router|answers|retrieval|arms`: measure the router, answers, retrieval, A/B arms.
+"""`ragctl eval router|answers|retrieval|injection|arms`: measure the router, answers,
+retrieval, resistance to prompt injection, A/B arms.
 
 * ``eval router FILE`` scores the model router on JSON-lines questions labelled
   ``simple`` or ``complex`` (``{"question": ..., "label": ...}``, as in
@@ -24,12 +25,16 @@
     (questions asked one at a time).
 * ``eval retrieval DIR --split NAME`` measures ranking quality per retrieval
   mode on a BEIR-layout set (services/cli/eval_retrieval.py).
+* ``eval injection [DIR]`` asks questions over sources with planted
+  instructions, locally, per generation backend, and reports how often an
+  answer follows one (services/cli/eval_injection.py; samples/eval/injection).
 * ``eval arms`` prints GenerationService.GetRouterReport: per A/B arm
   requests, errors, latency, tokens, cost, grounding, decline and fallback
   rates, and tokens and cost per (tier, model).
 
 Figures measured with these commands, with the machine and the method, are in
-docs/quality.md (answers, router) and docs/retrieval.md (retrieval).
+docs/quality.md (answers, router), docs/retrieval.md (retrieval) and
+docs/security.md (injection).
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ from ragplatform.v1 import (
     ingestion_pb2,
     query_pb2,
 )
-from services.cli import eval_retrieval
+from services.cli import eval_injection, eval_retrieval
 from services.generation.grounding import LexicalGroundingChecker, answer_claims
 from services.generation.router import COMPLEX, DEFAULT_THRESHOLD, SIMPLE, TIERS, Router
 from services.runtime.clients import PlatformClients
@@ -79,7 +84,9 @@ def add_command(
 ) -> None:
     """Register `eval` and its subcommands on ragctl's command parser."""
     evaluate = commands.add_parser(
-        "eval", parents=[common], help="measure the router, answers, retrieval or A/B arms"
+        "eval",
+        parents=[common],
+        help="measure the router, answers, retrieval, prompt injection or A/B arms",
     )
     actions = evaluate.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
 
@@ -109,6 +116,7 @@ def add_command(
     answers.set_defaults(handler=cmd_eval_answers, service="query", tenant_fallback=EVAL_TENANT)
 
     eval_retrieval.add_command(actions, common, EVAL_TENANT)
+    eval_injection.add_command(actions, common)
 
     arms = actions.add_parser("arms", parents=[common], help="A/B arm comparison report")
     arms.add_argument("--json", action="store_true", help="print the report as JSON")

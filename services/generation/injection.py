@@ -35,8 +35,9 @@ _GAP = r"(?: [^ ]+){0,5}"
 """Up to five words between a verb and its object ("email it to us together with your
 password"): bounded, so a search stays linear."""
 _OWNER = r"(?:your|their|(?:the )?users?['’]s?|my)"
-"""Whose secret: the reader's or the user's. "Administrators provide API keys" is a
-fact; "send us your API key" is a request."""
+"""Whose secret: the reader's or the user's, one word allowed before it ("their
+production API keys"). "Administrators provide API keys" is a fact; "send us
+your API key" is a request."""
 
 _SECRETS = (
     r"passwords?|passcodes?|passphrases?|pins?|credentials|login details|api keys?|"
@@ -79,7 +80,7 @@ FAMILIES: dict[str, re.Pattern[str]] = {
     ),
     "secrets": re.compile(
         r"\b(?:e-?mail|send|share|give|provide|forward|post|disclose|reveal|paste|submit|"
-        rf"reply with|hand over){_GAP} {_OWNER} (?:{_SECRETS})\b"
+        rf"reply with|hand over){_GAP} {_OWNER}(?: [^ ]+)? (?:{_SECRETS})\b"
     ),
     "link_bait": re.compile(
         r"\bclick (?:on )?(?:here|this link|the link|this url|the following link|the button"
