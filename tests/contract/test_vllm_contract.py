@@ -130,10 +130,18 @@ async def test_malformed_reply_is_unavailable(openai: Running[OpenAIFake]) -> No
 async def test_stream_cut_off_mid_answer_is_unavailable(openai: Running[OpenAIFake]) -> None:
     openai.fake.script(Reply(break_after_chunks=2))
     received: list[str | Completion] = []
-    with pytest.raises(UnavailableError, match="vllm"):
+    with pytest.raises(UnavailableError) as raised:
         async for event in chat(openai.url).stream("system", "user"):
             received.append(event)
     assert received and all(isinstance(e, str) for e in received)
+    # what the SDK says ("Connection error.") would not tell a lost answer from a
+    # server that was never there
+    assert re.fullmatch(
+        re.escape(f"vllm ({MODEL} at {openai.url}/v1): connection lost after ")
+        + r"\d+ chunks of the answer: peer closed connection without sending complete "
+        r"message body \(incomplete chunked read\)",
+        str(raised.value),
+    )
 
 
 @pytest.mark.parametrize("after", [0, 2], ids=["before-any-delta", "after-2-deltas"])
