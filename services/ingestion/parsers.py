@@ -25,11 +25,17 @@ if TYPE_CHECKING:
     from pypdf import PageObject
 
 from services.common.errors import InvalidInputError, PlatformError, TooLargeError
+from services.ingestion import ocr
 
 TEXT_PLAIN = "text/plain"
 TEXT_MARKDOWN = "text/markdown"
 TEXT_HTML = "text/html"
 APPLICATION_PDF = "application/pdf"
+IMAGE_PNG = "image/png"
+IMAGE_JPEG = "image/jpeg"
+IMAGE_TIFF = "image/tiff"
+IMAGE_TYPES = frozenset({IMAGE_PNG, IMAGE_JPEG, IMAGE_TIFF})
+"""Scans and photos of documents: their text is recognised (`ocr.py`)."""
 
 # Extension -> media type. The extension is the primary signal: browsers and
 # curl often send a generic or missing Content-Type, never a wrong extension.
@@ -40,6 +46,11 @@ _EXTENSION_TYPES: dict[str, str] = {
     ".html": TEXT_HTML,
     ".htm": TEXT_HTML,
     ".pdf": APPLICATION_PDF,
+    ".png": IMAGE_PNG,
+    ".jpg": IMAGE_JPEG,
+    ".jpeg": IMAGE_JPEG,
+    ".tif": IMAGE_TIFF,
+    ".tiff": IMAGE_TIFF,
 }
 SUPPORTED_EXTENSIONS = frozenset(_EXTENSION_TYPES)
 SUPPORTED_MEDIA_TYPES = frozenset(_EXTENSION_TYPES.values())
@@ -57,6 +68,11 @@ _DECLARED_ALIASES: dict[str, str] = {
 _COMPATIBLE_DECLARED: dict[str, frozenset[str]] = {TEXT_MARKDOWN: frozenset({TEXT_PLAIN})}
 
 _PDF_MAGIC = b"%PDF-"
+_IMAGE_MAGIC: dict[str, tuple[bytes, ...]] = {
+    IMAGE_PNG: (b"\x89PNG\r\n\x1a\n",),
+    IMAGE_JPEG: (b"\xff\xd8\xff",),
+    IMAGE_TIFF: (b"II*\x00", b"MM\x00*"),
+}
 # The PDF spec lets the header appear anywhere in the first 1024 bytes.
 _PDF_HEADER_WINDOW = 1024
 _MAX_TXT_TITLE_CHARS = 120
@@ -137,7 +153,13 @@ def detect_media_type(filename: str, data: bytes, declared: str = "") -> str:
             f"does not match file extension {ext} ({media_type})"
         )
 
-    if media_type == APPLICATION_PDF:
+    if media_type in IMAGE_TYPES:
+        if not data.startswith(_IMAGE_MAGIC[media_type]):
+            raise InvalidInputError(
+                f"{filename}: not a valid {media_type.removeprefix('image/').upper()} image "
+                "(its first bytes say otherwise; is it another format renamed?)"
+            )
+    elif media_type == APPLICATION_PDF:
         if _PDF_MAGIC not in data[:_PDF_HEADER_WINDOW]:
             raise InvalidInputError(
                 f"{filename}: not a valid PDF (the file has no %PDF- header; "
@@ -189,6 +211,8 @@ def parse_document(filename: str, data: bytes, media_type: str) -> ParsedDocumen
         raise InvalidInputError(f"{filename}: file is empty")
     if media_type == APPLICATION_PDF:
         doc = _parse_pdf(filename, data)
+    elif media_type in IMAGE_TYPES:
+        doc = _paged(filename, ocr.image_pages(filename, data), media_type, _stem(filename))
     elif media_type in (TEXT_PLAIN, TEXT_MARKDOWN, TEXT_HTML):
         raw = _normalise_text(decode_text(filename, data))
         if media_type == TEXT_PLAIN:
@@ -584,23 +608,24 @@ def _parse_pdf(filename: str, data: bytes) -> ParsedDocument:
 
     if not page_texts:
         raise InvalidInputError(f"{filename}: the PDF has no pages")
-    if not any(page_texts):
-        raise InvalidInputError(
-            f"{filename}: the PDF has no extractable text (scanned PDFs need OCR, "
-            "which is not supported yet)"
-        )
+    scanned = [index for index, page_text in enumerate(page_texts) if not page_text.strip()]
+    if scanned:  # pages without a text layer: scans, read by OCR
+        recognised = ocr.pdf_pages(filename, data, scanned)
+        page_texts = [_clean_pdf_page(recognised.get(i, t)) for i, t in enumerate(page_texts)]
+    return _paged(filename, page_texts, APPLICATION_PDF, title or _stem(filename))
+
+
+def _paged(filename: str, page_texts: list[str], media_type: str, title: str) -> ParsedDocument:
+    """A document of pages, each page's start recorded for citations ("p. 3")."""
+    if not any(page_text.strip() for page_text in page_texts):
+        raise InvalidInputError(f"{filename}: no text found, not even by OCR")
     pages: list[int] = []
     offset = 0
     for page_text in page_texts:
         pages.append(offset)
         offset += len(page_text) + 2
-    text = "\n\n".join(page_texts)
     return ParsedDocument(
-        text=text,
-        title=title or _stem(filename),
-        media_type=APPLICATION_PDF,
-        sections=[],
-        pages=pages,
+        text="\n\n".join(page_texts), title=title, media_type=media_type, sections=[], pages=pages
     )
 
 

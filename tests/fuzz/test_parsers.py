@@ -34,6 +34,9 @@ FILENAMES = {
     TEXT_MARKDOWN: "fuzz.md",
     TEXT_HTML: "fuzz.html",
     APPLICATION_PDF: "fuzz.pdf",
+    "image/png": "fuzz.png",
+    "image/jpeg": "fuzz.jpg",
+    "image/tiff": "fuzz.tiff",
 }
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 

@@ -129,7 +129,8 @@ def test_detects_supported_types_from_extension(filename: str, data: bytes, expe
 
 
 def test_supported_extensions_constant() -> None:
-    assert {".txt", ".md", ".markdown", ".html", ".htm", ".pdf"} == SUPPORTED_EXTENSIONS
+    text = {".txt", ".md", ".markdown", ".html", ".htm", ".pdf"}
+    assert {*text, ".png", ".jpg", ".jpeg", ".tif", ".tiff"} == SUPPORTED_EXTENSIONS
 
 
 @pytest.mark.parametrize("filename", ["contract.docx", "archive.tar.gz", "Makefile"])
@@ -205,8 +206,8 @@ def test_text_decoding_handles_bom_and_legacy_encodings() -> None:
 
 
 def test_unknown_media_type_in_parse_is_rejected() -> None:
-    with pytest.raises(InvalidInputError, match="unsupported media type 'image/png'"):
-        parse_document("photo.png", b"data", "image/png")
+    with pytest.raises(InvalidInputError, match="unsupported media type 'image/gif'"):
+        parse_document("photo.gif", b"data", "image/gif")
 
 
 # --------------------------------------------------------------------------- txt
@@ -343,8 +344,10 @@ def test_truncated_pdf_is_not_a_valid_pdf() -> None:
         parse_document("broken.pdf", truncated, APPLICATION_PDF)
 
 
-def test_pdf_without_text_layer_needs_ocr() -> None:
-    with pytest.raises(InvalidInputError, match=r"scan\.pdf: .*no extractable text.*OCR"):
+def test_a_pdf_without_text_even_for_ocr_is_refused() -> None:
+    """Shapes only: no text layer, and nothing OCR can read (tests/unit/test_ocr.py
+    has the scans it reads)."""
+    with pytest.raises(InvalidInputError, match=r"scan\.pdf: no text found, not even by OCR"):
         parse_document("scan.pdf", make_pdf_without_text(), APPLICATION_PDF)
 
 
