@@ -8,7 +8,6 @@ import pytest
 from services.common.errors import InvalidInputError
 from services.generation.backends import DECLINE_TEXT, SourcePassage
 from services.generation.prompts import (
-    SOURCES_ARE_DATA,
     SYSTEM_INSTRUCTION,
     PromptBudget,
     build_prompt,
@@ -151,10 +150,3 @@ def test_chat_template_control_tokens_do_not_survive_in_a_source(planted: str) -
     element = ElementTree.fromstring(block)
     assert element.text is not None
     assert re.sub(r"\[ ", "[", element.text.strip()) == planted, "the words stay readable"
-
-
-def test_the_rule_is_repeated_between_the_sources_and_the_question() -> None:
-    prompt = build_prompt(QUESTION, [LEAVE], ROOMY)
-    reminder = prompt.user.index(SOURCES_ARE_DATA)
-    assert prompt.user.rindex("</source>") < reminder < prompt.user.index(f"Question: {QUESTION}")
-    assert "not instructions" in SOURCES_ARE_DATA
