@@ -15,6 +15,7 @@ positions, instead of re-tokenizing every candidate piece.
 
 from __future__ import annotations
 
+import itertools
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
@@ -202,15 +203,19 @@ def chunk_document(
 
     Splits hierarchically (sections, paragraphs, sentences, lines, words, and
     token/character pieces for a single overlong "word"), packs the pieces
-    greedily up to the target, never lets a chunk cross a heading, and overlaps
+    greedily up to the target, never lets a chunk cross a heading or a page
+    (so that a citation names the page its text is on), and overlaps
     consecutive chunks of a section by whole sentences (or words) from the end
     of the previous chunk.
     """
     chunker = _Chunker(doc.text, counter, config)
     spans: list[tuple[int, int, str]] = []
     for start, end, heading in _section_ranges(doc):
-        spans.extend((s, e, heading) for s, e in chunker.pack(start, end))
-    verified = chunker.verify(spans)
+        for page_start, page_end in _page_ranges(start, end, doc.pages):
+            spans.extend((s, e, heading) for s, e in chunker.pack(page_start, page_end))
+    # A page can hold nothing the tokenizer keeps (a lone zero-width space):
+    # such a span would embed as an empty text, so it is no chunk.
+    verified = [span for span in chunker.verify(spans) if span[3]]
     drafts: list[ChunkDraft] = []
     for ordinal, (start, end, heading, tokens) in enumerate(verified):
         page = max(1, bisect_right(doc.pages, start)) if doc.pages else 0
@@ -244,6 +249,13 @@ _LINE_TEXT = re.compile(r"[^\n]+")
 _WORD_START = re.compile(r"(?<=\s)\S")
 
 _Unit = tuple[int, int, int]  # (start, end, strength of the break before it)
+
+
+def _page_ranges(start: int, end: int, pages: list[int]) -> list[tuple[int, int]]:
+    """`start`..`end` cut at every page start inside it, whitespace-only parts
+    left out: a chunk stays on one page, so its citation names the right one."""
+    cuts = [start, *(p for p in pages if start < p < end), end]
+    return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
 
 
 def _section_ranges(doc: ParsedDocument) -> list[tuple[int, int, str]]:
