@@ -36,7 +36,7 @@ def bucket() -> Iterator[Any]:
         for name, text in {
             "handbook/leave.md": "# Leave\n\nEmployees get 25 days of paid leave.\n",
             "handbook/travel.txt": "Travel: book economy class for flights under six hours.\n",
-            "handbook/logo.png": "not a document",
+            "handbook/logo.gif": "not a document type the parsers read",
         }.items():
             created.blob(name).upload_from_string(text.encode())
         yield created

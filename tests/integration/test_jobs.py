@@ -89,39 +89,59 @@ def test_an_import_is_a_job_that_ragctl_follows(platform: Platform, corpus: Path
     assert json.loads(again.stdout.splitlines()[-1])["unchanged"] == 12
 
 
-def test_a_killed_ingestion_service_resumes_its_job(platform: Platform, corpus: Path) -> None:
-    folder = notes(corpus / "bulk", 150, "office")
-    request = ingestion_pb2.IngestUrisRequest(uris=[folder.as_uri()], tenant="bulk")
+def kill_during_a_job(platform: Platform, folder: Path, tenant: str, count: int) -> Any:
+    """Start an import of `folder`, kill -9 the ingestion service once 10 documents
+    are indexed, restart it, and return the job once it has succeeded."""
+    request = ingestion_pb2.IngestUrisRequest(uris=[folder.as_uri()], tenant=tenant)
     with grpc.insecure_channel(platform.settings.ingestion_addr) as channel:
         stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
         job = stub.StartImport(ingestion_pb2.StartImportRequest(request=request), timeout=30).job
-
-        def current() -> Any:
-            return stub.GetJob(
-                ingestion_pb2.GetJobRequest(job_id=job.id, tenant="bulk"), timeout=30
-            ).job
-
+        get = ingestion_pb2.GetJobRequest(job_id=job.id, tenant=tenant)
         deadline = time.monotonic() + 120
-        while current().created < 10:
-            assert time.monotonic() < deadline, current()
+        while stub.GetJob(get, timeout=30).job.created < 10:
+            assert time.monotonic() < deadline, stub.GetJob(get, timeout=30).job
             time.sleep(0.05)
         os.kill(platform.pids()["ingestion"], signal.SIGKILL)
-    indexed_before = len(documents(platform, "bulk"))
-    assert 10 <= indexed_before < 150, "killed in the middle of the job"
-
+    indexed_before = len(documents(platform, tenant))
+    assert 10 <= indexed_before < count, "killed in the middle of the job"
     platform.restart("ingestion")
     with grpc.insecure_channel(platform.settings.ingestion_addr) as channel:
         stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
-        deadline = time.monotonic() + 240
-        while (finished := current()).state != Job.STATE_SUCCEEDED:
+        deadline = time.monotonic() + 60 + count
+        while (finished := stub.GetJob(get, timeout=30).job).state != Job.STATE_SUCCEEDED:
             assert finished.state in (Job.STATE_PENDING, Job.STATE_RUNNING), finished
             assert time.monotonic() < deadline, finished
             time.sleep(0.2)
     assert finished.attempts == 2 and finished.failed == 0
-    assert finished.created + finished.unchanged == 150  # the second run re-embeds only the rest
+    assert finished.created + finished.unchanged == count  # the rest, never the done ones
     assert finished.unchanged >= indexed_before
+    return finished
+
+
+def chunk_counts(platform: Platform, tenant: str) -> dict[str, int]:
+    return {d.document_id: d.chunk_count for d in documents(platform, tenant)}
+
+
+def test_a_killed_ingestion_service_resumes_its_job(platform: Platform, corpus: Path) -> None:
+    kill_during_a_job(platform, notes(corpus / "bulk", 150, "office"), "bulk", 150)
     indexed = documents(platform, "bulk")
     assert len(indexed) == 150 and len({d.document_id for d in indexed}) == 150
+
+
+@pytest.mark.slow
+def test_a_thousand_document_job_survives_a_kill_as_a_clean_run_would(
+    platform: Platform, corpus: Path
+) -> None:
+    """The issue's size: every document indexed once, chunk counts equal to a
+    clean, uninterrupted run of the same files."""
+    folder = notes(corpus / "thousand", 1000, "desk")
+    kill_during_a_job(platform, folder, "thousand", 1000)
+    with grpc.insecure_channel(platform.settings.ingestion_addr) as channel:
+        stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
+        clean = ingestion_pb2.IngestUrisRequest(uris=[folder.as_uri()], tenant="clean")
+        list(stub.IngestUris(clean, timeout=600))
+    assert chunk_counts(platform, "thousand") == chunk_counts(platform, "clean")
+    assert len(chunk_counts(platform, "clean")) == 1000
 
 
 def test_rest_imports_come_only_from_the_tenants_sources(platform: Platform, corpus: Path) -> None:

@@ -32,6 +32,7 @@ from ragplatform.v1 import (
 from services.cli.debug import findings, render_checklist
 from services.common.errors import InvalidInputError, NotFoundError
 from services.ingestion.servicer import IngestionServicer
+from services.ingestion.sources import LocalFiles, Sources
 from services.query.debug import RequestLog
 from services.query.servicer import QueryServicer
 from services.runtime import telemetry
@@ -323,6 +324,8 @@ def test_cache_lookups() -> None:
 
 
 class FakeIngestion:
+    sources = Sources({"file": LocalFiles()}, {})
+
     async def ingest_uris(
         self, uris: Any, access: Any
     ) -> AsyncIterator[ingestion_pb2.IngestUrisResponse]:
