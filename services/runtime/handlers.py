@@ -34,3 +34,38 @@ def wrap_handler(
     if handler.stream_stream:
         return grpc.stream_stream_rpc_method_handler(wrap_stream(handler.stream_stream), **codec)
     return handler
+
+
+def around_calls(
+    handler: grpc.RpcMethodHandler,
+    enter: Callable[[Any, Any], Awaitable[Any]],
+    leave: Callable[[], None] | None = None,
+) -> grpc.RpcMethodHandler:
+    """`handler` with `enter(request, context)` awaited before each call (it may
+    abort the call, and returns the request to serve) and `leave()` run when the
+    call ends, a stream when it is exhausted; `leave` only after `enter` passed."""
+
+    def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+        async def wrapped(request: Any, context: Any) -> Any:
+            request = await enter(request, context)
+            try:
+                return await behavior(request, context)
+            finally:
+                if leave is not None:
+                    leave()
+
+        return wrapped
+
+    def stream(behavior: StreamBehavior) -> StreamBehavior:
+        async def wrapped(request: Any, context: Any) -> AsyncIterator[Any]:
+            request = await enter(request, context)
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            finally:
+                if leave is not None:
+                    leave()
+
+        return wrapped
+
+    return wrap_handler(handler, unary, stream)

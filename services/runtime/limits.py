@@ -10,14 +10,14 @@ restarted by Kubernetes, turning overload into an outage.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc import aio
 from prometheus_client import Counter
 
-from services.runtime.handlers import wrap_handler
+from services.runtime.handlers import around_calls
 
 REFUSED = Counter(
     "rag_rpc_refused_total",
@@ -26,7 +26,6 @@ REFUSED = Counter(
     ["method"],
 )
 _EXEMPT = ("/grpc.health.", "/grpc.reflection.")
-_Stream = Callable[..., AsyncIterator[Any]]
 
 
 class ConcurrencyLimitInterceptor(aio.ServerInterceptor):
@@ -46,32 +45,14 @@ class ConcurrencyLimitInterceptor(aio.ServerInterceptor):
         if handler is None or method.startswith(_EXEMPT):
             return handler
 
-        def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def limited(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-                await self._enter(method, context)
-                try:
-                    return await behavior(request, context)
-                finally:
-                    self._in_flight -= 1
+        async def enter(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            await self._enter(method, context)
+            return request
 
-            return limited
+        def leave() -> None:
+            self._in_flight -= 1
 
-        def stream(
-            behavior: Callable[..., AsyncIterator[Any]],
-        ) -> Callable[..., AsyncIterator[Any]]:
-            async def limited(
-                request: Any, context: aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                await self._enter(method, context)
-                try:
-                    async for item in behavior(request, context):
-                        yield item
-                finally:
-                    self._in_flight -= 1
-
-            return limited
-
-        return wrap_handler(handler, unary, stream)
+        return around_calls(handler, enter, leave)
 
     async def _enter(self, method: str, context: aio.ServicerContext[Any, Any]) -> None:
         """Take a slot, or abort the call with RESOURCE_EXHAUSTED."""

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ragplatform.v1 import common_pb2
 from services.common.tenancy import validate_labels, validate_tenant
-from services.runtime.handlers import wrap_handler
+from services.runtime.handlers import around_calls
 from services.runtime.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
@@ -177,30 +177,13 @@ class AuthorizationInterceptor(aio.ServerInterceptor):
         if handler is None or method.startswith(_ANYONE):
             return handler
 
-        def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def checked(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-                grant = await self._admit(method, context)
-                if grant is not None:
-                    request = await self._confined(request, grant, method, context)
-                return await behavior(request, context)
+        async def enter(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            grant = await self._admit(method, context)
+            if grant is None:
+                return request
+            return await self._confined(request, grant, method, context)
 
-            return checked
-
-        def stream(
-            behavior: Callable[..., AsyncIterator[Any]],
-        ) -> Callable[..., AsyncIterator[Any]]:
-            async def checked(
-                request: Any, context: aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                grant = await self._admit(method, context)
-                if grant is not None:
-                    request = await self._confined(request, grant, method, context)
-                async for item in behavior(request, context):
-                    yield item
-
-            return checked
-
-        return wrap_handler(handler, unary, stream)
+        return around_calls(handler, enter)
 
     async def _admit(
         self, method: str, context: aio.ServicerContext[Any, Any]

@@ -15,10 +15,8 @@ from google.cloud import storage  # type: ignore[attr-defined]
 
 from ragplatform.v1 import common_pb2, ingestion_pb2
 from services.common.errors import NotFoundError, PermissionDeniedError, UnimplementedError
-from services.ingestion.pipeline import IngestionLimits, IngestionPipeline
-from services.ingestion.servicer import IngestionServicer
 from services.ingestion.sources import CloudStorage, LocalFiles, SourceObject, Sources
-from tests.unit.test_ingestion_tenancy import FakeEmbedding
+from tests.unit.test_ingestion_tenancy import in_process_ingestion
 from tests.unit.test_ingestion_tenancy import retrieval as retrieval
 from tests.unit.test_ingestion_tenancy import store as store
 
@@ -137,23 +135,8 @@ async def test_an_indexed_generation_is_skipped_without_a_read(
     put(bucket, "handbook/leave.md", "# Leave\n\nEmployees get 25 days of paid leave.\n")
     put(bucket, "handbook/travel.md", "# Travel\n\nBook economy class below six hours.\n")
     cloud = CountingCloud(lambda: gcs)
-    embedding = FakeEmbedding()
-    from types import SimpleNamespace
-
-    from services.runtime.embedders import EmbedderRouter
-    from services.runtime.settings import PlatformSettings
-
-    clients = SimpleNamespace(
-        settings=PlatformSettings(embedding_addr="embedding:0", retrieval_addr="retrieval:0"),
-        embedding_at=lambda address: embedding,
-        retrieval=retrieval,
-    )
-    clients.embedders = EmbedderRouter(clients)  # type: ignore[arg-type]
-    limits = IngestionLimits(
-        max_document_bytes=1 << 20, target_tokens=64, overlap_tokens=0, embed_batch=8, concurrency=2
-    )
     sources = Sources({"gs": cloud}, {"acme": [f"gs://{bucket.name}/"]})
-    ingestion = IngestionServicer(IngestionPipeline(clients, limits, sources))  # type: ignore[arg-type]
+    ingestion = in_process_ingestion(retrieval, sources)
 
     async def ingest(uri: str, **fields: Any) -> list[ingestion_pb2.IngestResult]:
         request = ingestion_pb2.IngestUrisRequest(uris=[uri], tenant="acme", **fields)

@@ -18,6 +18,7 @@ from ragplatform.v1 import common_pb2, embedding_pb2, ingestion_pb2, retrieval_p
 from services.common.errors import InvalidInputError, NotFoundError, PermissionDeniedError
 from services.ingestion.pipeline import IngestionLimits, IngestionPipeline
 from services.ingestion.servicer import IngestionServicer
+from services.ingestion.sources import Sources
 from services.retrieval.edge import EdgeVectorStore
 from services.retrieval.generations import IndexGenerations
 from services.retrieval.servicer import RetrievalServicer
@@ -98,6 +99,11 @@ def retrieval(store: EdgeVectorStore) -> DirectRetrieval:
 
 @pytest.fixture
 def ingestion(retrieval: DirectRetrieval) -> IngestionServicer:
+    return in_process_ingestion(retrieval)
+
+
+def in_process_ingestion(retrieval: Any, sources: Sources | None = None) -> IngestionServicer:
+    """An ingestion servicer on the hashed embedder and `retrieval`, in this process."""
     embedding = FakeEmbedding()
     clients = SimpleNamespace(
         settings=PlatformSettings(embedding_addr="embedding:0", retrieval_addr="retrieval:0"),
@@ -112,7 +118,7 @@ def ingestion(retrieval: DirectRetrieval) -> IngestionServicer:
         embed_batch=8,
         concurrency=2,
     )
-    return IngestionServicer(IngestionPipeline(clients, limits))  # type: ignore[arg-type]
+    return IngestionServicer(IngestionPipeline(clients, limits, sources))  # type: ignore[arg-type]
 
 
 async def ingest_uris(
