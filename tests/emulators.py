@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -70,9 +71,20 @@ def firestore_missing() -> str | None:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+    """A free port in 20000-31999, with the next 2000 ports free at its +1000 and
+    +2000 (the metrics and health ports of a platform process on it). Below the
+    kernel's ephemeral range and the integration tests' fixed 5xxxx ports, so an
+    emulator or a test platform on it never takes a port another test needs."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 30000)
+        try:
+            for candidate in (port, port + 1000, port + 2000):
+                with socket.socket() as probe:
+                    probe.bind((host, candidate))
+        except OSError:
+            continue
+        return port
 
 
 @contextlib.contextmanager

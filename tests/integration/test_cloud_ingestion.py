@@ -16,6 +16,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage  # type: ignore[attr-defined]
 
 from services.cli.supervisor import Platform
+from tests.emulators import free_port
 from tests.integration.conftest import REPO
 
 ENV = {
@@ -28,7 +29,7 @@ ENV = {
 
 @pytest.fixture(scope="module")
 def bucket() -> Iterator[Any]:
-    server = FakeGCSServer()
+    server = FakeGCSServer(port=free_port())
     server.start()
     try:
         client = storage.Client(project="test", credentials=AnonymousCredentials())

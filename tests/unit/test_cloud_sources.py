@@ -16,6 +16,7 @@ from google.cloud import storage  # type: ignore[attr-defined]
 from ragplatform.v1 import common_pb2, ingestion_pb2
 from services.common.errors import NotFoundError, PermissionDeniedError, UnimplementedError
 from services.ingestion.sources import CloudStorage, LocalFiles, SourceObject, Sources
+from tests.emulators import free_port
 from tests.unit.test_ingestion_tenancy import in_process_ingestion
 from tests.unit.test_ingestion_tenancy import retrieval as retrieval
 from tests.unit.test_ingestion_tenancy import store as store
@@ -26,7 +27,7 @@ Status = ingestion_pb2.IngestResult.Status
 
 @pytest.fixture(scope="module")
 def gcs() -> Iterator[storage.Client]:
-    server = FakeGCSServer()
+    server = FakeGCSServer(port=free_port())
     server.start()  # sets STORAGE_EMULATOR_HOST for this process
     try:
         client = storage.Client(project="test", credentials=AnonymousCredentials())

@@ -45,6 +45,7 @@ from services.cli.supervisor import (
     settings_from_env,
 )
 from services.runtime.settings import PlatformSettings
+from tests.emulators import free_port
 
 # --------------------------------------------------------------------------- parsing
 
@@ -457,13 +458,6 @@ def fake_server() -> Iterator[tuple[Fakes, str]]:
     server.stop(None)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def fakes(fake_server: tuple[Fakes, str], monkeypatch: pytest.MonkeyPatch) -> Fakes:
     """Points RAG_* addresses of query, ingestion and retrieval at the fakes."""
@@ -545,7 +539,7 @@ def test_grpc_error_is_one_line_exit_1(fakes: Fakes, capsys: pytest.CaptureFixtu
 def test_unreachable_service_names_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("RAG_QUERY_ADDR", address)
     code, _, err = run(capsys, "--timeout", "5", "ask", "q")
     assert code == 1
@@ -621,8 +615,8 @@ def test_status_json_and_exit_code(
     fakes: Fakes, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("embedding", "generation"):
-        monkeypatch.setenv(f"RAG_{name.upper()}_ADDR", f"127.0.0.1:{_free_port()}")
-    monkeypatch.setenv("RAG_GATEWAY_PORT", str(_free_port()))
+        monkeypatch.setenv(f"RAG_{name.upper()}_ADDR", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("RAG_GATEWAY_PORT", str(free_port()))
     code, out, _ = run(capsys, "status", "--json", "--timeout", "2")
     assert code == 1
     rows = json.loads(out)
@@ -650,7 +644,7 @@ def test_port_in_use_and_log_tail(tmp_path: Path) -> None:
         held.bind(("127.0.0.1", 0))
         held.listen()
         assert port_in_use("127.0.0.1", held.getsockname()[1])
-    assert not port_in_use("127.0.0.1", _free_port())
+    assert not port_in_use("127.0.0.1", free_port())
     log = tmp_path / "x.log"
     log.write_text("old run\n" + "".join(f"line {i}\n" for i in range(100)))
     assert read_log_tail(log, 2) == "line 98\nline 99"
@@ -667,10 +661,10 @@ def test_platform_rejects_unknown_services(tmp_path: Path) -> None:
 def gateway_env() -> dict[str, str]:
     """Non-default ports so that a platform running on this machine is not disturbed."""
     return {
-        "RAG_GATEWAY_PORT": str(_free_port()),
-        "RAG_QUERY_ADDR": f"127.0.0.1:{_free_port()}",
-        "RAG_INGESTION_ADDR": f"127.0.0.1:{_free_port()}",
-        "RAG_RETRIEVAL_ADDR": f"127.0.0.1:{_free_port()}",
+        "RAG_GATEWAY_PORT": str(free_port()),
+        "RAG_QUERY_ADDR": f"127.0.0.1:{free_port()}",
+        "RAG_INGESTION_ADDR": f"127.0.0.1:{free_port()}",
+        "RAG_RETRIEVAL_ADDR": f"127.0.0.1:{free_port()}",
     }
 
 
