@@ -611,7 +611,8 @@ def _parse_pdf(filename: str, data: bytes) -> ParsedDocument:
     scanned = [index for index, page_text in enumerate(page_texts) if not page_text.strip()]
     if scanned:  # pages without a text layer: scans, read by OCR
         recognised = ocr.pdf_pages(filename, data, scanned)
-        page_texts = [_clean_pdf_page(recognised.get(i, t)) for i, t in enumerate(page_texts)]
+        for index, text in recognised.items():
+            page_texts[index] = _clean_pdf_page(text)
     return _paged(filename, page_texts, APPLICATION_PDF, title or _stem(filename))
 
 
